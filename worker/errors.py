@@ -1,0 +1,49 @@
+"""One exception tree for the project; each class's docstring is its default message."""
+
+from __future__ import annotations
+
+
+class PawError(Exception):
+    """Something went wrong in plaid-atomic-worker."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class SettingsError(PawError):
+    """A setting is missing or malformed."""
+
+
+class IllegalTransition(PawError):
+    """The state machine does not allow this transition."""
+
+
+class InvalidMessage(PawError):
+    """The message is not valid against its schema."""
+
+
+class TokenSealError(PawError):
+    """A sealed token could not be opened with any configured key."""
+
+
+class UpstreamError(PawError):
+    """An upstream API (Plaid or Atomic) answered with an error."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        service: str,
+        status: int | None = None,
+        error_code: str | None = None,
+        error_type: str | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.service = service
+        self.status = status
+        self.error_code = error_code
+        self.error_type = error_type
+        self.request_id = request_id
+        self.retry_after = retry_after
