@@ -1,0 +1,344 @@
+"""The emulated Plaid: Items, their tokens and accounts, and what each endpoint does to them.
+
+Methods take typed arguments (the routes parse the JSON), return JSON-ready dicts and raise
+:class:`~sandbox.plaid_errors.PlaidAPIError`. Webhooks go out through the ``emit`` callback.
+Every lookup is a dict lookup: no scans per request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from sandbox import webhook_bodies
+from sandbox.accounts import (
+    DEFAULT_USERNAME,
+    PENDING_AUTOMATIC_VERIFICATION,
+    SandboxAccount,
+    account_number,
+    build_accounts,
+    plaid_id,
+)
+from sandbox.plaid_errors import (
+    invalid_input,
+    invalid_request,
+    item_error,
+    item_login_required,
+    item_login_required_object,
+)
+
+PUBLIC_TOKEN_TTL_S = 30 * 60
+WebhookEmitter = Callable[[str | None, dict[str, Any]], None]
+
+PRODUCTS = frozenset(
+    {
+        "assets",
+        "auth",
+        "balance",
+        "identity",
+        "investments",
+        "liabilities",
+        "transactions",
+        "signal",
+        "statements",
+    }
+)
+INSTITUTIONS = {
+    "ins_109508": "First Platypus Bank",
+    "ins_109509": "First Gingham Credit Union",
+    "ins_109510": "Tattersall Federal Credit Union",
+    "ins_109511": "Tartan Bank",
+    "ins_109512": "Houndstooth Bank",
+    "ins_43": "Sandbox Bank (OAuth)",
+}
+PROCESSORS = frozenset(
+    "dwolla galileo modern_treasury ocrolus vesta drivewealth vopay achq check checkbook circle sila_money "
+    "rize svb_api unit wyre lithic alpaca astra moov treasury_prime marqeta checkout solid highnote gemini "
+    "apex_clearing gusto adyen atomic i2c wepay riskified utb adp_roll fortress_trust bond bakkt teal "
+    "zero_hash taba_pay knot sardine alloy finix nuvei layer boom seamlessach stake wedbush esusu ansa "
+    "scribeup straddle loanpro bloom_credit sfox brale parafin cardless open_ledger valon gainbridge "
+    "cardlytics pinwheel thread_bank array fiant oatfi curinos frame interchecks interchange atomicfi pay "
+    "natural kanmon kick increase airwallex cybrid bizcap webull kikoff_enterprise adyen_ca bitgo "
+    "anchorage".split()
+)
+SETTABLE_VERIFICATION = frozenset({"automatically_verified", "verification_expired"})
+
+
+@dataclasses.dataclass
+class SandboxItem:
+    item_id: str
+    institution_id: str
+    institution_name: str
+    products: list[str]
+    webhook: str | None
+    accounts: dict[str, SandboxAccount]
+    access_token: str | None = None
+    login_required: bool = False
+    removed: bool = False
+
+    @property
+    def auth_method(self) -> str:
+        if any(a.verification_status is not None for a in self.accounts.values()):
+            return "AUTOMATED_MICRODEPOSITS"
+        return "INSTANT_AUTH"
+
+    def to_json(self) -> dict[str, Any]:
+        """An Item object."""
+        return {
+            "item_id": self.item_id,
+            "institution_id": self.institution_id,
+            "institution_name": self.institution_name,
+            "webhook": self.webhook,
+            "error": item_login_required_object() if self.login_required else None,
+            "available_products": sorted(PRODUCTS - set(self.products)),
+            "billed_products": list(self.products),
+            "products": list(self.products),
+            "consented_products": list(self.products),
+            "consent_expiration_time": None,
+            "update_type": "background",
+            "auth_method": self.auth_method,
+        }
+
+    def first_account(self, predicate: Callable[[SandboxAccount], bool]) -> SandboxAccount | None:
+        return next((a for a in self.accounts.values() if predicate(a)), None)
+
+
+@dataclasses.dataclass
+class _PublicToken:
+    item_id: str
+    created_at: float
+    used: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class _ProcessorGrant:
+    item_id: str
+    account_id: str
+    processor: str
+
+
+class PlaidLedger:
+    def __init__(self, now: Callable[[], float], rng: random.Random, emit: WebhookEmitter) -> None:
+        self._now = now
+        self._rng = rng
+        self._emit = emit
+        self.items: dict[str, SandboxItem] = {}
+        self._public: dict[str, _PublicToken] = {}
+        self._access: dict[str, SandboxItem] = {}
+        self._processor: dict[str, _ProcessorGrant] = {}
+
+    # -- Link ---------------------------------------------------------------------------------
+
+    def create_public_token(
+        self, institution_id: str, products: list[str], webhook: str | None, username: str | None
+    ) -> str:
+        if not institution_id.startswith("ins_"):
+            raise invalid_input("INVALID_INSTITUTION", f"invalid institution_id provided: {institution_id}")
+        if not products:
+            raise invalid_request("INVALID_FIELD", "initial_products must contain at least one product")
+        unknown = sorted(set(products) - PRODUCTS)
+        if unknown:
+            raise invalid_input("INVALID_PRODUCT", f"invalid products provided: {', '.join(unknown)}")
+        accounts = build_accounts(username or DEFAULT_USERNAME, self._rng)
+        if accounts is None:
+            raise item_error(
+                "INVALID_CREDENTIALS",
+                "the provided credentials were not correct",
+                display_message="The provided credentials were not correct. Please try again.",
+            )
+        item = SandboxItem(
+            item_id=plaid_id(self._rng),
+            institution_id=institution_id,
+            institution_name=INSTITUTIONS.get(institution_id, "Sandbox Institution"),
+            products=list(dict.fromkeys(products)),
+            webhook=webhook,
+            accounts={a.account_id: a for a in accounts},
+        )
+        self.items[item.item_id] = item
+        token = f"public-sandbox-{uuid.uuid4()}"
+        self._public[token] = _PublicToken(item.item_id, self._now())
+        return token
+
+    def exchange(self, public_token: str) -> tuple[str, str]:
+        record = self._public.get(public_token) if public_token.startswith("public-") else None
+        if record is None:
+            raise invalid_input("INVALID_PUBLIC_TOKEN", "provided public token is in an invalid format")
+        if record.used:
+            raise invalid_input("INVALID_PUBLIC_TOKEN", "provided public token has already been exchanged")
+        if self._now() - record.created_at > PUBLIC_TOKEN_TTL_S:
+            raise invalid_input(
+                "INVALID_PUBLIC_TOKEN",
+                "provided public token is expired. Public tokens expire 30 minutes after creation at which "
+                "point they can no longer be exchanged",
+            )
+        record.used = True
+        item = self.items[record.item_id]
+        token = f"access-sandbox-{uuid.uuid4()}"
+        item.access_token = token
+        self._access[token] = item
+        return token, item.item_id
+
+    # -- Items --------------------------------------------------------------------------------
+
+    def item_for(self, access_token: str) -> SandboxItem:
+        item = self._access.get(access_token)
+        if item is None or item.removed:
+            raise invalid_input("INVALID_ACCESS_TOKEN", "provided access token is in an invalid format")
+        return item
+
+    def accounts_get(self, access_token: str, account_ids: list[str] | None) -> dict[str, Any]:
+        item = self.item_for(access_token)
+        if item.login_required:
+            raise item_login_required()
+        if account_ids is None:
+            accounts = list(item.accounts.values())
+        else:
+            missing = [a for a in account_ids if a not in item.accounts]
+            if missing:
+                raise invalid_input("INVALID_ACCOUNT_ID", "one or more of the account IDs is invalid")
+            accounts = [item.accounts[a] for a in account_ids]
+        return {"accounts": [a.to_json() for a in accounts], "item": item.to_json()}
+
+    def webhook_update(self, access_token: str, webhook: str) -> dict[str, Any]:
+        item = self.item_for(access_token)
+        item.webhook = webhook
+        self._emit(webhook, webhook_bodies.webhook_update_acknowledged(item.item_id, webhook))
+        return item.to_json()
+
+    def remove(self, access_token: str) -> None:
+        """Removes the Item: its access token and every processor token for it stop working."""
+        self.item_for(access_token).removed = True
+
+    def _account(self, item: SandboxItem, account_id: str) -> SandboxAccount:
+        account = item.accounts.get(account_id)
+        if account is None:
+            raise invalid_input("INVALID_ACCOUNT_ID", "one or more of the account IDs is invalid")
+        return account
+
+    # -- Processor tokens ---------------------------------------------------------------------
+
+    def processor_token_create(self, access_token: str, account_id: str, processor: str) -> str:
+        if processor not in PROCESSORS:
+            raise invalid_request("INVALID_FIELD", f"processor must be a known processor, got {processor!r}")
+        item = self.item_for(access_token)
+        account = self._account(item, account_id)
+        if account.verification_status == PENDING_AUTOMATIC_VERIFICATION:
+            raise item_error(
+                "PRODUCT_NOT_READY",
+                "the requested product is not yet ready. please provide a webhook or try the request again "
+                "later",
+            )
+        if not account.has_ach_numbers:
+            raise item_error("NO_AUTH_ACCOUNTS", "account_id is not a checking or savings account")
+        token = f"processor-sandbox-{uuid.uuid4()}"
+        self._processor[token] = _ProcessorGrant(item.item_id, account_id, processor)
+        return token
+
+    def processor_auth_get(self, processor_token: str) -> dict[str, Any]:
+        grant = self._processor.get(processor_token)
+        item = self.items[grant.item_id] if grant is not None else None
+        if grant is None or item is None or item.removed:
+            raise invalid_input("INVALID_PROCESSOR_TOKEN", "provided processor token is in an invalid format")
+        if item.login_required:
+            raise item_login_required()
+        account = item.accounts[grant.account_id]
+        if account.verification_status == PENDING_AUTOMATIC_VERIFICATION:
+            raise item_error("PRODUCT_NOT_READY", "the requested product is not yet ready")
+        if account.verification_status == "verification_expired":
+            raise item_error("NO_AUTH_ACCOUNTS", "the account's micro-deposit verification has expired")
+        return {
+            "account": account.to_json(),
+            "numbers": {"ach": account.ach_json(), "eft": None, "international": None, "bacs": None},
+        }
+
+    # -- Sandbox controls ---------------------------------------------------------------------
+
+    def reset_login(self, access_token: str) -> None:
+        item = self.item_for(access_token)
+        item.login_required = True
+        self._emit(item.webhook, webhook_bodies.item_error(item.item_id))
+
+    def set_verification_status(self, access_token: str, account_id: str, status: str) -> None:
+        item = self.item_for(access_token)
+        if status not in SETTABLE_VERIFICATION:
+            raise invalid_request(
+                "INVALID_FIELD", "verification_status must be automatically_verified or verification_expired"
+            )
+        account = self._account(item, account_id)
+        if account.verification_status is None:
+            raise invalid_input(
+                "INVALID_ACCOUNT_ID", "the account is not in the automated micro-deposits verification flow"
+            )
+        account.verification_status = status
+        if status == "automatically_verified":
+            body = webhook_bodies.automatically_verified(item.item_id, account_id)
+        else:
+            body = webhook_bodies.verification_expired(item.item_id, account_id)
+        self._emit(item.webhook, body)
+
+    def fire_webhook(
+        self, access_token: str, code: str, webhook_type: str | None, account_id: str | None
+    ) -> None:
+        item = self.item_for(access_token)
+        expected_type = webhook_bodies.webhook_type_for(code)
+        if expected_type is None or (webhook_type is not None and webhook_type != expected_type):
+            raise invalid_input(
+                "INVALID_FIELD", f"webhook_code {code!r} is not supported for webhook_type {webhook_type!r}"
+            )
+        if not item.webhook:
+            raise invalid_input(
+                "INVALID_FIELD", "the Item has no webhook URL; set one with /item/webhook/update"
+            )
+        if account_id is not None:
+            self._account(item, account_id)
+        self._emit(item.webhook, self._fired_body(item, code, account_id))
+
+    def _fired_body(self, item: SandboxItem, code: str, account_id: str | None) -> dict[str, Any]:
+        """The body for a fired webhook; codes that imply a state change also make it."""
+        now = self._now()
+        item_id = item.item_id
+        if code == "ERROR":
+            item.login_required = True
+            return webhook_bodies.item_error(item_id)
+        if code == "LOGIN_REPAIRED":
+            item.login_required = False
+            return webhook_bodies.login_repaired(item_id)
+        if code == "PENDING_EXPIRATION":
+            return webhook_bodies.pending_expiration(item_id, now + webhook_bodies.SEVEN_DAYS_S)
+        if code == "PENDING_DISCONNECT":
+            return webhook_bodies.pending_disconnect(
+                item_id, now + webhook_bodies.SEVEN_DAYS_S, "INSTITUTION_TOKEN_EXPIRATION"
+            )
+        if code == "USER_PERMISSION_REVOKED":
+            return webhook_bodies.user_permission_revoked(item_id)
+        if code == "NEW_ACCOUNTS_AVAILABLE":
+            return webhook_bodies.new_accounts_available(item_id)
+        if code == "WEBHOOK_UPDATE_ACKNOWLEDGED":
+            return webhook_bodies.webhook_update_acknowledged(item_id, item.webhook or "")
+        account = self._pick_account(item, account_id)
+        if code == "USER_ACCOUNT_REVOKED":
+            return webhook_bodies.user_account_revoked(item_id, account.account_id)
+        if code == "AUTOMATICALLY_VERIFIED":
+            if account.verification_status is not None:
+                account.verification_status = "automatically_verified"
+            return webhook_bodies.automatically_verified(item_id, account.account_id)
+        if code == "VERIFICATION_EXPIRED":
+            if account.verification_status is not None:
+                account.verification_status = "verification_expired"
+            return webhook_bodies.verification_expired(item_id, account.account_id)
+        # DEFAULT_UPDATE: the bank changed the account number.
+        account.account_number = account_number(self._rng, account.mask)
+        return webhook_bodies.default_update(item_id, [], {account.account_id: ["ACCOUNT_NUMBER"]})
+
+    def _pick_account(self, item: SandboxItem, account_id: str | None) -> SandboxAccount:
+        if account_id is not None:
+            return self._account(item, account_id)
+        account = (
+            item.first_account(lambda a: a.verification_status == PENDING_AUTOMATIC_VERIFICATION)
+            or item.first_account(lambda a: a.has_ach_numbers)
+            or next(iter(item.accounts.values()))
+        )
+        return account
