@@ -1,0 +1,239 @@
+"""Plaid webhook verification: pure checks over the header token, the raw body and Plaid's JWK.
+
+Nothing here does I/O or reads the clock; the caller passes ``now`` (Unix seconds). Every failure,
+whatever the input, is a :class:`VerificationError` carrying a short machine-friendly ``reason``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, NoReturn, TypeGuard
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
+from jwt.types import Options
+
+from worker.errors import PawError
+
+ALGORITHM: Final = "ES256"
+MAX_TOKEN_LEN: Final = 8 * 1024
+MAX_KID_LEN: Final = 128
+_ES256_SIG_LEN: Final = 64
+_P256_COORD_LEN: Final = 32
+_B64URL_SEGMENT: Final = re.compile(r"[A-Za-z0-9_-]+")
+# Everything we want PyJWT to check is the signature (ES256 only) and that iat is present; the time
+# checks are ours (against the caller's ``now``), and the other registered claims are not Plaid's.
+_PYJWT_OPTIONS: Final[Options] = {
+    "verify_signature": True,
+    "require": ["iat"],
+    "verify_iat": False,
+    "verify_exp": False,
+    "verify_nbf": False,
+    "verify_aud": False,
+    "verify_iss": False,
+    "verify_sub": False,
+    "verify_jti": False,
+}
+
+
+class VerificationError(PawError):
+    """The webhook failed verification."""
+
+    def __init__(
+        self, reason: str, status: int = 401, *, kid: str | None = None, message: str | None = None
+    ) -> None:
+        super().__init__(message or f"The webhook failed verification: {reason}.")
+        self.reason = reason
+        self.status = status
+        self.kid = kid
+
+
+@dataclass(frozen=True)
+class VerifiedWebhook:
+    kid: str
+    iat: int
+    body_sha256: str
+
+
+def _fail(reason: str, kid: str | None = None, status: int = 401) -> NoReturn:
+    raise VerificationError(reason, status, kid=kid)
+
+
+def _b64url_decode(segment: str) -> bytes | None:
+    """Strict, canonical, unpadded base64url; None when the segment is anything else."""
+    if not _B64URL_SEGMENT.fullmatch(segment) or len(segment) % 4 == 1:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    # Refuse non-canonical spellings (unused low bits set) so one signature has one token.
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != segment:
+        return None
+    return raw
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    """A JSON number we can compare: int (not bool, any size) or a finite float."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in result:
+            raise ValueError(f"duplicate member {name!r}")
+        result[name] = value
+    return result
+
+
+def _no_constants(name: str) -> NoReturn:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _decode_header(token: object) -> tuple[dict[str, Any], list[str]]:
+    """Shape checks on the compact JWS; returns its decoded (unverified) header and its segments."""
+    if token is None or token == "":
+        _fail("missing_header")
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_LEN or not token.isascii():
+        _fail("malformed_jwt")
+    segments = token.split(".")
+    if len(segments) != 3:
+        _fail("malformed_jwt")
+    header_raw = _b64url_decode(segments[0])
+    if header_raw is None:
+        _fail("malformed_jwt")
+    try:
+        header = json.loads(
+            header_raw.decode("utf-8"),
+            object_pairs_hook=_no_duplicate_keys,
+            parse_constant=_no_constants,
+        )
+    except (ValueError, RecursionError):
+        _fail("malformed_jwt")
+    if not isinstance(header, dict):
+        _fail("malformed_jwt")
+    return header, segments
+
+
+def unverified_kid(token: str | None) -> str:
+    """The ``kid`` of a Plaid-Verification token, read WITHOUT verifying anything but its shape.
+
+    Refuses a missing token, an ``alg`` other than exactly ``ES256``, a missing or odd ``kid``, and
+    anything that is not a compact ES256 JWS of sane size. Safe to call before fetching a key.
+    """
+    header, segments = _decode_header(token)
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg != ALGORITHM:
+        _fail("bad_alg")
+    kid = header.get("kid")
+    if (
+        not isinstance(kid, str)
+        or not 0 < len(kid) <= MAX_KID_LEN
+        or not kid.isascii()
+        or not kid.isprintable()
+    ):
+        _fail("missing_kid")
+    # We understand no JWS extensions; RFC 7515 says refuse what is marked critical. "b64" changes
+    # what is signed, so it is refused even unmarked.
+    if "crit" in header or "b64" in header:
+        _fail("malformed_jwt", kid)
+    payload_raw, signature = _b64url_decode(segments[1]), _b64url_decode(segments[2])
+    if payload_raw is None or signature is None or len(signature) != _ES256_SIG_LEN:
+        _fail("malformed_jwt", kid)
+    return kid
+
+
+def _public_key(key: Mapping[str, Any], kid: str, now: float) -> ec.EllipticCurvePublicKey:
+    if not isinstance(key, Mapping):
+        _fail("bad_key", kid)
+    if key.get("kid") != kid:
+        _fail("unknown_kid", kid)
+    expired_at = key.get("expired_at")
+    if expired_at is not None:
+        if not _is_number(expired_at):
+            _fail("bad_key", kid)
+        if expired_at <= now:
+            _fail("expired_key", kid)
+    if (
+        key.get("kty") != "EC"
+        or key.get("crv") != "P-256"
+        or key.get("alg", ALGORITHM) != ALGORITHM
+        or key.get("use", "sig") != "sig"
+    ):
+        _fail("bad_key", kid)
+    x, y = key.get("x"), key.get("y")
+    for coord in (x, y):
+        raw = _b64url_decode(coord) if isinstance(coord, str) else None
+        if raw is None or len(raw) != _P256_COORD_LEN:
+            _fail("bad_key", kid)
+    try:
+        # Only the public-key members: a stray "d" must never turn this into a private key.
+        public = ECAlgorithm.from_jwk({"kty": "EC", "crv": "P-256", "x": x, "y": y})
+    except (jwt.InvalidKeyError, ValueError, TypeError):
+        _fail("bad_key", kid)
+    if not isinstance(public, ec.EllipticCurvePublicKey) or not isinstance(public.curve, ec.SECP256R1):
+        _fail("bad_key", kid)
+    return public
+
+
+def verify(
+    token: str,
+    body: bytes,
+    key: Mapping[str, Any],
+    *,
+    now: float,
+    max_age_s: int = 300,
+    future_skew_s: int = 30,
+) -> VerifiedWebhook:
+    """Verify a Plaid-Verification token against the raw request body and Plaid's JWK for its kid.
+
+    ``now`` is Unix seconds. Accepts only a genuine ES256 signature by ``key`` whose ``iat`` is at
+    most ``max_age_s`` old and at most ``future_skew_s`` ahead, and whose ``request_body_sha256``
+    is the SHA-256 of exactly ``body``. Raises :class:`VerificationError` and nothing else.
+    """
+    kid = unverified_kid(token)
+    if not isinstance(body, bytes):
+        _fail("bad_body", kid, status=400)
+    public = _public_key(key, kid, now)
+    try:
+        claims = jwt.decode(token, key=public, algorithms=[ALGORITHM], options=_PYJWT_OPTIONS)
+    except jwt.InvalidSignatureError:
+        _fail("bad_signature", kid)
+    except jwt.MissingRequiredClaimError:
+        _fail("missing_iat", kid)
+    except jwt.InvalidAlgorithmError:
+        _fail("bad_alg", kid)
+    except (jwt.PyJWTError, ValueError, TypeError, RecursionError):
+        _fail("malformed_jwt", kid)
+    if not isinstance(claims, dict):
+        _fail("malformed_jwt", kid)
+
+    # Signature is good from here on; now bind it to time and to these exact bytes.
+    iat = claims.get("iat")
+    if not _is_number(iat):
+        _fail("missing_iat", kid)
+    # Comparisons (not subtractions) so a huge integer iat cannot overflow a float.
+    if iat < now - max_age_s:
+        _fail("stale_iat", kid)
+    if iat > now + future_skew_s:
+        _fail("future_iat", kid)
+
+    claimed = claims.get("request_body_sha256")
+    if not isinstance(claimed, str):
+        _fail("missing_body_hash", kid)
+    actual = hashlib.sha256(body).hexdigest()
+    if not claimed.isascii() or not hmac.compare_digest(actual, claimed):
+        _fail("body_hash_mismatch", kid)
+    return VerifiedWebhook(kid=kid, iat=int(iat), body_sha256=actual)
