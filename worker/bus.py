@@ -1,0 +1,160 @@
+"""RabbitMQ: the topology, and a publisher that only returns once the broker confirmed.
+
+Topology (names derive from ``PAW_EXCHANGE`` and ``PAW_QUEUE_PREFIX``):
+
+- topic exchange ``paw.events`` (durable);
+- quorum queues ``<prefix>.items`` (``item.#``) and ``<prefix>.webhooks`` (``webhook.#``);
+- per work queue, delay queues ``<queue>.retry.<ms>`` (message TTL, dead-lettered back to the work
+  queue through the default exchange) for retries with backoff;
+- quorum queue ``<prefix>.dead`` for dead letters, with the reason in headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import aio_pika
+import aiormq
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+
+from worker.errors import PawError
+
+log = structlog.get_logger(__name__)
+
+
+class PublishFailed(PawError):
+    """The broker did not confirm the message."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    exchange: str = "paw.events"
+    prefix: str = "paw"
+    retry_delays_ms: tuple[int, ...] = (1_000, 4_000, 16_000, 64_000, 256_000)
+
+    @property
+    def items_queue(self) -> str:
+        return f"{self.prefix}.items"
+
+    @property
+    def webhooks_queue(self) -> str:
+        return f"{self.prefix}.webhooks"
+
+    @property
+    def dead_queue(self) -> str:
+        return f"{self.prefix}.dead"
+
+    @property
+    def work_queues(self) -> dict[str, str]:
+        """Work queue -> the binding key that feeds it."""
+        return {self.items_queue: "item.#", self.webhooks_queue: "webhook.#"}
+
+    def retry_queue(self, work_queue: str, delay_ms: int) -> str:
+        return f"{work_queue}.retry.{delay_ms}"
+
+    def all_queues(self) -> list[str]:
+        names = [*self.work_queues, self.dead_queue]
+        names += [self.retry_queue(q, d) for q in self.work_queues for d in self.retry_delays_ms]
+        return names
+
+
+async def declare(channel: AbstractChannel, topo: Topology) -> AbstractExchange:
+    """Declares everything (idempotent); returns the events exchange."""
+    exchange = await channel.declare_exchange(topo.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+    quorum: dict[str, Any] = {"x-queue-type": "quorum"}
+    for name, binding in topo.work_queues.items():
+        queue = await channel.declare_queue(name, durable=True, arguments=quorum)
+        await queue.bind(exchange, binding)
+        for delay in topo.retry_delays_ms:
+            await channel.declare_queue(
+                topo.retry_queue(name, delay),
+                durable=True,
+                arguments={
+                    "x-message-ttl": delay,
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": name,
+                },
+            )
+    await channel.declare_queue(topo.dead_queue, durable=True, arguments=quorum)
+    return exchange
+
+
+async def connect(url: str, name: str) -> AbstractRobustConnection:
+    conn = await aio_pika.connect_robust(url, client_properties={"connection_name": name})
+    return conn
+
+
+class Publisher:
+    """Publishes persistent, mandatory messages and waits for the confirm, within a bound.
+
+    The bound matters: while a robust connection is reconnecting, aio-pika can wait indefinitely,
+    and a caller (an HTTP handler, say) must fail fast instead.
+    """
+
+    def __init__(self, connection: AbstractRobustConnection, topo: Topology, *, timeout: float = 5.0) -> None:
+        self.connection = connection
+        self.topo = topo
+        self.timeout = timeout
+        self._channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._default: AbstractExchange | None = None
+        self._lock = asyncio.Lock()
+
+    async def _ready(self) -> tuple[AbstractExchange, AbstractExchange]:
+        if (
+            self._channel is None
+            or self._channel.is_closed
+            or self._exchange is None
+            or self._default is None
+        ):
+            async with self._lock:
+                if self._channel is None or self._channel.is_closed:
+                    self._channel = await self.connection.channel(
+                        publisher_confirms=True, on_return_raises=True
+                    )
+                    self._exchange = await self._channel.get_exchange(self.topo.exchange, ensure=False)
+                    self._default = self._channel.default_exchange
+        assert self._exchange is not None and self._default is not None
+        return self._exchange, self._default
+
+    @property
+    def is_ready(self) -> bool:
+        return not self.connection.is_closed and self._channel is not None and not self._channel.is_closed
+
+    async def publish(
+        self,
+        routing_key: str,
+        body: bytes,
+        *,
+        headers: Mapping[str, Any] | None = None,
+        message_id: str | None = None,
+        expiration_ms: int | None = None,
+        to_queue: bool = False,
+    ) -> None:
+        """Publishes to the events exchange (or, with ``to_queue``, straight to the queue named
+        ``routing_key``) and returns once confirmed. Raises :class:`PublishFailed` otherwise."""
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers=dict(headers or {}),
+            message_id=message_id,
+            expiration=expiration_ms / 1000 if expiration_ms is not None else None,
+        )
+        try:
+            async with asyncio.timeout(self.timeout):
+                events, default = await self._ready()
+                await (default if to_queue else events).publish(message, routing_key, mandatory=True)
+        except TimeoutError:
+            raise PublishFailed(f"no confirm for {routing_key} within {self.timeout}s") from None
+        except aio_pika.exceptions.PublishError:
+            raise PublishFailed(f"{routing_key} is unroutable") from None
+        except aio_pika.exceptions.DeliveryError:
+            raise PublishFailed(f"broker refused {routing_key}") from None
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as e:
+            self._channel = None
+            raise PublishFailed(f"broker unavailable: {type(e).__name__}") from None

@@ -1,0 +1,202 @@
+"""``paw``: the command line. ``main()`` parses, loads settings once, and runs one coroutine."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Coroutine, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from worker import logs
+from worker import settings as settings_mod
+from worker.errors import PawError, SettingsError
+from worker.settings import ENV, Settings
+
+HELP_ENV = "\n".join(f"  {var:<32} {field}" for var, (field, _) in ENV.items())
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def cmd_migrate(s: Settings, _: argparse.Namespace) -> int:
+    from worker.migrate import migrate
+
+    await ensure_database(s.database_url)
+    conn = await asyncpg.connect(s.database_url)
+    try:
+        applied = await migrate(conn)
+    finally:
+        await conn.close()
+    print(f"migrations applied: {applied or 'none (up to date)'}")
+    return 0
+
+
+async def ensure_database(dsn: str) -> None:
+    """Creates the database named in ``dsn`` if it does not exist (local set-ups)."""
+    try:
+        conn = await asyncpg.connect(dsn)
+    except asyncpg.InvalidCatalogNameError:
+        parts = urlsplit(dsn)
+        name = parts.path.lstrip("/")
+        admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        except asyncpg.DuplicateDatabaseError:
+            pass
+        finally:
+            await admin.close()
+        return
+    await conn.close()
+
+
+async def cmd_worker(s: Settings, _: argparse.Namespace) -> int:
+    from worker.runner import run_worker
+    from worker.services import open_services
+
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    async with open_services(s, "paw-worker", pool_size=max(10, s.prefetch // 2)) as svc:
+        await run_worker(svc, stop)
+    return 0
+
+
+async def cmd_receiver(s: Settings, args: argparse.Namespace) -> int:
+    from webhooks.server import serve_receiver
+
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    await serve_receiver(s, args.host, args.port, stop)
+    return 0
+
+
+async def cmd_sandbox(s: Settings, args: argparse.Namespace) -> int:
+    from sandbox.app import SandboxConfig, run_forever
+
+    config = SandboxConfig(
+        client_id=s.plaid_client_id,
+        secret=s.plaid_secret,
+        atomic_api_key=s.atomic_api_key,
+        atomic_webhook_secret=s.atomic_webhook_secret,
+        atomic_webhook_url=args.atomic_webhook_url,
+        atomic_decision_delay_s=args.atomic_delay,
+        latency_ms=args.latency_ms,
+    )
+    task = asyncio.create_task(run_forever(config, args.host, args.port))
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    print(f"sandbox on http://{args.host}:{args.port}  (Plaid at /, Atomic at /atomic)", flush=True)
+    await stop.wait()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return 0
+
+
+async def cmd_item_show(s: Settings, args: argparse.Namespace) -> int:
+    from worker.store import Store, create_pool
+
+    try:
+        item_id = uuid.UUID(args.id)
+    except ValueError:
+        print(f"not an item id: {args.id!r}", file=sys.stderr)
+        return 2
+    pool = await create_pool(s.database_url, min_size=1, max_size=1)
+    try:
+        store = Store(pool)
+        item = await store.get(item_id)
+        if item is None:
+            print(f"no item {item_id}", file=sys.stderr)
+            return 1
+        history = await store.history(item_id)
+    finally:
+        await pool.close()
+    if args.json:
+        print(json.dumps({**item.public(), "history": [h.public() for h in history]}, indent=2))
+        return 0
+    from worker.report import print_item
+
+    print_item(item, history)
+    return 0
+
+
+async def cmd_demo(s: Settings, args: argparse.Namespace) -> int:
+    from worker.demo import run_demo
+
+    return await run_demo(s, keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="paw",
+        description="Plaid + Atomic account-funding worker.",
+        epilog="Settings come from the environment:\n" + HELP_ENV,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="create the database if missing and apply migrations (DATABASE_URL)")
+    sub.add_parser("worker", help="consume and process events (DATABASE_URL, AMQP_URL, PLAID_*, ATOMIC_*)")
+    p = sub.add_parser("receiver", help="serve the webhook and submission HTTP API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p = sub.add_parser("sandbox", help="run the Plaid + Atomic emulator")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8090)
+    p.add_argument("--atomic-webhook-url", default=None, help="where Atomic-side webhooks go")
+    p.add_argument("--atomic-delay", type=float, default=0.0, help="seconds before Atomic decides")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="latency added to every call")
+    item = sub.add_parser("item", help="inspect Items").add_subparsers(dest="item_command", required=True)
+    p = item.add_parser("show", help="an Item's state and history (DATABASE_URL)")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("demo", help="drive sandbox Items through the whole flow in one process")
+    p.add_argument("--keep", action="store_true", help="keep the demo's queues afterwards")
+    return parser
+
+
+COMMANDS = {
+    "migrate": cmd_migrate,
+    "worker": cmd_worker,
+    "receiver": cmd_receiver,
+    "sandbox": cmd_sandbox,
+    "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        s = settings_mod.load(os.environ)
+    except SettingsError as e:
+        print(f"paw: configuration error: {e}", file=sys.stderr)
+        return 2
+    logs.configure(s.log_format, s.log_level)
+    command = args.command if args.command != "item" else f"item_{args.item_command}"
+    fn = COMMANDS.get(command) or {"item_show": cmd_item_show}[command]
+    coro: Coroutine[Any, Any, int] = fn(s, args)
+    try:
+        return asyncio.run(coro)
+    except PawError as e:
+        print(f"paw: {e}", file=sys.stderr)
+        return 1
+    except (OSError, asyncpg.PostgresError) as e:
+        print(f"paw: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,192 @@
+"""Ack, retry or dead-letter: the one place that decides what happens to a delivered message.
+
+Handlers raise; this wrapper maps what they raise:
+
+- nothing → ack (after the handler committed to Postgres);
+- :class:`Poison` (unparseable, schema-invalid) → dead-letter at once;
+- anything else (transient upstream errors, a busy Item, bugs) → a delay queue with backoff until the
+  budget is spent, then dead-letter.
+
+A message is acked from its work queue only after its copy on the retry or dead-letter queue was
+confirmed; if that publish fails the message is nacked back onto its queue, so nothing disappears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+
+from worker.bus import Publisher, PublishFailed, Topology
+from worker.errors import PawError, UpstreamError
+from worker.failures import Kind, classify
+from worker.redact import redact_text
+from worker.retry import retry_decision
+
+log = structlog.get_logger(__name__)
+
+H_ROUTING_KEY = "x-paw-routing-key"
+H_ATTEMPTS = "x-paw-attempts"
+H_FIRST_FAILURE = "x-paw-first-failure"
+H_LAST_FAILURE = "x-paw-last-failure"
+H_ERROR_CLASS = "x-paw-error-class"
+H_ERROR_MESSAGE = "x-paw-error-message"
+H_ERROR_CODE = "x-paw-error-code"
+H_REQUEST_ID = "x-paw-request-id"
+H_QUEUE = "x-paw-queue"
+H_REPLAYS = "x-paw-replays"
+
+
+class Poison(PawError):
+    """The message can never be processed as it is."""
+
+
+Handler = Callable[[str, bytes, str | None], Awaitable[None]]
+
+
+def original_routing_key(message: AbstractIncomingMessage) -> str:
+    headers = message.headers or {}
+    rk = headers.get(H_ROUTING_KEY)
+    if isinstance(rk, bytes):
+        rk = rk.decode()
+    return rk if isinstance(rk, str) and rk else (message.routing_key or "")
+
+
+def _int_header(message: AbstractIncomingMessage, name: str) -> int:
+    value = (message.headers or {}).get(name)
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise Poison(f"body is not JSON: {e}") from None
+
+
+class Consumer:
+    def __init__(
+        self,
+        *,
+        publisher: Publisher,
+        topo: Topology,
+        handler: Handler,
+        queue: str,
+        retry_budget: int,
+    ) -> None:
+        self.publisher = publisher
+        self.topo = topo
+        self.handler = handler
+        self.queue = queue
+        self.retry_budget = retry_budget
+        self.in_flight = 0
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.counts: dict[str, int] = {"acked": 0, "retried": 0, "dead_lettered": 0, "requeued": 0}
+
+    async def __call__(self, message: AbstractIncomingMessage) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+        task = asyncio.current_task()
+        if task is not None:
+            self.tasks.add(task)
+        try:
+            await self._process(message)
+        finally:
+            if task is not None:
+                self.tasks.discard(task)
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self.idle.set()
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
+        rk = original_routing_key(message)
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(routing_key=rk, message_id=message.message_id)
+        try:
+            await self.handler(rk, message.body, message.message_id)
+        except Poison as e:
+            await self._settle(message, rk, e, retry=False)
+        except Exception as e:
+            permanent = isinstance(e, UpstreamError) and classify(e) is Kind.PERMANENT
+            await self._settle(message, rk, e, retry=not permanent)
+        else:
+            await message.ack()
+            self.counts["acked"] += 1
+
+    async def _settle(
+        self, message: AbstractIncomingMessage, rk: str, error: Exception, *, retry: bool
+    ) -> None:
+        attempts = _int_header(message, H_ATTEMPTS) + 1
+        now = datetime.now(UTC).isoformat()
+        headers: dict[str, Any] = {
+            **(message.headers or {}),
+            H_ROUTING_KEY: rk,
+            H_ATTEMPTS: attempts,
+            H_FIRST_FAILURE: (message.headers or {}).get(H_FIRST_FAILURE) or now,
+            H_LAST_FAILURE: now,
+            H_ERROR_CLASS: type(error).__name__,
+            H_ERROR_MESSAGE: redact_text(str(error))[:1000],
+            H_QUEUE: self.queue,
+        }
+        if isinstance(error, UpstreamError):
+            headers[H_ERROR_CODE] = error.error_code or ""
+            headers[H_REQUEST_ID] = error.request_id or ""
+        decision = None
+        if retry:
+            decision = retry_decision(
+                attempt=attempts,
+                budget=self.retry_budget,
+                tiers_ms=self.topo.retry_delays_ms,
+                retry_after_s=error.retry_after if isinstance(error, UpstreamError) else None,
+                jitter=random.random(),
+            )
+        try:
+            if decision is not None:
+                await self.publisher.publish(
+                    self.topo.retry_queue(self.queue, decision.tier_ms),
+                    message.body,
+                    headers=headers,
+                    message_id=message.message_id,
+                    expiration_ms=decision.expiration_ms,
+                    to_queue=True,
+                )
+                self.counts["retried"] += 1
+                log.info(
+                    "message.retry",
+                    attempt=attempts,
+                    delay_ms=decision.expiration_ms,
+                    error_class=headers[H_ERROR_CLASS],
+                    error=headers[H_ERROR_MESSAGE],
+                    error_code=headers.get(H_ERROR_CODE),
+                )
+            else:
+                await self.publisher.publish(
+                    self.topo.dead_queue,
+                    message.body,
+                    headers=headers,
+                    message_id=message.message_id,
+                    to_queue=True,
+                )
+                self.counts["dead_lettered"] += 1
+                log.warning(
+                    "message.dead_lettered",
+                    attempts=attempts,
+                    error_class=headers[H_ERROR_CLASS],
+                    error=headers[H_ERROR_MESSAGE],
+                    error_code=headers.get(H_ERROR_CODE),
+                    exc_info=not isinstance(error, PawError),
+                )
+        except PublishFailed as e:
+            log.error("message.requeued", reason=str(e))
+            self.counts["requeued"] += 1
+            await message.nack(requeue=True)
+            return
+        await message.ack()

@@ -1,0 +1,218 @@
+"""``paw demo``: sandbox + receiver + worker in one process, a handful of Items through the flow.
+
+It uses the configured Postgres and RabbitMQ, with its own exchange and queue names (deleted at the
+end unless ``--keep``), and the emulator on free local ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+
+import aiohttp
+import asyncpg
+import plaid
+from plaid.api import plaid_api
+from plaid.model.products import Products
+from plaid.model.sandbox_public_token_create_request import SandboxPublicTokenCreateRequest
+from plaid.model.sandbox_public_token_create_request_options import SandboxPublicTokenCreateRequestOptions
+from rich.console import Console
+
+from sandbox.app import SandboxConfig, serve
+from webhooks.server import start_receiver
+from worker.migrate import migrate
+from worker.pipeline import token_hash
+from worker.report import history_table, items_table
+from worker.runner import run_worker
+from worker.services import open_services
+from worker.settings import Settings
+from worker.states import State
+from worker.store import Item
+
+INSTITUTION = "ins_109508"
+
+
+@dataclass(frozen=True)
+class Case:
+    label: str
+    username: str | None  # None: submit a public token Plaid never issued
+    client_user_id: str
+    via: str  # "http" or "amqp"
+    expect: State
+
+
+CASES = (
+    Case("happy path, submitted over HTTP", "user_good", "demo-user-1", "http", State.ATOMIC_VERIFIED),
+    Case(
+        "savings only, submitted over AMQP", "user_savings_only", "demo-user-2", "amqp", State.ATOMIC_VERIFIED
+    ),
+    Case("Atomic rejects the customer", "user_good", "reject-demo-user-3", "http", State.ATOMIC_REJECTED),
+    Case("invalid public token", None, "demo-user-4", "amqp", State.FAILED),
+    Case("no checking or savings account", "user_no_depository", "demo-user-5", "http", State.FAILED),
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def sandbox_public_token(api: plaid_api.PlaidApi, username: str, webhook: str) -> str:
+    req = SandboxPublicTokenCreateRequest(
+        institution_id=INSTITUTION,
+        initial_products=[Products("auth")],
+        options=SandboxPublicTokenCreateRequestOptions(webhook=webhook, override_username=username),
+    )
+    return str(api.sandbox_public_token_create(req)["public_token"])
+
+
+async def run_demo(
+    base: Settings, *, keep: bool = False, console: Console | None = None, timeout: float = 60
+) -> int:
+    from worker.cli import ensure_database
+
+    console = console or Console(width=None if Console().is_terminal else 150)
+    run = uuid.uuid4().hex[:8]
+    receiver_port = free_port()
+    receiver_url = f"http://127.0.0.1:{receiver_port}"
+    sandbox_runner, sandbox_url = await serve(
+        SandboxConfig(
+            client_id=base.plaid_client_id,
+            secret=base.plaid_secret,
+            atomic_api_key=base.atomic_api_key,
+            atomic_webhook_secret=base.atomic_webhook_secret,
+            atomic_webhook_url=f"{receiver_url}/webhooks/atomic",
+            atomic_decision_delay_s=0.2,
+        ),
+        "127.0.0.1",
+        0,
+    )
+    s = dataclasses.replace(
+        base,
+        plaid_env="sandbox",
+        plaid_base_url=sandbox_url,
+        atomic_base_url=f"{sandbox_url}/atomic",
+        exchange=f"paw-demo-{run}.events",
+        queue_prefix=f"paw-demo-{run}",
+    )
+    await ensure_database(s.database_url)
+    conn = await asyncpg.connect(s.database_url)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    console.print(
+        f"[bold]paw demo[/bold]  sandbox {sandbox_url}  receiver {receiver_url}  exchange {s.exchange}"
+    )
+    api = plaid_api.PlaidApi(
+        plaid.ApiClient(
+            plaid.Configuration(
+                host=sandbox_url,
+                api_key={
+                    "clientId": s.plaid_client_id,
+                    "secret": s.plaid_secret,
+                    "plaidVersion": "2020-09-14",
+                },
+            )
+        )
+    )
+    try:
+        async with open_services(s, "paw-demo") as svc:
+            receiver_runner, _ = await start_receiver(svc, "127.0.0.1", receiver_port)
+            stop, ready = asyncio.Event(), asyncio.Event()
+            worker = asyncio.create_task(run_worker(svc, stop, ready=ready))
+            await ready.wait()
+            try:
+                tokens: list[str] = []
+                for case in CASES:
+                    if case.username is None:
+                        token = f"public-sandbox-{uuid.uuid4()}"
+                    else:
+                        token = await asyncio.to_thread(
+                            sandbox_public_token, api, case.username, f"{receiver_url}/webhooks/plaid"
+                        )
+                    tokens.append(token)
+                    body = {"public_token": token, "client_user_id": case.client_user_id}
+                    if case.via == "http":
+                        async with (
+                            aiohttp.ClientSession() as http,
+                            http.post(
+                                f"{receiver_url}/v1/items",
+                                json=body,
+                                headers={"Authorization": f"Bearer {s.api_keys[0]}"},
+                            ) as resp,
+                        ):
+                            if resp.status != 202:
+                                console.print(f"[red]POST /v1/items answered {resp.status}[/red]")
+                                return 1
+                    else:
+                        await svc.publisher.publish(
+                            "item.link", json.dumps(body).encode(), message_id=str(uuid.uuid4())
+                        )
+                items = await wait_for_items(svc.store, tokens, timeout)
+            finally:
+                stop.set()
+                await worker
+                await receiver_runner.cleanup()
+                if not keep:
+                    await delete_topology(svc)
+    finally:
+        await sandbox_runner.cleanup()
+        api.api_client.close()
+    rows = [(case.label, item) for case, item in zip(CASES, items, strict=True) if item is not None]
+    console.print(items_table(rows))
+    ok = True
+    for case, item in zip(CASES, items, strict=True):
+        if item is None:
+            console.print(f"[red]{case.label}: no Item was created[/red]")
+            ok = False
+            continue
+        console.print(f"\n[bold]{case.label}[/bold]: {item.state.value}")
+        console.print(history_table(await history_of(s, item)))
+        if item.state is not case.expect:
+            console.print(f"[red]expected {case.expect.value}[/red]")
+            ok = False
+    console.print(
+        "\n[green]demo finished: every Item ended where expected[/green]"
+        if ok
+        else "\n[red]demo failed[/red]"
+    )
+    return 0 if ok else 1
+
+
+async def history_of(s: Settings, item: Item) -> list:  # type: ignore[type-arg]
+    from worker.store import Store, create_pool
+
+    pool = await create_pool(s.database_url, min_size=1, max_size=1)
+    try:
+        return await Store(pool).history(item.id)
+    finally:
+        await pool.close()
+
+
+async def wait_for_items(store, tokens: list[str], timeout: float) -> list[Item | None]:  # type: ignore[no-untyped-def]
+    """Polls until every Item has settled (a state the demo does not move on from), or the deadline."""
+    settled = {State.ATOMIC_VERIFIED, State.ATOMIC_REJECTED, State.FAILED, State.REVOKED}
+    deadline = time.monotonic() + timeout
+    while True:
+        items = [await store.get_by_token_hash(token_hash(t)) for t in tokens]
+        if all(i is not None and i.state in settled for i in items) or time.monotonic() > deadline:
+            return items
+        await asyncio.sleep(0.05)
+
+
+async def delete_topology(svc) -> None:  # type: ignore[no-untyped-def]
+    channel = await svc.connection.channel()
+    try:
+        for name in svc.topo.all_queues():
+            await channel.queue_delete(name)
+        await channel.exchange_delete(svc.topo.exchange)
+    finally:
+        await channel.close()

@@ -1,0 +1,195 @@
+"""Drives one Item from its current state as far as it can go on its own:
+link → exchanged → processor_token_issued → atomic_pending.
+
+Each step makes one upstream call and commits one transition, so a worker killed anywhere resumes
+from the last committed state when the message is redelivered. Permanent upstream errors move the
+Item to its state (``failed``, ``login_required``); transient ones propagate as
+:class:`UpstreamError` for the consumer to retry through the broker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import uuid
+
+import structlog
+
+from worker.accounts import choose_account
+from worker.atomic_api import AtomicClient
+from worker.errors import PawError, UpstreamError
+from worker.failures import Kind, classify, needs_login
+from worker.plaid_api import PlaidClient
+from worker.sealing import Sealer
+from worker.states import State, Trigger
+from worker.store import Changes, Item, Store
+
+log = structlog.get_logger(__name__)
+
+LEASE_S = 90.0
+
+
+class ItemBusy(PawError):
+    """Another worker is driving this Item right now; try again shortly."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Cause:
+    """Why a transition happened: the routing key and event that caused it."""
+
+    name: str
+    event_id: str | None = None
+
+
+def token_hash(public_token: str) -> str:
+    return hashlib.sha256(public_token.encode()).hexdigest()
+
+
+def aad(item_id: uuid.UUID, column: str) -> str:
+    return f"items/{item_id}/{column}"
+
+
+class Pipeline:
+    def __init__(self, *, store: Store, sealer: Sealer, plaid: PlaidClient, atomic: AtomicClient) -> None:
+        self.store = store
+        self.sealer = sealer
+        self.plaid = plaid
+        self.atomic = atomic
+        self.owner = uuid.uuid4()
+
+    async def drive(self, item_id: uuid.UUID, *, public_token: str | None, cause: Cause) -> Item | None:
+        item = await self.store.claim(item_id, self.owner, LEASE_S)
+        if item is None:
+            if await self.store.get(item_id) is None:
+                return None
+            raise ItemBusy()
+        try:
+            for _ in range(10):
+                step = {
+                    State.LINK: self._exchange,
+                    State.EXCHANGED: self._issue_processor_token,
+                    State.PROCESSOR_TOKEN_ISSUED: self._submit_to_atomic,
+                }.get(item.state)
+                if step is None or (item.state is State.LINK and public_token is None):
+                    return item
+                moved = await step(item, public_token, cause)
+                item = moved if moved is not None else await self._reload(item)
+            return item
+        finally:
+            await self.store.release(item_id, self.owner)
+
+    async def _reload(self, item: Item) -> Item:
+        fresh = await self.store.get(item.id)
+        assert fresh is not None, "items are never deleted"
+        return fresh
+
+    async def fail(self, item: Item, err: UpstreamError, cause: Cause) -> Item | None:
+        """Moves the Item to where a permanent upstream error leaves it."""
+        trigger = Trigger.LOGIN_REQUIRED if needs_login(err) and item.state != State.LINK else Trigger.FAILED
+        log.warning(
+            "item.upstream_failed", item_id=str(item.id), error_code=err.error_code, request_id=err.request_id
+        )
+        return await self.store.transition(
+            item,
+            trigger,
+            cause=cause.name,
+            event_id=cause.event_id,
+            detail={"error_code": err.error_code, "request_id": err.request_id, "service": err.service},
+            changes=Changes(
+                error_code=err.error_code,
+                error_type=err.error_type,
+                error_message=str(err)[:500],
+                plaid_request_id=err.request_id,
+            ),
+        )
+
+    async def _exchange(self, item: Item, public_token: str | None, cause: Cause) -> Item | None:
+        assert public_token is not None
+        try:
+            ex = await self.plaid.exchange_public_token(public_token)
+        except UpstreamError as err:
+            if classify(err) is Kind.PERMANENT:
+                return await self.fail(item, err, cause)
+            raise
+        return await self.store.transition(
+            item,
+            Trigger.EXCHANGED,
+            cause=cause.name,
+            event_id=cause.event_id,
+            detail={"request_id": ex.request_id, "plaid_item_id": ex.item_id},
+            changes=Changes(
+                plaid_item_id=ex.item_id,
+                access_token=self.sealer.seal(ex.access_token, aad=aad(item.id, "access_token")),
+                plaid_request_id=ex.request_id,
+            ),
+        )
+
+    def access_token(self, item: Item) -> str:
+        assert item.access_token is not None, f"item {item.id} in {item.state} has no access token"
+        return self.sealer.open(item.access_token, aad=aad(item.id, "access_token"))
+
+    async def _issue_processor_token(self, item: Item, _: str | None, cause: Cause) -> Item | None:
+        access_token = self.access_token(item)
+        try:
+            wanted = [item.requested_account_id] if item.requested_account_id else None
+            accounts, request_id = await self.plaid.accounts(access_token, wanted)
+            choice = choose_account(accounts, item.requested_account_id)
+            if choice.account_id is None:
+                return await self.fail(
+                    item,
+                    UpstreamError(
+                        choice.reason or "no usable account", service="paw", error_code="NO_USABLE_ACCOUNT"
+                    ),
+                    cause,
+                )
+            if choice.awaiting_verification:
+                return await self.store.transition(
+                    item,
+                    Trigger.AWAITING_VERIFICATION,
+                    cause=cause.name,
+                    event_id=cause.event_id,
+                    detail={"account_id": choice.account_id, "request_id": request_id},
+                    changes=Changes(account_id=choice.account_id),
+                )
+            processor_token, request_id = await self.plaid.create_processor_token(
+                access_token, choice.account_id
+            )
+        except UpstreamError as err:
+            if classify(err) is Kind.PERMANENT:
+                return await self.fail(item, err, cause)
+            raise
+        return await self.store.transition(
+            item,
+            Trigger.PROCESSOR_TOKEN_CREATED,
+            cause=cause.name,
+            event_id=cause.event_id,
+            detail={"account_id": choice.account_id, "request_id": request_id},
+            changes=Changes(
+                account_id=choice.account_id,
+                processor_token=self.sealer.seal(processor_token, aad=aad(item.id, "processor_token")),
+                plaid_request_id=request_id,
+            ),
+        )
+
+    async def _submit_to_atomic(self, item: Item, _: str | None, cause: Cause) -> Item | None:
+        assert item.processor_token is not None
+        processor_token = self.sealer.open(item.processor_token, aad=aad(item.id, "processor_token"))
+        try:
+            source = await self.atomic.submit_funding_source(
+                processor_token=processor_token,
+                account_ref=str(item.id),
+                customer_ref=item.client_user_id,
+                idempotency_key=str(item.id),
+            )
+        except UpstreamError as err:
+            if classify(err) is Kind.PERMANENT:
+                return await self.fail(item, err, cause)
+            raise
+        return await self.store.transition(
+            item,
+            Trigger.ATOMIC_SUBMITTED,
+            cause=cause.name,
+            event_id=cause.event_id,
+            detail={"funding_source_id": source.id, "status": source.status},
+            changes=Changes(atomic_funding_source_id=source.id),
+        )

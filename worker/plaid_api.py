@@ -1,0 +1,179 @@
+"""Plaid, through the unmodified plaid-python SDK.
+
+plaid-python is synchronous (urllib3), so every call runs in a bounded thread pool, never on the
+event loop. Its errors become :class:`UpstreamError` carrying Plaid's ``error_code`` and
+``request_id``; the message never includes the request (which holds tokens).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import plaid
+import structlog
+import urllib3
+from plaid.api import plaid_api
+from plaid.model.accounts_get_request import AccountsGetRequest
+from plaid.model.accounts_get_request_options import AccountsGetRequestOptions
+from plaid.model.item_public_token_exchange_request import ItemPublicTokenExchangeRequest
+from plaid.model.item_remove_request import ItemRemoveRequest
+from plaid.model.processor_token_create_request import ProcessorTokenCreateRequest
+from plaid.model.webhook_verification_key_get_request import WebhookVerificationKeyGetRequest
+
+from worker.errors import UpstreamError
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+PLAID_VERSION = "2020-09-14"
+ATOMIC_PROCESSOR = "atomic"  # not "atomicfi", which is a different company
+
+
+@dataclass(frozen=True)
+class Exchange:
+    access_token: str
+    item_id: str
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Account:
+    account_id: str
+    type: str
+    subtype: str | None
+    verification_status: str | None
+    mask: str | None
+
+
+def to_upstream_error(e: Exception) -> UpstreamError:
+    """Maps what plaid-python raises to :class:`UpstreamError`, without request data."""
+    if isinstance(e, plaid.ApiException):
+        body: dict[str, Any] = {}
+        try:
+            parsed = json.loads(e.body or "{}")
+            body = parsed if isinstance(parsed, dict) else {}
+        except (TypeError, ValueError):
+            pass
+        retry_after = None
+        if e.headers and e.headers.get("Retry-After"):
+            try:
+                retry_after = float(e.headers["Retry-After"])
+            except ValueError:
+                retry_after = None
+        code = body.get("error_code") or f"HTTP_{e.status}"
+        return UpstreamError(
+            f"Plaid {code}: {body.get('error_message') or e.reason}",
+            service="plaid",
+            status=e.status,
+            error_code=code,
+            error_type=body.get("error_type"),
+            request_id=body.get("request_id"),
+            retry_after=retry_after,
+        )
+    if isinstance(e, urllib3.exceptions.HTTPError | OSError):
+        return UpstreamError(
+            f"Plaid unreachable: {type(e).__name__}", service="plaid", error_code="NETWORK_ERROR"
+        )
+    raise e
+
+
+class PlaidClient:
+    def __init__(self, *, host: str, client_id: str, secret: str, threads: int, timeout: float) -> None:
+        config = plaid.Configuration(
+            host=host,
+            api_key={"clientId": client_id, "secret": secret, "plaidVersion": PLAID_VERSION},
+        )
+        config.connection_pool_maxsize = threads
+        self._api_client = plaid.ApiClient(config)
+        self._api = plaid_api.PlaidApi(self._api_client)
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="plaid")
+        self._timeout = timeout
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._api_client.close()
+        self._api_client.rest_client.pool_manager.clear()
+
+    async def _call(self, endpoint: str, fn: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        try:
+            return await loop.run_in_executor(self._pool, fn)
+        except (plaid.ApiException, urllib3.exceptions.HTTPError, OSError) as e:
+            err = to_upstream_error(e)
+            log.info(
+                "plaid.error",
+                endpoint=endpoint,
+                status=err.status,
+                error_code=err.error_code,
+                request_id=err.request_id,
+            )
+            raise err from None
+        finally:
+            log.debug("plaid.call", endpoint=endpoint, ms=round((time.perf_counter() - started) * 1000, 1))
+
+    async def exchange_public_token(self, public_token: str) -> Exchange:
+        req = ItemPublicTokenExchangeRequest(public_token=public_token)
+        resp = await self._call(
+            "/item/public_token/exchange",
+            lambda: self._api.item_public_token_exchange(req, _request_timeout=self._timeout),
+        )
+        return Exchange(resp["access_token"], resp["item_id"], resp["request_id"])
+
+    async def accounts(
+        self, access_token: str, account_ids: list[str] | None = None
+    ) -> tuple[list[Account], str]:
+        if account_ids:
+            req = AccountsGetRequest(
+                access_token=access_token, options=AccountsGetRequestOptions(account_ids=account_ids)
+            )
+        else:
+            req = AccountsGetRequest(access_token=access_token)
+        resp = await self._call(
+            "/accounts/get", lambda: self._api.accounts_get(req, _request_timeout=self._timeout)
+        )
+        accounts = [
+            Account(
+                account_id=a["account_id"],
+                type=str(a["type"]),
+                subtype=str(a["subtype"]) if a.get("subtype") is not None else None,
+                verification_status=(
+                    str(a["verification_status"]) if a.get("verification_status") is not None else None
+                ),
+                mask=a.get("mask"),
+            )
+            for a in resp["accounts"]
+        ]
+        return accounts, resp["request_id"]
+
+    async def create_processor_token(self, access_token: str, account_id: str) -> tuple[str, str]:
+        req = ProcessorTokenCreateRequest(
+            access_token=access_token, account_id=account_id, processor=ATOMIC_PROCESSOR
+        )
+        resp = await self._call(
+            "/processor/token/create",
+            lambda: self._api.processor_token_create(req, _request_timeout=self._timeout),
+        )
+        return resp["processor_token"], resp["request_id"]
+
+    async def remove_item(self, access_token: str) -> str:
+        req = ItemRemoveRequest(access_token=access_token)
+        resp = await self._call(
+            "/item/remove", lambda: self._api.item_remove(req, _request_timeout=self._timeout)
+        )
+        return str(resp["request_id"])
+
+    async def webhook_verification_key(self, kid: str) -> dict[str, Any]:
+        req = WebhookVerificationKeyGetRequest(key_id=kid)
+        resp = await self._call(
+            "/webhook_verification_key/get",
+            lambda: self._api.webhook_verification_key_get(req, _request_timeout=self._timeout),
+        )
+        key: dict[str, Any] = resp["key"].to_dict()
+        return key

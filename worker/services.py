@@ -1,0 +1,79 @@
+"""Opens and closes what a process needs, from the settings: the database pool, the broker
+connection and publisher, the Plaid and Atomic clients, the token sealer."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+
+import asyncpg
+from aio_pika.abc import AbstractRobustConnection
+
+from worker.atomic_api import AtomicClient
+from worker.bus import Publisher, Topology, connect, declare
+from worker.pipeline import Pipeline
+from worker.plaid_api import PlaidClient
+from worker.sealing import Sealer
+from worker.settings import Settings
+from worker.store import Store, create_pool
+
+
+def topology(settings: Settings) -> Topology:
+    return Topology(
+        exchange=settings.exchange, prefix=settings.queue_prefix, retry_delays_ms=settings.retry_delays_ms
+    )
+
+
+@dataclasses.dataclass
+class Services:
+    settings: Settings
+    topo: Topology
+    pool: asyncpg.Pool
+    store: Store
+    sealer: Sealer
+    plaid: PlaidClient
+    atomic: AtomicClient
+    connection: AbstractRobustConnection
+    publisher: Publisher
+    pipeline: Pipeline
+
+
+@contextlib.asynccontextmanager
+async def open_services(settings: Settings, name: str, *, pool_size: int = 10) -> AsyncIterator[Services]:
+    topo = topology(settings)
+    sealer = Sealer(settings.token_keys)
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await create_pool(settings.database_url, max_size=pool_size)
+        stack.push_async_callback(pool.close)
+        connection = await connect(settings.amqp_url, name)
+        stack.push_async_callback(connection.close)
+        channel = await connection.channel()
+        await declare(channel, topo)
+        await channel.close()
+        plaid = PlaidClient(
+            host=settings.plaid_host,
+            client_id=settings.plaid_client_id,
+            secret=settings.plaid_secret,
+            threads=settings.plaid_threads,
+            timeout=settings.http_timeout,
+        )
+        stack.callback(plaid.close)
+        atomic = AtomicClient(
+            base_url=settings.atomic_base_url, api_key=settings.atomic_api_key, timeout=settings.http_timeout
+        )
+        stack.push_async_callback(atomic.close)
+        store = Store(pool)
+        publisher = Publisher(connection, topo, timeout=settings.publish_timeout)
+        yield Services(
+            settings=settings,
+            topo=topo,
+            pool=pool,
+            store=store,
+            sealer=sealer,
+            plaid=plaid,
+            atomic=atomic,
+            connection=connection,
+            publisher=publisher,
+            pipeline=Pipeline(store=store, sealer=sealer, plaid=plaid, atomic=atomic),
+        )

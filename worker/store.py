@@ -1,0 +1,257 @@
+"""The Postgres store: Items, their history and the inbox. Every state change goes through
+:meth:`Store.transition`, one guarded statement that writes the history row with it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from worker.queries import query
+from worker.sealing import Sealed
+from worker.states import State, Trigger, allowed_from, next_state
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    id: uuid.UUID
+    client_user_id: str
+    state: State
+    resume_state: State | None
+    requested_account_id: str | None
+    plaid_item_id: str | None
+    account_id: str | None
+    access_token: Sealed | None
+    processor_token: Sealed | None
+    atomic_funding_source_id: str | None
+    error_code: str | None
+    error_type: str | None
+    error_message: str | None
+    plaid_request_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+    @classmethod
+    def from_record(cls, r: Mapping[str, Any]) -> Item:
+        def sealed(prefix: str) -> Sealed | None:
+            blob = r[f"{prefix}_sealed"]
+            return None if blob is None else Sealed(r[f"{prefix}_key_id"], bytes(blob))
+
+        return cls(
+            id=r["id"],
+            client_user_id=r["client_user_id"],
+            state=State(r["state"]),
+            resume_state=State(r["resume_state"]) if r["resume_state"] else None,
+            requested_account_id=r["requested_account_id"],
+            plaid_item_id=r["plaid_item_id"],
+            account_id=r["account_id"],
+            access_token=sealed("access_token"),
+            processor_token=sealed("processor_token"),
+            atomic_funding_source_id=r["atomic_funding_source_id"],
+            error_code=r["error_code"],
+            error_type=r["error_type"],
+            error_message=r["error_message"],
+            plaid_request_id=r["plaid_request_id"],
+            created_at=r["created_at"],
+            updated_at=r["updated_at"],
+            version=r["version"],
+        )
+
+    def public(self) -> dict[str, Any]:
+        """What the HTTP API and the CLI show: never a token, sealed or not."""
+        return {
+            "id": str(self.id),
+            "state": self.state.value,
+            "client_user_id": self.client_user_id,
+            "plaid_item_id": self.plaid_item_id,
+            "account_id": self.account_id,
+            "atomic_funding_source_id": self.atomic_funding_source_id,
+            "resume_state": self.resume_state.value if self.resume_state else None,
+            "error": (
+                {
+                    "error_code": self.error_code,
+                    "error_type": self.error_type,
+                    "error_message": self.error_message,
+                }
+                if self.error_code
+                else None
+            ),
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryEntry:
+    from_state: str | None
+    to_state: str
+    trigger: str
+    cause: str
+    event_id: str | None
+    detail: dict[str, Any]
+    at: datetime
+
+    def public(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "at": self.at.isoformat()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Changes:
+    """Columns a transition sets besides the state. ``None`` leaves a column as it is."""
+
+    plaid_item_id: str | None = None
+    account_id: str | None = None
+    access_token: Sealed | None = None
+    processor_token: Sealed | None = None
+    atomic_funding_source_id: str | None = None
+    error_code: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    plaid_request_id: str | None = None
+    destroy_tokens: bool = False
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30
+    )
+    return pool
+
+
+class Store:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def create_item(
+        self,
+        *,
+        public_token_sha256: str,
+        client_user_id: str,
+        requested_account_id: str | None,
+        request_id: str | None,
+        cause: str,
+        event_id: str | None,
+    ) -> tuple[Item, bool]:
+        """The Item for this public token, made now (``True``) or found (``False``)."""
+        args = (
+            uuid.uuid4(),
+            public_token_sha256,
+            client_user_id,
+            requested_account_id,
+            request_id,
+            cause,
+            event_id,
+        )
+        for _ in range(2):  # a concurrent insert of the same token is invisible to our snapshot once
+            row = await self.pool.fetchrow(query("create_item"), *args)
+            if row is not None:
+                return Item.from_record(row), bool(row["created"])
+        raise RuntimeError("create_item returned no row twice")
+
+    async def get(self, item_id: uuid.UUID) -> Item | None:
+        row = await self.pool.fetchrow(query("get_item"), item_id)
+        return None if row is None else Item.from_record(row)
+
+    async def claim(self, item_id: uuid.UUID, owner: uuid.UUID, lease_s: float) -> Item | None:
+        """The Item, leased to ``owner``; ``None`` if another worker holds it (or it does not exist)."""
+        row = await self.pool.fetchrow(query("claim_item"), item_id, owner, lease_s)
+        return None if row is None else Item.from_record(row)
+
+    async def release(self, item_id: uuid.UUID, owner: uuid.UUID) -> None:
+        await self.pool.execute(query("release_item"), item_id, owner)
+
+    async def get_by_plaid_id(self, plaid_item_id: str) -> Item | None:
+        row = await self.pool.fetchrow(query("get_item_by_plaid_id"), plaid_item_id)
+        return None if row is None else Item.from_record(row)
+
+    async def get_by_token_hash(self, public_token_sha256: str) -> Item | None:
+        row = await self.pool.fetchrow(query("get_item_by_token_hash"), public_token_sha256)
+        return None if row is None else Item.from_record(row)
+
+    async def history(self, item_id: uuid.UUID) -> list[HistoryEntry]:
+        rows = await self.pool.fetch(query("item_history"), item_id)
+        return [
+            HistoryEntry(
+                r["from_state"], r["to_state"], r["trigger"], r["cause"], r["event_id"], r["detail"], r["at"]
+            )
+            for r in rows
+        ]
+
+    async def transition(
+        self,
+        item: Item,
+        trigger: Trigger,
+        *,
+        cause: str,
+        event_id: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+        changes: Changes = Changes(),
+        conn: asyncpg.Connection | None = None,
+    ) -> Item | None:
+        """Applies ``trigger`` to ``item`` if the database still holds it in an allowed state.
+
+        Returns the updated Item, or ``None`` when the transition was refused (the row had moved on).
+        Raises :class:`IllegalTransition` if ``item.state`` itself does not allow the trigger.
+        """
+        to_state = next_state(item.state, trigger, resume=item.resume_state)
+        allowed = [item.state.value] if trigger is Trigger.LOGIN_REPAIRED else sorted(allowed_from(trigger))
+        c = changes
+        row = await (conn or self.pool).fetchrow(
+            query("transition"),
+            item.id,
+            to_state.value,
+            allowed,
+            trigger.value,
+            cause,
+            event_id,
+            dict(detail or {}),
+            c.plaid_item_id,
+            c.account_id,
+            c.access_token.key_id if c.access_token else None,
+            c.access_token.blob if c.access_token else None,
+            c.processor_token.key_id if c.processor_token else None,
+            c.processor_token.blob if c.processor_token else None,
+            c.atomic_funding_source_id,
+            c.error_code,
+            c.error_type,
+            c.error_message,
+            c.plaid_request_id,
+            c.destroy_tokens,
+        )
+        return None if row is None else Item.from_record(row)
+
+    async def record_event(
+        self,
+        event_key: str,
+        *,
+        item_id: uuid.UUID | None,
+        routing_key: str,
+        outcome: str,
+        payload: Mapping[str, Any],
+        conn: asyncpg.Connection | None = None,
+    ) -> bool:
+        """``True`` if the event is new; ``False`` if it was recorded before."""
+        row = await (conn or self.pool).fetchrow(
+            query("record_event"), event_key, item_id, routing_key, outcome, dict(payload)
+        )
+        return row is not None
+
+    async def stuck_atomic_pending(self, older_than: timedelta, limit: int) -> list[Item]:
+        rows = await self.pool.fetch(query("stuck_atomic_pending"), older_than, limit)
+        return [Item.from_record(r) for r in rows]
+
+    async def touch(self, item_id: uuid.UUID) -> None:
+        await self.pool.execute(query("touch_item"), item_id)
+
+    async def count_by_state(self) -> dict[str, int]:
+        return {r["state"]: r["n"] for r in await self.pool.fetch(query("count_by_state"))}
