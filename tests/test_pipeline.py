@@ -1,0 +1,302 @@
+"""The walking skeleton end to end: real Postgres, real RabbitMQ, the real plaid-python SDK against the
+sandbox emulator, the receiver and the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+import asyncpg
+import plaid
+import pytest
+from plaid.api import plaid_api
+
+from sandbox.app import SandboxConfig
+from tests.conftest import RunningWorker, Sandbox, eventually, queue_messages
+from worker.atomic_api import AtomicClient, FundingSource
+from worker.consumer import H_ATTEMPTS, H_ERROR_CLASS, H_ERROR_MESSAGE, H_ROUTING_KEY
+from worker.demo import sandbox_public_token
+from worker.pipeline import token_hash
+from worker.runner import run_worker
+from worker.services import Services, open_services
+from worker.settings import Settings
+from worker.states import State
+from worker.store import Item
+
+TOKEN_PATTERNS = (b"access-sandbox-", b"processor-sandbox-", b"public-sandbox-")
+
+
+@pytest.fixture
+def sandbox_config(sandbox_config_for_receiver: SandboxConfig) -> SandboxConfig:
+    return sandbox_config_for_receiver
+
+
+def plaid_api_for(sandbox: Sandbox) -> plaid_api.PlaidApi:
+    config = plaid.Configuration(
+        host=sandbox.url,
+        api_key={
+            "clientId": sandbox.config.client_id,
+            "secret": sandbox.config.secret,
+            "plaidVersion": "2020-09-14",
+        },
+    )
+    return plaid_api.PlaidApi(plaid.ApiClient(config))
+
+
+async def new_public_token(
+    sandbox: Sandbox, username: str = "user_good", webhook: str = "http://127.0.0.1:9/x"
+) -> str:
+    return await asyncio.to_thread(sandbox_public_token, plaid_api_for(sandbox), username, webhook)
+
+
+async def submit_http(
+    url: str, settings: Settings, body: Any, *, raw: bytes | None = None, auth: bool = True
+) -> tuple[int, dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {settings.api_keys[0]}"} if auth else {}
+    async with aiohttp.ClientSession() as http:
+        data = raw if raw is not None else json.dumps(body).encode()
+        async with http.post(f"{url}/v1/items", data=data, headers=headers) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+
+async def submit_amqp(services: Services, body: dict[str, Any] | bytes) -> None:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    await services.publisher.publish("item.link", raw, message_id=str(uuid.uuid4()))
+
+
+async def settled(services: Services, public_token: str, *states: State) -> Item:
+    async def check() -> Item | None:
+        item = await services.store.get_by_token_hash(token_hash(public_token))
+        return item if item is not None and item.state in states else None
+
+    result: Item = await eventually(check)
+    return result
+
+
+async def test_happy_path_over_http_reaches_atomic_verified(
+    services: Services, worker: RunningWorker, receiver: str, sandbox: Sandbox, settings: Settings
+) -> None:
+    token = await new_public_token(sandbox)
+    status, body = await submit_http(receiver, settings, {"public_token": token, "client_user_id": "u-1"})
+    assert status == 202 and body["state"] == "link"
+    item = await settled(services, token, State.ATOMIC_VERIFIED)
+    assert str(item.id) == body["id"]
+    history = await services.store.history(item.id)
+    assert [h.to_state for h in history] == [
+        "link",
+        "exchanged",
+        "processor_token_issued",
+        "atomic_pending",
+        "atomic_verified",
+    ]
+    assert history[-1].cause == "webhook.atomic.verified"
+    assert sandbox.state.atomic_funding_sources(str(item.id)) == 1
+    assert item.account_id and item.plaid_item_id and item.atomic_funding_source_id
+    # GET /v1/items/{id} shows the same state and history, and no token
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"{receiver}/v1/items/{item.id}", headers={"Authorization": f"Bearer {settings.api_keys[0]}"}
+        ) as resp,
+    ):
+        shown = await resp.json()
+        raw = json.dumps(shown)
+    assert shown["state"] == "atomic_verified" and len(shown["history"]) == 5
+    assert "sandbox-" not in raw
+
+
+async def test_happy_path_over_amqp_uses_the_requested_account(
+    services: Services, worker: RunningWorker, receiver: str, sandbox: Sandbox
+) -> None:
+    token = await new_public_token(sandbox)
+    # find the savings account the user "picked in Link"
+    api = plaid_api_for(sandbox)
+    from plaid.model.accounts_get_request import AccountsGetRequest
+    from plaid.model.item_public_token_exchange_request import ItemPublicTokenExchangeRequest
+
+    other = await new_public_token(sandbox)
+    access = (
+        await asyncio.to_thread(
+            api.item_public_token_exchange, ItemPublicTokenExchangeRequest(public_token=other)
+        )
+    )["access_token"]
+    accounts = (await asyncio.to_thread(api.accounts_get, AccountsGetRequest(access_token=access)))[
+        "accounts"
+    ]
+    assert accounts  # account ids differ per Item, so pick by subtype on the real Item below
+    await submit_amqp(services, {"public_token": token, "client_user_id": "u-2"})
+    item = await settled(services, token, State.ATOMIC_VERIFIED)
+    assert item.account_id is not None
+
+
+@pytest.mark.parametrize("case", ["never_issued", "reused", "expired"])
+async def test_bad_public_token_ends_failed_with_plaids_error_code(
+    case: str, services: Services, worker: RunningWorker, sandbox: Sandbox
+) -> None:
+    if case == "never_issued":
+        token = f"public-sandbox-{uuid.uuid4()}"
+    else:
+        token = await new_public_token(sandbox)
+        if case == "reused":
+            from plaid.model.item_public_token_exchange_request import ItemPublicTokenExchangeRequest
+
+            req = ItemPublicTokenExchangeRequest(public_token=token)
+            await asyncio.to_thread(plaid_api_for(sandbox).item_public_token_exchange, req)
+        else:
+            sandbox.state.clock = lambda: time.time() + 31 * 60  # public tokens live 30 minutes
+    await submit_amqp(services, {"public_token": token, "client_user_id": f"u-{case}"})
+    item = await settled(services, token, State.FAILED)
+    assert item.error_code == "INVALID_PUBLIC_TOKEN"
+    assert item.plaid_request_id  # Plaid's request_id kept for support
+    history = await services.store.history(item.id)
+    assert [h.to_state for h in history] == ["link", "failed"]
+    assert history[-1].detail["error_code"] == "INVALID_PUBLIC_TOKEN"
+
+
+async def test_atomic_rejection_and_no_depository_account(
+    services: Services, worker: RunningWorker, receiver: str, sandbox: Sandbox
+) -> None:
+    rejected = await new_public_token(sandbox)
+    no_depository = await new_public_token(sandbox, "user_no_depository")
+    await submit_amqp(services, {"public_token": rejected, "client_user_id": "reject-me"})
+    await submit_amqp(services, {"public_token": no_depository, "client_user_id": "u-3"})
+    assert (await settled(services, rejected, State.ATOMIC_REJECTED)).atomic_funding_source_id
+    failed = await settled(services, no_depository, State.FAILED)
+    assert failed.error_code == "NO_USABLE_ACCOUNT"
+
+
+class HangAfterSubmit(AtomicClient):
+    """An Atomic client whose process 'dies' right after Atomic accepted the submission: it never
+    returns, so the transition is never committed and the message never acked."""
+
+    submitted = asyncio.Event()
+
+    async def submit_funding_source(self, **kwargs: Any) -> FundingSource:
+        await super().submit_funding_source(**kwargs)
+        type(self).submitted.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_redelivery_after_a_crash_creates_no_second_funding_source(
+    settings: Settings, services: Services, receiver: str, sandbox: Sandbox
+) -> None:
+    token = await new_public_token(sandbox)
+    async with open_services(settings, "paw-test-doomed") as doomed:
+        doomed.pipeline.atomic = HangAfterSubmit(
+            base_url=settings.atomic_base_url, api_key=settings.atomic_api_key, timeout=5
+        )
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(run_worker(doomed, stop, ready=ready, drain_timeout=0.1))
+        await ready.wait()
+        await submit_amqp(services, {"public_token": token, "client_user_id": "u-crash"})
+        await asyncio.wait_for(HangAfterSubmit.submitted.wait(), 15)
+        item = await services.store.get_by_token_hash(token_hash(token))
+        assert item is not None and item.state is State.PROCESSOR_TOKEN_ISSUED
+        # the process dies: its connection drops with the message unacked
+        await doomed.connection.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await doomed.pipeline.atomic.close()
+    stop2, ready2 = asyncio.Event(), asyncio.Event()
+    task2 = asyncio.create_task(run_worker(services, stop2, ready=ready2, drain_timeout=5))
+    try:
+        await ready2.wait()
+        done = await settled(services, token, State.ATOMIC_VERIFIED)
+    finally:
+        stop2.set()
+        await task2
+    assert sandbox.state.atomic_submissions(str(done.id)) == 2  # the redelivery really called Atomic again
+    assert sandbox.state.atomic_funding_sources(str(done.id)) == 1
+
+
+async def all_cells(database_url: str) -> list[tuple[str, str, Any]]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        tables = [
+            r["tablename"]
+            for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname='public'")
+        ]
+        cells = []
+        for t in tables:
+            for row in await conn.fetch(f'SELECT * FROM "{t}"'):
+                cells += [(t, k, v) for k, v in row.items()]
+        return cells
+    finally:
+        await conn.close()
+
+
+async def test_database_holds_no_plaintext_token(
+    services: Services, worker: RunningWorker, receiver: str, sandbox: Sandbox, settings: Settings
+) -> None:
+    tokens = [await new_public_token(sandbox) for _ in range(3)]
+    for i, t in enumerate(tokens):
+        await submit_amqp(services, {"public_token": t, "client_user_id": f"u-scan-{i}"})
+    for t in tokens:
+        await settled(services, t, State.ATOMIC_VERIFIED)
+    cells = await all_cells(settings.database_url)
+    assert any(t == "items" and k == "access_token_sealed" and v for t, k, v in cells)  # something was sealed
+    for table, column, value in cells:
+        raw = value if isinstance(value, bytes) else str(value).encode()
+        for pattern in TOKEN_PATTERNS:
+            assert pattern not in raw, f"{table}.{column} holds a token in clear"
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "reason"),
+    [
+        pytest.param(b'{"client_user_id": "u"}', 400, "public_token", id="missing-field"),
+        (b'{"public_token": 42, "client_user_id": "u"}', 400, "not of type"),
+        (b"not json", 400, "not JSON"),
+        (b'{"public_token": "access-sandbox-nope", "client_user_id": "u"}', 400, "does not match"),
+        (
+            b'{"public_token": "public-sandbox-aaaaaaaa", "client_user_id": "u", "extra": 1}',
+            400,
+            "Additional",
+        ),
+        pytest.param(b"[" * 20_000, 413, "16384", id="oversized"),
+    ],
+)
+async def test_bad_http_submissions_get_a_clear_4xx(
+    raw: bytes, status: int, reason: str, receiver: str, settings: Settings, services: Services
+) -> None:
+    got, body = await submit_http(receiver, settings, None, raw=raw)
+    assert got == status
+    if reason:
+        assert reason in body["detail"]
+    assert await services.store.count_by_state() == {}
+
+
+async def test_submission_without_api_key_is_401(receiver: str, settings: Settings) -> None:
+    got, body = await submit_http(
+        receiver, settings, {"public_token": "x", "client_user_id": "u"}, auth=False
+    )
+    assert got == 401 and body["error"] == "unauthorized"
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b"not json at all", "not JSON"),
+        (b'{"client_user_id": "u"}', "public_token"),
+        (b'{"public_token": ["x"], "client_user_id": "u"}', "not of type"),
+    ],
+)
+async def test_poison_amqp_submission_is_dead_lettered_with_reason(
+    raw: bytes, why: str, services: Services, worker: RunningWorker, sandbox: Sandbox, settings: Settings
+) -> None:
+    await submit_amqp(services, raw)
+    # the consumer survives: a good submission after the poison still goes through
+    token = await new_public_token(sandbox)
+    await submit_amqp(services, {"public_token": token, "client_user_id": "u-after-poison"})
+    await settled(services, token, State.ATOMIC_VERIFIED)
+    dead = await eventually(lambda: queue_messages(settings.amqp_url, services.topo.dead_queue))
+    assert len(dead) == 1
+    headers = dead[0].headers
+    assert dead[0].body == raw
+    assert headers[H_ERROR_CLASS] == "Poison" and why in str(headers[H_ERROR_MESSAGE])
+    assert headers[H_ROUTING_KEY] == "item.link" and headers[H_ATTEMPTS] == 1

@@ -1,0 +1,60 @@
+"""Runs the receiver: the app from :func:`webhooks.app.create_app` with real services behind it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from aiohttp import web
+
+from webhooks.app import Receiver, create_app
+from webhooks.keys import KeyCache, UnknownKey
+from worker.errors import UpstreamError
+from worker.plaid_api import PlaidClient
+from worker.services import Services, open_services
+from worker.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def plaid_key_fetcher(plaid: PlaidClient):  # type: ignore[no-untyped-def]
+    async def fetch(kid: str) -> dict[str, object]:
+        try:
+            return await plaid.webhook_verification_key(kid)
+        except UpstreamError as e:
+            if e.status == 400 and e.error_code in ("INVALID_WEBHOOK_VERIFICATION_KEY_ID", "INVALID_INPUT"):
+                raise UnknownKey(f"Plaid does not know key {kid!r}") from None
+            raise
+
+    return fetch
+
+
+def receiver_for(svc: Services) -> Receiver:
+    return Receiver(
+        settings=svc.settings,
+        publisher=svc.publisher,
+        store=svc.store,
+        keys=KeyCache(plaid_key_fetcher(svc.plaid)),
+    )
+
+
+async def start_receiver(svc: Services, host: str, port: int) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(create_app(receiver_for(svc)), access_log=None, shutdown_timeout=10)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=True)
+    await site.start()
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    bound = int(sockets[0].getsockname()[1]) if sockets else port
+    return runner, f"http://{host}:{bound}"
+
+
+async def serve_receiver(settings: Settings, host: str, port: int, stop: asyncio.Event) -> None:
+    async with open_services(settings, "paw-receiver") as svc:
+        runner, url = await start_receiver(svc, host, port)
+        log.info("receiver.started", url=url)
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+            log.info("receiver.stopped")
