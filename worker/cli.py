@@ -10,14 +10,14 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Coroutine, Sequence
-from typing import Any
+from collections.abc import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from worker import logs
+from worker import cli_dlq, logs
 from worker import settings as settings_mod
+from worker.cli_dlq import Command
 from worker.errors import PawError, SettingsError
 from worker.settings import ENV, Settings
 
@@ -138,7 +138,7 @@ async def cmd_demo(s: Settings, args: argparse.Namespace) -> int:
     return await run_demo(s, keep=args.keep)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     parser = argparse.ArgumentParser(
         prog="paw",
         description="Plaid + Atomic account-funding worker.",
@@ -163,31 +163,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("demo", help="drive sandbox Items through the whole flow in one process")
     p.add_argument("--keep", action="store_true", help="keep the demo's queues afterwards")
-    return parser
+    commands: dict[str, Command] = {
+        "migrate": cmd_migrate,
+        "worker": cmd_worker,
+        "receiver": cmd_receiver,
+        "sandbox": cmd_sandbox,
+        "demo": cmd_demo,
+        "item_show": cmd_item_show,
+    }
+    for module in (cli_dlq,):
+        commands.update(module.register(sub, groups={"item": item}))
+    return parser, commands
 
 
-COMMANDS = {
-    "migrate": cmd_migrate,
-    "worker": cmd_worker,
-    "receiver": cmd_receiver,
-    "sandbox": cmd_sandbox,
-    "demo": cmd_demo,
-}
+def command_name(args: argparse.Namespace) -> str:
+    """``item show`` -> ``item_show``: the subcommand path joined by underscores."""
+    name: str = args.command
+    nested = getattr(args, f"{name}_command", None)
+    return f"{name}_{nested}" if nested else name
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser, commands = build_parser()
+    args = parser.parse_args(argv)
     try:
         s = settings_mod.load(os.environ)
     except SettingsError as e:
         print(f"paw: configuration error: {e}", file=sys.stderr)
         return 2
     logs.configure(s.log_format, s.log_level)
-    command = args.command if args.command != "item" else f"item_{args.item_command}"
-    fn = COMMANDS.get(command) or {"item_show": cmd_item_show}[command]
-    coro: Coroutine[Any, Any, int] = fn(s, args)
+    coro = commands[command_name(args)](s, args)
     try:
-        return asyncio.run(coro)
+        code: int = asyncio.run(coro)
+        return code
     except PawError as e:
         print(f"paw: {e}", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""Named SQL queries, parsed once from ``worker/sql/queries.sql``.
+"""Named SQL queries, parsed once from the ``worker/sql/*.sql`` files.
 
 Each query starts with a ``-- name: <name>`` line; the comment lines under it give asyncpg's ``$n``
 order.
@@ -25,7 +25,16 @@ def parse(text: str) -> dict[str, str]:
 
 @functools.cache
 def queries() -> dict[str, str]:
-    return parse(resources.files("worker").joinpath("sql", "queries.sql").read_text("utf-8"))
+    found: dict[str, str] = {}
+    folder = resources.files("worker").joinpath("sql")
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".sql"):
+            continue
+        for name, sql in parse(entry.read_text("utf-8")).items():
+            if name in found:
+                raise ValueError(f"query {name!r} is defined in two files")
+            found[name] = sql
+    return found
 
 
 def query(name: str) -> str:

@@ -47,12 +47,14 @@ async def _reconcile(store: Store, atomic: AtomicClient, item: Item) -> int:
     return int(done is not None)
 
 
-async def run_reconciler(store: Store, atomic: AtomicClient, *, older_than_s: float, stop: asyncio.Event) -> None:
+async def run_reconciler(
+    store: Store, atomic: AtomicClient, *, older_than_s: float, stop: asyncio.Event
+) -> None:
     interval = min(max(older_than_s / 4, 0.2), 60.0)
     while not stop.is_set():
         try:
             await reconcile_once(store, atomic, older_than_s=older_than_s)
-        except Exception:  # noqa: BLE001 - a database blip must not end the loop
+        except Exception:
             log.exception("reconcile.failed")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(interval):

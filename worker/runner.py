@@ -40,9 +40,7 @@ async def run_worker(
     if ready is not None:
         ready.set()
     reconciler = asyncio.create_task(
-        run_reconciler(
-            svc.store, svc.atomic, older_than_s=svc.settings.atomic_pending_reconcile_s, stop=stop
-        )
+        run_reconciler(svc.store, svc.atomic, older_than_s=svc.settings.atomic_pending_reconcile_s, stop=stop)
     )
     try:
         await stop.wait()
@@ -70,7 +68,7 @@ async def _drain(consumers: list[tuple[Consumer, AbstractQueue, str]], timeout: 
         try:
             async with asyncio.timeout(5):
                 await queue.cancel(tag)
-        except Exception as e:  # noqa: BLE001 - the channel may be gone already
+        except Exception as e:
             log.warning("worker.cancel_failed", error=type(e).__name__)
     try:
         async with asyncio.timeout(timeout):
