@@ -132,6 +132,26 @@ async def cmd_item_show(s: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_item_expiring(s: Settings, args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from worker.report import expiring_table
+    from worker.store import Store, create_pool
+
+    pool = await create_pool(s.database_url, min_size=1, max_size=1)
+    try:
+        items = await Store(pool).expiring(timedelta(days=args.days))
+    finally:
+        await pool.close()
+    if args.json:
+        print(json.dumps([i.public() for i in items], indent=2))
+    else:
+        from rich.console import Console
+
+        Console().print(expiring_table(items, args.days))
+    return 0
+
+
 async def cmd_demo(s: Settings, args: argparse.Namespace) -> int:
     from worker.demo import run_demo
 
@@ -161,6 +181,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     p = item.add_parser("show", help="an Item's state and history (DATABASE_URL)")
     p.add_argument("id")
     p.add_argument("--json", action="store_true")
+    p = item.add_parser(
+        "expiring", help="Items whose consent expires or that Plaid disconnects within N days"
+    )
+    p.add_argument("--days", type=int, default=7)
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("demo", help="drive sandbox Items through the whole flow in one process")
     p.add_argument("--keep", action="store_true", help="keep the demo's queues afterwards")
     commands: dict[str, Command] = {
@@ -170,6 +195,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
         "sandbox": cmd_sandbox,
         "demo": cmd_demo,
         "item_show": cmd_item_show,
+        "item_expiring": cmd_item_expiring,
     }
     for module in (cli_dlq,):
         commands.update(module.register(sub, groups={"item": item}))

@@ -7,6 +7,7 @@ those. Everything here is idempotent: a redelivered message changes nothing twic
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -14,10 +15,13 @@ import structlog
 
 import schemas
 from worker.consumer import Poison, parse_json
-from worker.errors import PawError
+from worker.errors import PawError, UpstreamError
+from worker.lifecycle import Decision, decide
 from worker.pipeline import Cause, Pipeline, token_hash
 from worker.states import State, Trigger
-from worker.store import Store
+from worker.store import Changes, Item, Store
+
+FINAL_ERRORS = frozenset({Trigger.FAILED, Trigger.REVOKED})
 
 log = structlog.get_logger(__name__)
 
@@ -99,65 +103,105 @@ class Handlers:
 
     async def atomic_webhook(self, routing_key: str, envelope: dict[str, Any]) -> None:
         hook = envelope["webhook"]
-        event_key = f"atomic:{envelope['body_sha256']}"
         try:
             item_id: uuid.UUID | None = uuid.UUID(hook["account_ref"])
         except ValueError:
             item_id = None
-        item = await self.store.get(item_id) if item_id else None
         structlog.contextvars.bind_contextvars(item_id=str(item_id), event_id=envelope["event_id"])
-        trigger = {"VERIFIED": Trigger.ATOMIC_VERIFIED, "REJECTED": Trigger.ATOMIC_REJECTED}.get(
-            hook["status"]
-        )
-        await self._apply(
-            event_key,
-            routing_key,
-            envelope,
-            item,
-            trigger,
-            source_matches=(item is not None and item.atomic_funding_source_id == hook["funding_source_id"]),
-        )
+
+        async def lock(conn: asyncpg.Connection) -> Item | None:
+            return await self.store.lock(conn, item_id) if item_id else None
+
+        def decide_atomic(item: Item | None) -> Decision:
+            trigger = {"VERIFIED": Trigger.ATOMIC_VERIFIED, "REJECTED": Trigger.ATOMIC_REJECTED}.get(
+                hook["status"]
+            )
+            if item is None:
+                return Decision("unknown_item")
+            if trigger is None or item.atomic_funding_source_id not in (None, hook["funding_source_id"]):
+                return Decision("ignored")
+            if item.state is State.PROCESSOR_TOKEN_ISSUED:
+                # Atomic answered faster than we committed its PENDING: apply it once we have.
+                raise EventTooEarly(f"item {item.id} has not recorded its Atomic submission yet")
+            if item.state is not State.ATOMIC_PENDING:
+                return Decision("ignored")
+            return Decision("applied", trigger)
+
+        await self._apply(f"atomic:{envelope['body_sha256']}", routing_key, envelope, lock, decide_atomic)
 
     async def plaid_webhook(self, routing_key: str, envelope: dict[str, Any]) -> None:
         hook = envelope["webhook"]
-        event_key = f"plaid:{envelope['body_sha256']}"
-        item = await self.store.get_by_plaid_id(hook["item_id"]) if hook.get("item_id") else None
-        structlog.contextvars.bind_contextvars(
-            item_id=str(item.id) if item else None,
-            plaid_item_id=hook.get("item_id"),
-            event_id=envelope["event_id"],
+        plaid_item_id = hook.get("item_id")
+        structlog.contextvars.bind_contextvars(plaid_item_id=plaid_item_id, event_id=envelope["event_id"])
+
+        async def lock(conn: asyncpg.Connection) -> Item | None:
+            return (
+                await self.store.lock_by_plaid_id(conn, plaid_item_id)
+                if isinstance(plaid_item_id, str)
+                else None
+            )
+
+        item = await self._apply(
+            f"plaid:{envelope['body_sha256']}",
+            routing_key,
+            envelope,
+            lock,
+            lambda item: decide(item, hook, envelope["sent_at"]),
         )
-        await self._apply(event_key, routing_key, envelope, item, None, source_matches=True)
+        if item is not None:
+            await self.follow_up(item.id, routing_key, envelope["event_id"])
 
     async def _apply(
         self,
         event_key: str,
         routing_key: str,
         envelope: dict[str, Any],
-        item: Any,
-        trigger: Trigger | None,
-        *,
-        source_matches: bool,
-    ) -> None:
-        """Records the event and applies its transition in one transaction; a duplicate changes nothing."""
+        lock: Callable[[asyncpg.Connection], Awaitable[Item | None]],
+        decide_for: Callable[[Item | None], Decision],
+    ) -> Item | None:
+        """In one transaction: lock the Item's row, decide, apply, and record the event in the inbox.
+        A duplicate (the inbox holds the key) rolls everything back. Returns the Item, if known."""
         payload = {"event_id": envelope["event_id"], "webhook": envelope["webhook"]}
         try:
             async with self.store.pool.acquire() as conn, conn.transaction():
-                outcome = "recorded"
-                if item is None:
-                    outcome = "unknown_item"
-                elif trigger is not None and source_matches and item.state is State.ATOMIC_PENDING:
+                item = await lock(conn)
+                if item is not None:
+                    structlog.contextvars.bind_contextvars(item_id=str(item.id))
+                decision = decide_for(item)
+                outcome = decision.outcome
+                if item is not None and decision.trigger is not None:
                     moved = await self.store.transition(
                         item,
-                        trigger,
+                        decision.trigger,
                         cause=routing_key,
                         event_id=envelope["event_id"],
-                        detail={"reason": envelope["webhook"].get("reason")},
+                        detail={
+                            k: v
+                            for k, v in (
+                                ("error_code", decision.error_code),
+                                ("reason", envelope["webhook"].get("reason")),
+                                ("sent_at", envelope.get("sent_at")),
+                            )
+                            if v is not None
+                        },
+                        changes=Changes(
+                            error_code=decision.error_code if decision.trigger in FINAL_ERRORS else None,
+                            destroy_tokens=decision.trigger is Trigger.REVOKED,
+                        ),
                         conn=conn,
                     )
-                    outcome = "applied" if moved else "stale"
-                elif trigger is not None:
-                    outcome = "ignored"
+                    outcome = "applied" if moved is not None else "refused"
+                if item is not None and (
+                    decision.login_changed_at or decision.consent_expires_at or decision.disconnect_at
+                ):
+                    await self.store.set_conditions(
+                        conn,
+                        item.id,
+                        login_changed_at=decision.login_changed_at,
+                        consent_expires_at=decision.consent_expires_at,
+                        disconnect_at=decision.disconnect_at,
+                        disconnect_reason=decision.disconnect_reason,
+                    )
                 if not await self.store.record_event(
                     event_key,
                     item_id=item.id if item else None,
@@ -169,8 +213,23 @@ class Handlers:
                     raise Duplicate()
         except Duplicate:
             log.info("event.duplicate", event_key=event_key)
-            return
-        except asyncpg.UniqueViolationError:
-            log.info("event.duplicate", event_key=event_key)
-            return
+            return item
         log.info("event.processed", outcome=outcome)
+        return item
+
+    async def follow_up(self, item_id: uuid.UUID, cause: str, event_id: str) -> None:
+        """What a committed event leaves to do outside the transaction. Idempotent: it runs again
+        when a redelivered event is found in the inbox, so a crash in between loses nothing."""
+        item = await self.store.get(item_id)
+        if item is None:
+            return
+        if item.state in (State.EXCHANGED, State.PROCESSOR_TOKEN_ISSUED):
+            await self.pipeline.drive(item.id, public_token=None, cause=Cause(cause, event_id))
+        elif item.state is State.REVOKED and item.atomic_funding_source_id and item.atomic_removed_at is None:
+            try:
+                await self.pipeline.atomic.remove_funding_source(item.atomic_funding_source_id)
+            except UpstreamError as e:
+                if e.status != 404:
+                    raise
+            await self.store.mark_atomic_removed(item.id)
+            log.info("atomic.funding_source_removed", funding_source_id=item.atomic_funding_source_id)

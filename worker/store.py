@@ -17,6 +17,10 @@ from worker.sealing import Sealed
 from worker.states import State, Trigger, allowed_from, next_state
 
 
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Item:
     id: uuid.UUID
@@ -36,6 +40,11 @@ class Item:
     created_at: datetime
     updated_at: datetime
     version: int
+    login_changed_at: int | None = None
+    consent_expires_at: datetime | None = None
+    disconnect_at: datetime | None = None
+    disconnect_reason: str | None = None
+    atomic_removed_at: datetime | None = None
 
     @classmethod
     def from_record(cls, r: Mapping[str, Any]) -> Item:
@@ -61,6 +70,11 @@ class Item:
             created_at=r["created_at"],
             updated_at=r["updated_at"],
             version=r["version"],
+            login_changed_at=r["login_changed_at"],
+            consent_expires_at=r["consent_expires_at"],
+            disconnect_at=r["disconnect_at"],
+            disconnect_reason=r["disconnect_reason"],
+            atomic_removed_at=r["atomic_removed_at"],
         )
 
     def public(self) -> dict[str, Any]:
@@ -82,6 +96,10 @@ class Item:
                 if self.error_code
                 else None
             ),
+            "consent_expires_at": _iso(self.consent_expires_at),
+            "disconnect_at": _iso(self.disconnect_at),
+            "disconnect_reason": self.disconnect_reason,
+            "atomic_removed_at": _iso(self.atomic_removed_at),
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }
@@ -252,6 +270,39 @@ class Store:
 
     async def touch(self, item_id: uuid.UUID) -> None:
         await self.pool.execute(query("touch_item"), item_id)
+
+    async def lock_by_plaid_id(self, conn: asyncpg.Connection, plaid_item_id: str) -> Item | None:
+        row = await conn.fetchrow(query("lock_item_by_plaid_id"), plaid_item_id)
+        return None if row is None else Item.from_record(row)
+
+    async def lock(self, conn: asyncpg.Connection, item_id: uuid.UUID) -> Item | None:
+        row = await conn.fetchrow(query("lock_item"), item_id)
+        return None if row is None else Item.from_record(row)
+
+    async def set_conditions(
+        self,
+        conn: asyncpg.Connection,
+        item_id: uuid.UUID,
+        *,
+        login_changed_at: int | None,
+        consent_expires_at: datetime | None,
+        disconnect_at: datetime | None,
+        disconnect_reason: str | None,
+    ) -> None:
+        await conn.execute(
+            query("set_conditions"),
+            item_id,
+            login_changed_at,
+            consent_expires_at,
+            disconnect_at,
+            disconnect_reason,
+        )
+
+    async def mark_atomic_removed(self, item_id: uuid.UUID) -> None:
+        await self.pool.execute(query("mark_atomic_removed"), item_id)
+
+    async def expiring(self, within: timedelta) -> list[Item]:
+        return [Item.from_record(r) for r in await self.pool.fetch(query("expiring_items"), within)]
 
     async def count_by_state(self) -> dict[str, int]:
         return {r["state"]: r["n"] for r in await self.pool.fetch(query("count_by_state"))}

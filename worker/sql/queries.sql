@@ -64,11 +64,16 @@ WITH prev AS (
 SELECT * FROM upd;
 
 -- name: record_event
--- Marks an event key as seen; no row back means it was seen before.
+-- Marks an event key as seen; no row back means it was seen in the last 24 hours (a duplicate).
+-- Plaid webhooks carry no id, so the key is the body hash, and two genuine events can share a body
+-- (the same ITEM ERROR twice). Plaid retries a webhook for up to 24 hours: after that, an identical
+-- body is a new event.
 -- $1 event_key, $2 item_id, $3 routing_key, $4 outcome, $5 payload (jsonb)
-INSERT INTO inbox (event_key, item_id, routing_key, outcome, payload)
+INSERT INTO inbox AS i (event_key, item_id, routing_key, outcome, payload)
 VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (event_key) DO NOTHING
+ON CONFLICT (event_key) DO UPDATE
+    SET outcome = EXCLUDED.outcome, payload = EXCLUDED.payload, received_at = now()
+    WHERE i.received_at < now() - interval '24 hours'
 RETURNING event_key;
 
 -- name: count_by_state
@@ -99,3 +104,34 @@ SELECT * FROM items WHERE public_token_sha256 = $1;
 -- name: touch_item
 -- $1 id
 UPDATE items SET updated_at = now() WHERE id = $1;
+
+-- name: lock_item_by_plaid_id
+-- Holds the Item's row for the rest of the transaction: events for one Item apply one at a time.
+-- $1 plaid_item_id
+SELECT * FROM items WHERE plaid_item_id = $1 FOR UPDATE;
+
+-- name: lock_item
+-- $1 id
+SELECT * FROM items WHERE id = $1 FOR UPDATE;
+
+-- name: set_conditions
+-- $1 id, $2 login_changed_at, $3 consent_expires_at, $4 disconnect_at, $5 disconnect_reason
+UPDATE items SET
+    login_changed_at = COALESCE($2, login_changed_at),
+    consent_expires_at = COALESCE($3, consent_expires_at),
+    disconnect_at = COALESCE($4, disconnect_at),
+    disconnect_reason = COALESCE($5, disconnect_reason),
+    updated_at = CASE WHEN state = 'atomic_pending' THEN updated_at ELSE now() END
+WHERE id = $1;
+
+-- name: mark_atomic_removed
+-- $1 id
+UPDATE items SET atomic_removed_at = now() WHERE id = $1 AND atomic_removed_at IS NULL;
+
+-- name: expiring_items
+-- Items whose consent expires, or which Plaid will disconnect, before now + $1.
+-- $1 within (interval)
+SELECT * FROM items
+WHERE state NOT IN ('revoked', 'failed')
+  AND (consent_expires_at < now() + $1::interval OR disconnect_at < now() + $1::interval)
+ORDER BY LEAST(consent_expires_at, disconnect_at);

@@ -1,0 +1,468 @@
+"""Webhook-driven Item lifecycle: ITEM, AUTH and Atomic events on the real broker and database.
+
+Webhooks come from the sandbox, signed as Plaid signs them, through the receiver; where a test needs
+control over the send time (ordering) it signs bodies itself with the sandbox's key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from sandbox.app import SandboxConfig
+from tests.conftest import RunningWorker, Sandbox, eventually, queue_messages
+from tests.test_pipeline import TOKEN_PATTERNS, all_cells, new_public_token, settled, submit_amqp
+from worker.lifecycle import decide
+from worker.runner import run_worker
+from worker.services import Services
+from worker.settings import Settings
+from worker.states import LINKED, TRANSITIONS, State, Trigger, next_state
+from worker.store import Item
+
+NOW = 1_800_000_000
+
+
+@pytest.fixture
+def sandbox_config(sandbox_config_for_receiver: SandboxConfig) -> SandboxConfig:
+    return sandbox_config_for_receiver
+
+
+# -- the pure decision, from every state --------------------------------------------------------
+
+
+def item_in(state: State, **kw: Any) -> Item:
+    now = datetime.now(UTC)
+    base: dict[str, Any] = dict(
+        id=uuid.uuid4(),
+        client_user_id="u",
+        state=state,
+        resume_state=None,
+        requested_account_id=None,
+        plaid_item_id="pi",
+        account_id="acc",
+        access_token=None,
+        processor_token=None,
+        atomic_funding_source_id="fs",
+        error_code=None,
+        error_type=None,
+        error_message=None,
+        plaid_request_id=None,
+        created_at=now,
+        updated_at=now,
+        version=1,
+    )
+    base.update(kw)
+    return Item(**base)
+
+
+def hook(wtype: str, code: str, **fields: Any) -> dict[str, Any]:
+    return {"webhook_type": wtype, "webhook_code": code, "item_id": "pi", "environment": "sandbox", **fields}
+
+
+LOGIN_ERROR = hook("ITEM", "ERROR", error={"error_code": "ITEM_LOGIN_REQUIRED", "error_type": "ITEM_ERROR"})
+
+
+@pytest.mark.parametrize("state", list(State))
+def test_login_error_from_every_state(state: State) -> None:
+    d = decide(item_in(state), LOGIN_ERROR, NOW)
+    if state in LINKED:
+        assert d.trigger is Trigger.LOGIN_REQUIRED and d.login_changed_at == NOW
+    else:
+        assert d.trigger is None
+
+
+@pytest.mark.parametrize("state", list(State))
+def test_login_repaired_from_every_state(state: State) -> None:
+    d = decide(item_in(state, resume_state=State.ATOMIC_VERIFIED), hook("ITEM", "LOGIN_REPAIRED"), NOW)
+    assert (d.trigger is Trigger.LOGIN_REPAIRED) == (state is State.LOGIN_REQUIRED)
+    assert d.login_changed_at == NOW
+
+
+@pytest.mark.parametrize("state", list(State))
+@pytest.mark.parametrize("code", ["USER_PERMISSION_REVOKED", "USER_ACCOUNT_REVOKED"])
+def test_revocation_from_every_state(state: State, code: str) -> None:
+    d = decide(item_in(state), hook("ITEM", code, account_id="acc"), NOW)
+    legal = state in TRANSITIONS[Trigger.REVOKED] and state is not State.FAILED
+    assert (d.trigger is Trigger.REVOKED) == legal
+    if d.trigger:
+        assert next_state(state, d.trigger) is State.REVOKED
+
+
+def test_account_revoked_for_another_account_is_only_recorded() -> None:
+    d = decide(item_in(State.ATOMIC_VERIFIED), hook("ITEM", "USER_ACCOUNT_REVOKED", account_id="other"), NOW)
+    assert d.trigger is None and d.outcome == "recorded"
+
+
+@pytest.mark.parametrize("state", list(State))
+@pytest.mark.parametrize("code", ["AUTOMATICALLY_VERIFIED", "VERIFICATION_EXPIRED"])
+def test_micro_deposit_outcome_from_every_state(state: State, code: str) -> None:
+    d = decide(item_in(state), hook("AUTH", code, account_id="acc"), NOW)
+    if state is State.AWAITING_VERIFICATION:
+        assert d.trigger is (Trigger.ACCOUNT_VERIFIED if code == "AUTOMATICALLY_VERIFIED" else Trigger.FAILED)
+    else:
+        assert d.trigger is None
+
+
+def test_older_event_does_not_undo_a_newer_condition() -> None:
+    repaired_later = item_in(State.ATOMIC_VERIFIED, login_changed_at=NOW + 10)
+    assert decide(repaired_later, LOGIN_ERROR, NOW).outcome == "stale"
+    broken_later = item_in(
+        State.LOGIN_REQUIRED, resume_state=State.ATOMIC_VERIFIED, login_changed_at=NOW + 10
+    )
+    assert decide(broken_later, hook("ITEM", "LOGIN_REPAIRED"), NOW).outcome == "stale"
+
+
+@pytest.mark.parametrize(
+    ("webhook", "outcome"),
+    [
+        (hook("ITEM", "NEW_ACCOUNTS_AVAILABLE"), "recorded"),
+        (hook("ITEM", "WEBHOOK_UPDATE_ACKNOWLEDGED", new_webhook_url="https://x"), "recorded"),
+        (hook("ITEM", "SOMETHING_NEW"), "unknown_code"),
+        (hook("TRANSACTIONS", "SYNC_UPDATES_AVAILABLE"), "unknown_type"),
+        (
+            hook("AUTH", "DEFAULT_UPDATE", account_ids_with_updated_auth={"acc": ["ACCOUNT_NUMBER"]}),
+            "numbers_changed",
+        ),
+    ],
+)
+def test_recorded_events(webhook: dict[str, Any], outcome: str) -> None:
+    d = decide(item_in(State.ATOMIC_VERIFIED), webhook, NOW)
+    assert d.trigger is None and d.outcome == outcome
+
+
+def test_pending_expiration_and_disconnect_keep_their_deadline() -> None:
+    item = item_in(State.ATOMIC_VERIFIED)
+    d = decide(item, hook("ITEM", "PENDING_EXPIRATION", consent_expiration_time="2030-01-02T03:04:05Z"), NOW)
+    assert d.consent_expires_at == datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    d2 = decide(item, hook("ITEM", "PENDING_DISCONNECT", reason="INSTITUTION_MIGRATION"), NOW)
+    assert d2.disconnect_at == datetime.fromtimestamp(NOW, UTC) + timedelta(days=7)
+    assert d2.disconnect_reason == "INSTITUTION_MIGRATION"
+
+
+# -- end to end ---------------------------------------------------------------------------------
+
+
+async def verified_item(
+    services: Services, sandbox: Sandbox, receiver: str, username: str = "user_good"
+) -> Item:
+    token = await new_public_token(sandbox, username, webhook=f"{receiver}/webhooks/plaid")
+    await submit_amqp(services, {"public_token": token, "client_user_id": f"u-{uuid.uuid4().hex[:6]}"})
+    want = (
+        State.AWAITING_VERIFICATION if username == "user_automated_microdeposits" else State.ATOMIC_VERIFIED
+    )
+    return await settled(services, token, want)
+
+
+def access_token_of(sandbox: Sandbox, plaid_item_id: str) -> str:
+    ledger = sandbox.state.plaid
+    return next(t for t, it in ledger._access.items() if it.item_id == plaid_item_id)
+
+
+async def state_of(services: Services, item: Item, *states: State) -> Item:
+    async def check() -> Item | None:
+        got = await services.store.get(item.id)
+        return got if got is not None and got.state in states else None
+
+    result: Item = await eventually(check)
+    return result
+
+
+async def post_signed(
+    receiver: str, sandbox: Sandbox, body: dict[str, Any], *, iat: int | None = None
+) -> int:
+    raw = json.dumps(body, indent=2).encode()
+    headers = {"Plaid-Verification": sandbox.state.sign(raw, iat=iat), "Content-Type": "application/json"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{receiver}/webhooks/plaid", data=raw, headers=headers) as r,
+    ):
+        return r.status
+
+
+async def inbox(settings: Settings) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        return list(await conn.fetch("SELECT * FROM inbox ORDER BY received_at"))
+    finally:
+        await conn.close()
+
+
+async def test_login_required_then_repaired_returns_to_verified(
+    services: Services, worker: RunningWorker, receiver: str, sandbox: Sandbox
+) -> None:
+    item = await verified_item(services, sandbox, receiver)
+    assert item.plaid_item_id
+    sandbox.state.plaid.reset_login(access_token_of(sandbox, item.plaid_item_id))
+    broken = await state_of(services, item, State.LOGIN_REQUIRED)
+    assert broken.resume_state is State.ATOMIC_VERIFIED
+    sandbox.state.plaid.fire_webhook(
+        access_token_of(sandbox, item.plaid_item_id), "LOGIN_REPAIRED", None, None
+    )
+    await state_of(services, item, State.ATOMIC_VERIFIED)
+    history = [(h.from_state, h.to_state) for h in await services.store.history(item.id)]
+    assert history[-2:] == [("atomic_verified", "login_required"), ("login_required", "atomic_verified")]
+
+
+async def test_login_repair_resumes_an_unfinished_item(
+    services: Services, worker: RunningWorker, receiver: str, sandbox: Sandbox
+) -> None:
+    """An Item whose login broke before its processor token was issued goes on once repaired."""
+    item = await verified_item(services, sandbox, receiver, "user_automated_microdeposits")
+    access = access_token_of(sandbox, item.plaid_item_id or "")
+    sandbox.state.plaid.reset_login(access)
+    await state_of(services, item, State.LOGIN_REQUIRED)
+    sandbox.state.plaid.fire_webhook(access, "LOGIN_REPAIRED", None, None)
+    back = await state_of(services, item, State.AWAITING_VERIFICATION)
+    sandbox.state.plaid.set_verification_status(access, back.account_id or "", "automatically_verified")
+    await state_of(services, item, State.ATOMIC_VERIFIED)
+
+
+async def test_micro_deposits_verified_then_funded(
+    services: Services, worker: RunningWorker, receiver: str, sandbox: Sandbox
+) -> None:
+    item = await verified_item(services, sandbox, receiver, "user_automated_microdeposits")
+    assert item.account_id and sandbox.state.atomic_submissions(str(item.id)) == 0
+    sandbox.state.plaid.set_verification_status(
+        access_token_of(sandbox, item.plaid_item_id or ""), item.account_id, "automatically_verified"
+    )
+    done = await state_of(services, item, State.ATOMIC_VERIFIED)
+    assert sandbox.state.atomic_funding_sources(str(done.id)) == 1
+
+
+async def test_micro_deposits_expired_fails(
+    services: Services, worker: RunningWorker, receiver: str, sandbox: Sandbox
+) -> None:
+    item = await verified_item(services, sandbox, receiver, "user_automated_microdeposits")
+    sandbox.state.plaid.set_verification_status(
+        access_token_of(sandbox, item.plaid_item_id or ""), item.account_id or "", "verification_expired"
+    )
+    failed = await state_of(services, item, State.FAILED)
+    assert failed.error_code == "VERIFICATION_EXPIRED"
+
+
+@pytest.mark.parametrize("code", ["USER_PERMISSION_REVOKED", "USER_ACCOUNT_REVOKED"])
+async def test_revocation_destroys_tokens_and_removes_the_funding_source(
+    code: str, services: Services, worker: RunningWorker, receiver: str, sandbox: Sandbox, settings: Settings
+) -> None:
+    item = await verified_item(services, sandbox, receiver)
+    access = access_token_of(sandbox, item.plaid_item_id or "")
+    sandbox.state.plaid.fire_webhook(
+        access, code, None, item.account_id if code == "USER_ACCOUNT_REVOKED" else None
+    )
+    revoked = await state_of(services, item, State.REVOKED)
+    assert revoked.access_token is None and revoked.processor_token is None
+    assert revoked.error_code == code
+    removed = await eventually(lambda: services.store.get(item.id))
+    await eventually(lambda: _removed(services, item))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"{settings.atomic_base_url}/v1/funding_sources/{removed.atomic_funding_source_id}",
+            headers={"Authorization": f"Bearer {settings.atomic_api_key}"},
+        ) as r,
+    ):
+        assert (await r.json())["status"] == "REMOVED"
+    row = next(
+        c for c in await all_cells(settings.database_url) if c[0] == "items" and c[1] == "access_token_sealed"
+    )
+    assert row[2] is None
+
+
+async def _removed(services: Services, item: Item) -> bool:
+    got = await services.store.get(item.id)
+    return got is not None and got.atomic_removed_at is not None
+
+
+async def test_pending_expiration_is_visible_to_on_call(
+    services: Services, worker: RunningWorker, receiver: str, sandbox: Sandbox
+) -> None:
+    item = await verified_item(services, sandbox, receiver)
+    other = await verified_item(services, sandbox, receiver)
+    sandbox.state.plaid.fire_webhook(
+        access_token_of(sandbox, item.plaid_item_id or ""), "PENDING_EXPIRATION", None, None
+    )
+    sandbox.state.plaid.fire_webhook(
+        access_token_of(sandbox, other.plaid_item_id or ""), "PENDING_DISCONNECT", None, None
+    )
+
+    async def both() -> bool:
+        return {i.id for i in await services.store.expiring(timedelta(days=8))} == {item.id, other.id}
+
+    await eventually(both)
+    assert await services.store.expiring(timedelta(days=6)) == []
+    shown = await services.store.get(item.id)
+    assert shown is not None and shown.state is State.ATOMIC_VERIFIED and shown.consent_expires_at
+
+
+async def test_same_webhook_five_times_makes_one_transition(
+    services: Services, worker: RunningWorker, receiver: str, sandbox: Sandbox, settings: Settings
+) -> None:
+    item = await verified_item(services, sandbox, receiver)
+    body = {**LOGIN_ERROR, "item_id": item.plaid_item_id}
+    for _ in range(5):
+        assert await post_signed(receiver, sandbox, body) == 200
+    await state_of(services, item, State.LOGIN_REQUIRED)
+    key = "plaid:" + hashlib.sha256(json.dumps(body, indent=2).encode()).hexdigest()
+
+    async def all_five_consumed() -> bool:
+        q = await services.connection.channel()
+        try:
+            declared = await q.declare_queue(services.topo.webhooks_queue, passive=True)
+            return declared.declaration_result.message_count == 0 and worker.task is not None
+        finally:
+            await q.close()
+
+    await eventually(all_five_consumed)
+    history = await services.store.history(item.id)
+    assert [h.to_state for h in history].count("login_required") == 1
+    assert [r["event_key"] for r in await inbox(settings)].count(key) == 1
+
+
+async def test_repaired_arriving_before_error_keeps_the_later_truth(
+    services: Services, worker: RunningWorker, receiver: str, sandbox: Sandbox, settings: Settings
+) -> None:
+    item = await verified_item(services, sandbox, receiver)
+    now = int(time.time())
+    repaired = {"webhook_type": "ITEM", "webhook_code": "LOGIN_REPAIRED", "item_id": item.plaid_item_id}
+    error = {**LOGIN_ERROR, "item_id": item.plaid_item_id}
+    assert await post_signed(receiver, sandbox, repaired, iat=now) == 200  # sent second, arrives first
+    await eventually(lambda: _inbox_has(settings, 1))
+    assert await post_signed(receiver, sandbox, error, iat=now - 5) == 200  # sent first, arrives late
+    rows = await eventually(lambda: _inbox_has(settings, 2))
+    assert [r["outcome"] for r in rows] == ["noted", "stale"]
+    final = await services.store.get(item.id)
+    assert final is not None and final.state is State.ATOMIC_VERIFIED
+
+
+async def _inbox_has(settings: Settings, n: int) -> list[asyncpg.Record] | None:
+    rows = await inbox(settings)
+    plaid_rows = [r for r in rows if r["event_key"].startswith("plaid:")]
+    return plaid_rows if len(plaid_rows) >= n else None
+
+
+async def test_fifty_concurrent_events_with_four_consumers_leave_a_legal_history(
+    services: Services, receiver: str, sandbox: Sandbox, settings: Settings
+) -> None:
+    stop, ready = asyncio.Event(), asyncio.Event()
+    first = asyncio.create_task(run_worker(services, stop, ready=ready))
+    await ready.wait()
+    item = await verified_item(services, sandbox, receiver)
+    stop.set()
+    await first
+    # queue 50 events while nobody consumes, then let four consumers race through them
+    now = int(time.time())
+    bodies: list[tuple[dict[str, Any], int]] = []
+    for i in range(50):
+        kind = i % 5
+        if kind in (0, 2):
+            body = {**LOGIN_ERROR, "item_id": item.plaid_item_id, "n": i}
+        elif kind in (1, 3):
+            body = {
+                "webhook_type": "ITEM",
+                "webhook_code": "LOGIN_REPAIRED",
+                "item_id": item.plaid_item_id,
+                "n": i,
+            }
+        else:
+            body = {
+                "webhook_type": "ITEM",
+                "webhook_code": "NEW_ACCOUNTS_AVAILABLE",
+                "item_id": item.plaid_item_id,
+                "n": i,
+            }
+        bodies.append((body, now - 50 + i))
+    results = await asyncio.gather(*(post_signed(receiver, sandbox, b, iat=t) for b, t in bodies))
+    assert results == [200] * 50
+    stops = [asyncio.Event() for _ in range(4)]
+    readies = [asyncio.Event() for _ in range(4)]
+    workers = [
+        asyncio.create_task(run_worker(services, s, ready=r)) for s, r in zip(stops, readies, strict=True)
+    ]
+    try:
+        await eventually(lambda: _inbox_has(settings, 50), timeout=30)
+    finally:
+        for s in stops:
+            s.set()
+        await asyncio.gather(*workers)
+    history = await services.store.history(item.id)
+    state: State | None = None
+    resume: State | None = None
+    for h in history:
+        assert (State(h.from_state) if h.from_state else None) == state, "history is not a chain"
+        trigger = Trigger(h.trigger) if h.trigger != "submitted" else None
+        if trigger is not None:
+            assert state is not None
+            to = next_state(state, trigger, resume=resume)
+            assert to.value == h.to_state
+            resume = state if to is State.LOGIN_REQUIRED else None
+        state = State(h.to_state)
+    # the last event sent (i=49, NEW_ACCOUNTS...) doesn't move it; the last login event sent is i=48
+    # (LOGIN_REPAIRED): so the later truth is "repaired"
+    assert state is State.ATOMIC_VERIFIED
+
+
+async def test_forged_atomic_webhook_is_refused(
+    services: Services, worker: RunningWorker, receiver: str, sandbox: Sandbox, settings: Settings
+) -> None:
+    token = await new_public_token(sandbox)
+    await submit_amqp(services, {"public_token": token, "client_user_id": "reject-forgery-target"})
+    item_done = await settled(services, token, State.ATOMIC_REJECTED)
+    forged = json.dumps(
+        {
+            "event_id": "evt_forged",
+            "type": "funding_source.updated",
+            "funding_source_id": item_done.atomic_funding_source_id,
+            "account_ref": str(item_done.id),
+            "status": "VERIFIED",
+            "reason": None,
+            "occurred_at": "2026-01-01T00:00:00Z",
+        }
+    ).encode()
+    before = len(await services.store.history(item_done.id))
+    async with aiohttp.ClientSession() as http:
+        for signature in ("sha256=" + "0" * 64, None, "sha256=" + hashlib.sha256(forged).hexdigest()):
+            headers = {"X-Atomic-Signature": signature} if signature else {}
+            async with http.post(f"{receiver}/webhooks/atomic", data=forged, headers=headers) as r:
+                assert r.status == 401
+    again = await services.store.get(item_done.id)
+    assert again is not None and again.state is State.ATOMIC_REJECTED
+    assert len(await services.store.history(item_done.id)) == before
+    assert all("evt_forged" not in str(r["payload"]) for r in await inbox(settings))
+
+
+async def test_unknown_item_and_unknown_codes_are_recorded_not_dead_lettered(
+    services: Services, worker: RunningWorker, receiver: str, sandbox: Sandbox, settings: Settings
+) -> None:
+    bodies = [
+        {"webhook_type": "ITEM", "webhook_code": "ERROR", "item_id": "no-such-item", "error": None},
+        {"webhook_type": "TRANSACTIONS", "webhook_code": "SYNC_UPDATES_AVAILABLE", "item_id": "no-such-item"},
+    ]
+    for body in bodies:
+        assert await post_signed(receiver, sandbox, body) == 200
+    rows = await eventually(lambda: _inbox_has(settings, 2))
+    assert sorted(r["outcome"] for r in rows) == ["unknown_item", "unknown_item"]
+    assert await queue_messages(settings.amqp_url, services.topo.dead_queue) == []
+
+
+async def test_no_token_left_in_clear_after_a_full_lifecycle(
+    services: Services, worker: RunningWorker, receiver: str, sandbox: Sandbox, settings: Settings
+) -> None:
+    item = await verified_item(services, sandbox, receiver)
+    access = access_token_of(sandbox, item.plaid_item_id or "")
+    sandbox.state.plaid.reset_login(access)
+    await state_of(services, item, State.LOGIN_REQUIRED)
+    sandbox.state.plaid.fire_webhook(access, "USER_PERMISSION_REVOKED", None, None)
+    await state_of(services, item, State.REVOKED)
+    for table, column, value in await all_cells(settings.database_url):
+        raw = value if isinstance(value, bytes) else str(value).encode()
+        for pattern in TOKEN_PATTERNS:
+            assert pattern not in raw, f"{table}.{column} holds a token in clear"
