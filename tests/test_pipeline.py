@@ -259,6 +259,8 @@ async def test_database_holds_no_plaintext_token(
             "Additional",
         ),
         pytest.param(b"[" * 20_000, 413, "16384", id="oversized"),
+        pytest.param(b"[" * 16_000, 400, "deeper than", id="unterminated-deep"),
+        pytest.param(b'{"a":' * 2_000 + b"1" + b"}" * 2_000, 400, "deeper than", id="deeply-nested"),
     ],
 )
 async def test_bad_http_submissions_get_a_clear_4xx(

@@ -63,11 +63,33 @@ def _int_header(message: AbstractIncomingMessage, name: str) -> int:
     return value if isinstance(value, int) and value >= 0 else 0
 
 
+MAX_JSON_DEPTH = 32
+
+
+def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
+    """How deeply ``value`` nests, counting up to ``limit + 1`` (iterative: no recursion to exhaust)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
 def parse_json(body: bytes) -> Any:
+    """Parses untrusted JSON; anything unparseable or nested deeper than ``MAX_JSON_DEPTH`` is poison."""
     try:
-        return json.loads(body)
+        data = json.loads(body)
+    except RecursionError:
+        raise Poison(f"body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except (UnicodeDecodeError, ValueError) as e:
         raise Poison(f"body is not JSON: {e}") from None
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise Poison(f"body nests deeper than {MAX_JSON_DEPTH} levels")
+    return data
 
 
 class Consumer:
