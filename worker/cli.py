@@ -152,6 +152,44 @@ async def cmd_item_expiring(s: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_keys_check(s: Settings, _: argparse.Namespace) -> int:
+    from worker.sealing import Sealer
+    from worker.store import create_pool
+    from worker.token_keys import check_keys, remaining
+
+    pool = await create_pool(s.database_url, min_size=1, max_size=2)
+    try:
+        sealer = Sealer(s.token_keys)
+        opened = await check_keys(pool, sealer)
+        left = await remaining(pool, sealer)
+    finally:
+        await pool.close()
+    print(f"key ids in use, each opens its rows: {', '.join(opened) or 'none'}")
+    print(f"rows not yet on the active key {s.active_key_id!r}: {left}")
+    return 0
+
+
+async def cmd_keys_rotate(s: Settings, args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from worker.sealing import Sealer
+    from worker.store import create_pool
+    from worker.token_keys import check_keys, remaining, rotate
+
+    pool = await create_pool(s.database_url, min_size=1, max_size=2)
+    try:
+        sealer = Sealer(s.token_keys)
+        await check_keys(pool, sealer)
+        total = await remaining(pool, sealer)
+        with Progress(transient=not args.verbose) as progress:
+            task = progress.add_task(f"re-sealing to key {sealer.active_key_id!r}", total=total)
+            done = await rotate(pool, sealer, batch=args.batch, on_batch=lambda n: progress.advance(task, n))
+    finally:
+        await pool.close()
+    print(f"re-sealed {done} rows to key {s.active_key_id!r}; none left on older keys")
+    return 0
+
+
 async def cmd_demo(s: Settings, args: argparse.Namespace) -> int:
     from worker.demo import run_demo
 
@@ -186,6 +224,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     )
     p.add_argument("--days", type=int, default=7)
     p.add_argument("--json", action="store_true")
+    keys = sub.add_parser("keys", help="token keys (PAW_TOKEN_KEYS)").add_subparsers(
+        dest="keys_command", required=True
+    )
+    keys.add_parser("check", help="every key id in use is configured and opens its rows")
+    p = keys.add_parser(
+        "rotate", help="re-seal every token with the first key of PAW_TOKEN_KEYS (online, resumable)"
+    )
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--verbose", action="store_true", help="keep the progress bar on screen")
     p = sub.add_parser("demo", help="drive sandbox Items through the whole flow in one process")
     p.add_argument("--keep", action="store_true", help="keep the demo's queues afterwards")
     commands: dict[str, Command] = {
@@ -196,6 +243,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
         "demo": cmd_demo,
         "item_show": cmd_item_show,
         "item_expiring": cmd_item_expiring,
+        "keys_check": cmd_keys_check,
+        "keys_rotate": cmd_keys_rotate,
     }
     for module in (cli_dlq,):
         commands.update(module.register(sub, groups={"item": item}))

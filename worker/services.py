@@ -17,6 +17,7 @@ from worker.plaid_api import PlaidClient
 from worker.sealing import Sealer
 from worker.settings import Settings
 from worker.store import Store, create_pool
+from worker.token_keys import check_keys
 
 
 def topology(settings: Settings) -> Topology:
@@ -46,6 +47,7 @@ async def open_services(settings: Settings, name: str, *, pool_size: int = 10) -
     async with contextlib.AsyncExitStack() as stack:
         pool = await create_pool(settings.database_url, max_size=pool_size)
         stack.push_async_callback(pool.close)
+        await check_keys(pool, sealer)  # a wrong or missing token key fails here, not at the first decrypt
         connection = await connect(settings.amqp_url, name)
         stack.push_async_callback(connection.close)
         channel = await connection.channel()
