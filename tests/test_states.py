@@ -46,6 +46,21 @@ EXPECTED: dict[tuple[State, Trigger], State] = {
             S.ATOMIC_REJECTED,
         )
     },
+    # paw item forget: from anywhere but revoked
+    **{
+        (s, T.FORGOTTEN): S.REVOKED
+        for s in (
+            S.LINK,
+            S.EXCHANGED,
+            S.AWAITING_VERIFICATION,
+            S.PROCESSOR_TOKEN_ISSUED,
+            S.ATOMIC_PENDING,
+            S.ATOMIC_VERIFIED,
+            S.ATOMIC_REJECTED,
+            S.LOGIN_REQUIRED,
+            S.FAILED,
+        )
+    },
 }
 
 
@@ -80,7 +95,7 @@ def test_login_repaired_without_resume_state_is_refused() -> None:
 def test_terminal_states_only_leave_by_revocation() -> None:
     for state in TERMINAL:
         leaving = [t for t in Trigger if state in TRANSITIONS[t]]
-        assert leaving in ([], [T.REVOKED])
+        assert set(leaving) <= {T.REVOKED, T.FORGOTTEN}
 
 
 def test_every_state_is_reachable_from_link() -> None:

@@ -152,6 +152,27 @@ async def cmd_item_expiring(s: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_item_forget(s: Settings, args: argparse.Namespace) -> int:
+    from worker.pipeline import Cause
+    from worker.services import open_services
+
+    item_id = uuid.UUID(args.id)
+    if not args.yes:
+        question = f"Remove Item {item_id} at Plaid and Atomic and destroy its tokens? [y/N] "
+        answer = await asyncio.to_thread(input, question)
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing done")
+            return 1
+    async with open_services(s, "paw-cli-forget", pool_size=2) as svc:
+        item = await svc.store.get(item_id)
+        if item is None:
+            print(f"no item {item_id}", file=sys.stderr)
+            return 1
+        done = await svc.pipeline.forget(item, Cause("paw item forget", args.actor))
+    print(f"item {item_id} forgotten: state {done.state.value if done else 'unchanged'}; tokens destroyed")
+    return 0
+
+
 async def cmd_keys_check(s: Settings, _: argparse.Namespace) -> int:
     from worker.sealing import Sealer
     from worker.store import create_pool
@@ -219,6 +240,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     p = item.add_parser("show", help="an Item's state and history (DATABASE_URL)")
     p.add_argument("id")
     p.add_argument("--json", action="store_true")
+    p = item.add_parser("forget", help="remove an Item at Plaid and Atomic and destroy its tokens")
+    p.add_argument("id")
+    p.add_argument("--yes", action="store_true", help="don't ask")
+    p.add_argument("--actor", default=os.environ.get("USER", "unknown"), help="who (recorded in history)")
     p = item.add_parser(
         "expiring", help="Items whose consent expires or that Plaid disconnects within N days"
     )
@@ -243,6 +268,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
         "demo": cmd_demo,
         "item_show": cmd_item_show,
         "item_expiring": cmd_item_expiring,
+        "item_forget": cmd_item_forget,
         "keys_check": cmd_keys_check,
         "keys_rotate": cmd_keys_rotate,
     }

@@ -84,11 +84,49 @@ class Pipeline:
         return fresh
 
     async def fail(self, item: Item, err: UpstreamError, cause: Cause) -> Item | None:
-        """Moves the Item to where a permanent upstream error leaves it."""
+        """Moves the Item to where a permanent upstream error leaves it. A failed Item keeps no live
+        access: its Item is removed at Plaid and its tokens destroyed."""
         trigger = Trigger.LOGIN_REQUIRED if needs_login(err) and item.state != State.LINK else Trigger.FAILED
         log.warning(
             "item.upstream_failed", item_id=str(item.id), error_code=err.error_code, request_id=err.request_id
         )
+        moved = await self._fail(item, trigger, err, cause)
+        if moved is not None and moved.state is State.FAILED and moved.access_token is not None:
+            await self.release_access(moved)
+        return moved
+
+    async def release_access(self, item: Item) -> None:
+        """Removes the Item at Plaid (best effort: its access token dies with it) and destroys the
+        stored tokens."""
+        if item.access_token is not None:
+            try:
+                await self.plaid.remove_item(self.access_token(item))
+            except UpstreamError as e:
+                log.warning("item.remove_failed", item_id=str(item.id), error_code=e.error_code)
+        await self.store.destroy_tokens(item.id)
+
+    async def forget(self, item: Item, cause: Cause) -> Item | None:
+        """``paw item forget``: remove the Item at Plaid and at Atomic, destroy its tokens, keep its
+        history for the audit."""
+        await self.release_access(item)
+        if item.atomic_funding_source_id and item.atomic_removed_at is None:
+            try:
+                await self.atomic.remove_funding_source(item.atomic_funding_source_id)
+            except UpstreamError as e:
+                if e.status != 404:
+                    raise
+            await self.store.mark_atomic_removed(item.id)
+        if item.state is State.REVOKED:
+            return await self.store.get(item.id)
+        return await self.store.transition(
+            item,
+            Trigger.FORGOTTEN,
+            cause=cause.name,
+            event_id=cause.event_id,
+            changes=Changes(destroy_tokens=True),
+        )
+
+    async def _fail(self, item: Item, trigger: Trigger, err: UpstreamError, cause: Cause) -> Item | None:
         return await self.store.transition(
             item,
             trigger,

@@ -41,6 +41,7 @@ class Trigger(StrEnum):
     LOGIN_REPAIRED = "login_repaired"
     FAILED = "failed"
     REVOKED = "revoked"
+    FORGOTTEN = "forgotten"
 
 
 S = State
@@ -69,6 +70,8 @@ TRANSITIONS: Mapping[Trigger, Mapping[State, State]] = {
         for s in (S.LINK, S.EXCHANGED, S.AWAITING_VERIFICATION, S.PROCESSOR_TOKEN_ISSUED, S.LOGIN_REQUIRED)
     },
     Trigger.REVOKED: {s: S.REVOKED for s in (*LINKED, S.LOGIN_REQUIRED, S.ATOMIC_REJECTED)},
+    # `paw item forget`: an operator removes the Item at Plaid and Atomic and destroys its tokens.
+    Trigger.FORGOTTEN: {s: S.REVOKED for s in State if s is not S.REVOKED},
 }
 
 

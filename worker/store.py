@@ -298,6 +298,9 @@ class Store:
             disconnect_reason,
         )
 
+    async def destroy_tokens(self, item_id: uuid.UUID) -> None:
+        await self.pool.execute(query("destroy_tokens"), item_id)
+
     async def mark_atomic_removed(self, item_id: uuid.UUID) -> None:
         await self.pool.execute(query("mark_atomic_removed"), item_id)
 

@@ -135,3 +135,10 @@ SELECT * FROM items
 WHERE state NOT IN ('revoked', 'failed')
   AND (consent_expires_at < now() + $1::interval OR disconnect_at < now() + $1::interval)
 ORDER BY LEAST(consent_expires_at, disconnect_at);
+
+-- name: destroy_tokens
+-- Forgets an Item's tokens without changing its state (e.g. after it failed for good).
+-- $1 id
+UPDATE items SET access_token_key_id = NULL, access_token_sealed = NULL,
+    processor_token_key_id = NULL, processor_token_sealed = NULL
+WHERE id = $1 AND (access_token_sealed IS NOT NULL OR processor_token_sealed IS NOT NULL);

@@ -1,0 +1,102 @@
+"""Tokens are destroyed when an Item is forgotten or fails for good; only the audit trail stays."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import aiohttp
+import plaid
+import pytest
+from plaid.model.accounts_get_request import AccountsGetRequest
+
+from sandbox.app import SandboxConfig
+from tests.conftest import RunningWorker, Sandbox
+from tests.test_lifecycle import access_token_of
+from tests.test_pipeline import new_public_token, plaid_api_for, settled, submit_amqp
+from worker.services import Services
+from worker.settings import Settings
+from worker.states import State
+
+
+@pytest.fixture
+def sandbox_config(sandbox_config_for_receiver: SandboxConfig) -> SandboxConfig:
+    return sandbox_config_for_receiver
+
+
+async def access_revoked_at_plaid(sandbox: Sandbox, access_token: str) -> str:
+    with pytest.raises(plaid.ApiException) as caught:
+        await asyncio.to_thread(
+            plaid_api_for(sandbox).accounts_get, AccountsGetRequest(access_token=access_token)
+        )
+    return str(caught.value.body)
+
+
+async def test_paw_item_forget_removes_everywhere_and_keeps_history(
+    services: Services, worker: RunningWorker, receiver: str, sandbox: Sandbox, settings: Settings
+) -> None:
+    token = await new_public_token(sandbox)
+    await submit_amqp(services, {"public_token": token, "client_user_id": "u-forget"})
+    item = await settled(services, token, State.ATOMIC_VERIFIED)
+    access = access_token_of(sandbox, item.plaid_item_id or "")
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "AMQP_URL": settings.amqp_url,
+        "PLAID_BASE_URL": settings.plaid_base_url,
+        "ATOMIC_BASE_URL": settings.atomic_base_url,
+        "PAW_EXCHANGE": settings.exchange,
+        "PAW_QUEUE_PREFIX": settings.queue_prefix,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker.cli",
+        "item",
+        "forget",
+        str(item.id),
+        "--yes",
+        "--actor",
+        "oncall-test",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    gone = await services.store.get(item.id)
+    assert gone is not None and gone.state is State.REVOKED
+    assert gone.access_token is None and gone.processor_token is None and gone.atomic_removed_at is not None
+    assert "INVALID_ACCESS_TOKEN" in await access_revoked_at_plaid(sandbox, access)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(
+            f"{settings.atomic_base_url}/v1/funding_sources/{gone.atomic_funding_source_id}",
+            headers={"Authorization": f"Bearer {settings.atomic_api_key}"},
+        ) as r,
+    ):
+        assert (await r.json())["status"] == "REMOVED"
+    history = await services.store.history(item.id)
+    assert [h.to_state for h in history][-2:] == ["atomic_verified", "revoked"]
+    assert history[-1].trigger == "forgotten" and history[-1].event_id == "oncall-test"
+
+
+async def test_an_item_that_fails_after_exchange_keeps_no_live_access(
+    services: Services, worker: RunningWorker, sandbox: Sandbox
+) -> None:
+    token = await new_public_token(sandbox, "user_no_depository")
+    await submit_amqp(services, {"public_token": token, "client_user_id": "u-nodep"})
+    item = await settled(services, token, State.FAILED)
+    assert item.error_code == "NO_USABLE_ACCOUNT"
+
+    async def tokens_gone() -> bool:
+        got = await services.store.get(item.id)
+        return got is not None and got.access_token is None
+
+    from tests.conftest import eventually
+
+    await eventually(tokens_gone)
+    assert "INVALID_ACCESS_TOKEN" in await access_revoked_at_plaid(
+        sandbox, access_token_of(sandbox, item.plaid_item_id or "")
+    )
