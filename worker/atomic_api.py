@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
+from worker import metrics
 from worker.errors import UpstreamError
 
 SIGNATURE_HEADER = "X-Atomic-Signature"
+CODE = re.compile(r"[A-Z0-9_]{1,40}")
 
 
 @dataclass(frozen=True)
@@ -48,36 +52,48 @@ class AtomicClient:
     async def close(self) -> None:
         await self._session.close()
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    async def _request(self, method: str, path: str, endpoint: str, **kwargs: Any) -> dict[str, Any]:
+        """One call; ``endpoint`` is the path pattern (the metrics label)."""
         url = f"{self._base}{path}"
+        started = time.perf_counter()
         try:
             async with self._session.request(method, url, **kwargs) as resp:
                 data: Any = await resp.json(content_type=None) if resp.content_length != 0 else {}
                 if resp.status >= 400:
-                    code = data.get("error") if isinstance(data, dict) else None
-                    retry_after = resp.headers.get("Retry-After")
-                    raise UpstreamError(
-                        f"Atomic {method} {path} answered {resp.status}: {code or 'error'}",
-                        service="atomic",
-                        status=resp.status,
-                        error_code=f"ATOMIC_{str(code or resp.status).upper()}",
-                        retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
-                    )
+                    raise self._error(method, endpoint, resp.status, data, resp.headers.get("Retry-After"))
                 if not isinstance(data, dict):
                     raise UpstreamError(
-                        f"Atomic {method} {path}: not a JSON object", service="atomic", status=resp.status
+                        f"Atomic {method} {endpoint}: not a JSON object", service="atomic", status=resp.status
                     )
                 return data
         except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            metrics.UPSTREAM_ERRORS.labels("atomic", endpoint, "NETWORK_ERROR").inc()
             raise UpstreamError(
                 f"Atomic unreachable: {type(e).__name__}", service="atomic", error_code="NETWORK_ERROR"
             ) from None
+        finally:
+            metrics.UPSTREAM_SECONDS.labels("atomic", endpoint).observe(time.perf_counter() - started)
+
+    @staticmethod
+    def _error(method: str, endpoint: str, status: int, data: Any, retry_after: str | None) -> UpstreamError:
+        raw = data.get("error") if isinstance(data, dict) else None
+        code = str(raw).upper() if isinstance(raw, str) and CODE.fullmatch(raw.upper()) else str(status)
+        error_code = f"ATOMIC_{code}"
+        metrics.UPSTREAM_ERRORS.labels("atomic", endpoint, error_code).inc()
+        return UpstreamError(
+            f"Atomic {method} {endpoint} answered {status}: {code}",
+            service="atomic",
+            status=status,
+            error_code=error_code,
+            retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
+        )
 
     async def submit_funding_source(
         self, *, processor_token: str, account_ref: str, customer_ref: str, idempotency_key: str
     ) -> FundingSource:
         data = await self._request(
             "POST",
+            "/v1/funding_sources",
             "/v1/funding_sources",
             json={
                 "processor_token": processor_token,
@@ -89,8 +105,10 @@ class AtomicClient:
         return FundingSource(str(data["id"]), str(data["status"]), data.get("reason"))
 
     async def funding_source(self, funding_source_id: str) -> FundingSource:
-        data = await self._request("GET", f"/v1/funding_sources/{funding_source_id}")
+        data = await self._request(
+            "GET", f"/v1/funding_sources/{funding_source_id}", "/v1/funding_sources/{id}"
+        )
         return FundingSource(str(data["id"]), str(data["status"]), data.get("reason"))
 
     async def remove_funding_source(self, funding_source_id: str) -> None:
-        await self._request("DELETE", f"/v1/funding_sources/{funding_source_id}")
+        await self._request("DELETE", f"/v1/funding_sources/{funding_source_id}", "/v1/funding_sources/{id}")

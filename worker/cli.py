@@ -11,8 +11,10 @@ import signal
 import sys
 import uuid
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
+import aiormq
 import asyncpg
 
 from worker import cli_dlq, logs
@@ -20,6 +22,10 @@ from worker import settings as settings_mod
 from worker.cli_dlq import Command
 from worker.errors import PawError, SettingsError
 from worker.settings import ENV, Settings
+
+if TYPE_CHECKING:
+    from worker.admin import Check
+    from worker.services import Services
 
 HELP_ENV = "\n".join(f"  {var:<32} {field}" for var, (field, _) in ENV.items())
 
@@ -63,14 +69,29 @@ async def ensure_database(dsn: str) -> None:
 
 
 async def cmd_worker(s: Settings, _: argparse.Namespace) -> int:
+    from worker.admin import start_admin
     from worker.runner import run_worker
     from worker.services import open_services
 
     stop = asyncio.Event()
     _stop_on_signals(stop)
     async with open_services(s, "paw-worker", pool_size=max(10, s.prefetch // 2)) as svc:
-        await run_worker(svc, stop)
+        admin = await start_admin(readiness(svc), s.admin_host, s.admin_port)
+        try:
+            await run_worker(svc, stop)
+        finally:
+            await admin.cleanup()
     return 0
+
+
+def readiness(svc: Services) -> dict[str, Check]:
+    async def broker() -> bool:
+        return not svc.connection.is_closed
+
+    async def database() -> bool:
+        return bool(await svc.pool.fetchval("SELECT 1"))
+
+    return {"broker": broker, "database": database}
 
 
 async def cmd_receiver(s: Settings, args: argparse.Namespace) -> int:
@@ -173,6 +194,30 @@ async def cmd_item_forget(s: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_status(s: Settings, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+
+    from worker.bus import connect
+    from worker.services import topology
+    from worker.status import gather, render
+    from worker.store import Store, create_pool
+
+    pool = await create_pool(s.database_url, min_size=1, max_size=2)
+    connection = await connect(s.amqp_url, "paw-status")
+    try:
+        status = await gather(Store(pool), connection, topology(s))
+    finally:
+        await connection.close()
+        await pool.close()
+    if args.json:
+        print(json.dumps(status.as_json(), indent=2))
+    else:
+        Console().print(render(status, datetime.now(UTC)))
+    return 0
+
+
 async def cmd_keys_check(s: Settings, _: argparse.Namespace) -> int:
     from worker.sealing import Sealer
     from worker.store import create_pool
@@ -249,6 +294,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     )
     p.add_argument("--days", type=int, default=7)
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("status", help="one screen for on-call: queues, dead letters, Items, stuck Items")
+    p.add_argument("--json", action="store_true")
     keys = sub.add_parser("keys", help="token keys (PAW_TOKEN_KEYS)").add_subparsers(
         dest="keys_command", required=True
     )
@@ -269,6 +316,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
         "item_show": cmd_item_show,
         "item_expiring": cmd_item_expiring,
         "item_forget": cmd_item_forget,
+        "status": cmd_status,
         "keys_check": cmd_keys_check,
         "keys_rotate": cmd_keys_rotate,
     }
@@ -300,7 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PawError as e:
         print(f"paw: {e}", file=sys.stderr)
         return 1
-    except (OSError, asyncpg.PostgresError) as e:
+    except (OSError, asyncpg.PostgresError, aiormq.exceptions.AMQPError) as e:
         print(f"paw: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
+from worker import metrics
 from worker.bus import Publisher, PublishFailed, Topology
 from worker.errors import PawError, UpstreamError
 from worker.failures import Kind, classify
@@ -48,6 +49,13 @@ class Poison(PawError):
 
 
 Handler = Callable[[str, bytes, str | None], Awaitable[None]]
+
+
+def reason_of(error: Exception) -> str:
+    """A bounded label for an error: Plaid's error_code where there is one, else the class name."""
+    if isinstance(error, UpstreamError) and error.error_code:
+        return error.error_code[:64]
+    return type(error).__name__[:64]
 
 
 def original_routing_key(message: AbstractIncomingMessage) -> str:
@@ -142,6 +150,7 @@ class Consumer:
         else:
             await message.ack()
             self.counts["acked"] += 1
+            metrics.EVENTS_PROCESSED.labels(metrics.kind_of(rk), "acked").inc()
 
     async def _settle(
         self, message: AbstractIncomingMessage, rk: str, error: Exception, *, retry: bool
@@ -181,6 +190,8 @@ class Consumer:
                     to_queue=True,
                 )
                 self.counts["retried"] += 1
+                metrics.RETRIES.labels(self.queue, reason_of(error)).inc()
+                metrics.EVENTS_PROCESSED.labels(metrics.kind_of(rk), "retried").inc()
                 log.info(
                     "message.retry",
                     attempt=attempts,
@@ -198,6 +209,8 @@ class Consumer:
                     to_queue=True,
                 )
                 self.counts["dead_lettered"] += 1
+                metrics.DEAD_LETTERS.labels(self.queue, reason_of(error)).inc()
+                metrics.EVENTS_PROCESSED.labels(metrics.kind_of(rk), "dead_lettered").inc()
                 log.warning(
                     "message.dead_lettered",
                     attempts=attempts,

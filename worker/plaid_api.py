@@ -26,6 +26,7 @@ from plaid.model.item_remove_request import ItemRemoveRequest
 from plaid.model.processor_token_create_request import ProcessorTokenCreateRequest
 from plaid.model.webhook_verification_key_get_request import WebhookVerificationKeyGetRequest
 
+from worker import metrics
 from worker.errors import UpstreamError
 
 log = structlog.get_logger(__name__)
@@ -107,6 +108,7 @@ class PlaidClient:
             return await loop.run_in_executor(self._pool, fn)
         except (plaid.ApiException, urllib3.exceptions.HTTPError, OSError) as e:
             err = to_upstream_error(e)
+            metrics.UPSTREAM_ERRORS.labels("plaid", endpoint, err.error_code or "unknown").inc()
             log.info(
                 "plaid.error",
                 endpoint=endpoint,
@@ -116,7 +118,7 @@ class PlaidClient:
             )
             raise err from None
         finally:
-            log.debug("plaid.call", endpoint=endpoint, ms=round((time.perf_counter() - started) * 1000, 1))
+            metrics.UPSTREAM_SECONDS.labels("plaid", endpoint).observe(time.perf_counter() - started)
 
     async def exchange_public_token(self, public_token: str) -> Exchange:
         req = ItemPublicTokenExchangeRequest(public_token=public_token)

@@ -9,6 +9,7 @@ import structlog
 from aio_pika.abc import AbstractQueue
 
 from worker.consumer import Consumer
+from worker.gauges import run_gauges
 from worker.handlers import Handlers
 from worker.reconciler import run_reconciler
 from worker.services import Services
@@ -42,12 +43,14 @@ async def run_worker(
     reconciler = asyncio.create_task(
         run_reconciler(svc.store, svc.atomic, older_than_s=svc.settings.atomic_pending_reconcile_s, stop=stop)
     )
+    gauges = asyncio.create_task(run_gauges(svc, stop))
     try:
         await stop.wait()
     finally:
         await _drain(consumers, drain_timeout)
-        reconciler.cancel()
-        await asyncio.gather(reconciler, return_exceptions=True)
+        for task in (reconciler, gauges):
+            task.cancel()
+        await asyncio.gather(reconciler, gauges, return_exceptions=True)
         with contextlib.suppress(Exception, TimeoutError):
             async with asyncio.timeout(5):
                 await channel.close()

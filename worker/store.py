@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 
+from worker import metrics
 from worker.queries import query
 from worker.sealing import Sealed
 from worker.states import State, Trigger, allowed_from, next_state
@@ -246,7 +247,10 @@ class Store:
             c.plaid_request_id,
             c.destroy_tokens,
         )
-        return None if row is None else Item.from_record(row)
+        if row is None:
+            return None
+        metrics.TRANSITIONS.labels(row["from_state"], row["state"]).inc()
+        return Item.from_record(row)
 
     async def record_event(
         self,

@@ -142,3 +142,15 @@ ORDER BY LEAST(consent_expires_at, disconnect_at);
 UPDATE items SET access_token_key_id = NULL, access_token_sealed = NULL,
     processor_token_key_id = NULL, processor_token_sealed = NULL
 WHERE id = $1 AND (access_token_sealed IS NOT NULL OR processor_token_sealed IS NOT NULL);
+
+-- name: oldest_stuck_items
+-- Items in a state the worker should leave within minutes, longest-waiting first.
+-- $1 older than (interval), $2 limit
+SELECT id, state, updated_at, error_code FROM items
+WHERE state IN ('link', 'exchanged', 'processor_token_issued', 'atomic_pending')
+  AND updated_at < now() - $1::interval
+ORDER BY updated_at
+LIMIT $2;
+
+-- name: last_webhook
+SELECT routing_key, outcome, received_at FROM inbox ORDER BY received_at DESC LIMIT 1;

@@ -1,0 +1,174 @@
+"""Operating the worker: admin endpoints, metrics, graceful shutdown on SIGTERM, paw status."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+
+from sandbox.app import SandboxConfig
+from tests.conftest import Sandbox, eventually, free_port
+from tests.test_pipeline import new_public_token, settled, submit_amqp
+from worker.runner import run_worker
+from worker.services import Services
+from worker.settings import Settings
+from worker.states import State
+
+
+@pytest.fixture
+def sandbox_config(sandbox_config_for_receiver: SandboxConfig) -> SandboxConfig:
+    return sandbox_config_for_receiver
+
+
+def env_for(settings: Settings, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "AMQP_URL": settings.amqp_url,
+        "PLAID_BASE_URL": settings.plaid_base_url,
+        "ATOMIC_BASE_URL": settings.atomic_base_url,
+        "PAW_EXCHANGE": settings.exchange,
+        "PAW_QUEUE_PREFIX": settings.queue_prefix,
+        "PAW_RETRY_BASE_MS": str(settings.retry_base_ms),
+        "PAW_RETRY_BUDGET": str(settings.retry_budget),
+        "PAW_LOG_FORMAT": "json",
+        **extra,
+    }
+
+
+async def start_worker(settings: Settings, admin_port: int) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker.cli",
+        "worker",
+        env=env_for(settings, PAW_ADMIN_PORT=str(admin_port)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+    async def ready() -> bool:
+        try:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{admin_port}/readyz") as r,
+            ):
+                return r.status == 200
+        except aiohttp.ClientError:
+            assert proc.returncode is None, "worker exited"
+            return False
+
+    await eventually(ready, timeout=20)
+    return proc
+
+
+async def get(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as http, http.get(url) as r:
+        return r.status, await r.text()
+
+
+async def test_worker_admin_endpoints_and_metrics(
+    settings: Settings, services: Services, receiver: str, sandbox: Sandbox
+) -> None:
+    port = free_port()
+    proc = await start_worker(settings, port)
+    try:
+        assert (await get(f"http://127.0.0.1:{port}/healthz"))[0] == 200
+        status, body = await get(f"http://127.0.0.1:{port}/readyz")
+        assert status == 200 and json.loads(body)["checks"] == {"broker": True, "database": True}
+        token = await new_public_token(sandbox)
+        await submit_amqp(services, {"public_token": token, "client_user_id": "u-metrics"})
+        await settled(services, token, State.ATOMIC_VERIFIED)
+
+        async def scraped() -> str | None:
+            _, text = await get(f"http://127.0.0.1:{port}/metrics")
+            wanted = 'paw_transitions_total{from_state="atomic_pending",to_state="atomic_verified"} 1.0'
+            return text if wanted in text else None
+
+        text = await eventually(scraped)
+        assert 'paw_events_processed_total{kind="item.link",outcome="acked"} 1.0' in text
+        assert (
+            'paw_upstream_seconds_count{endpoint="/item/public_token/exchange",service="plaid"} 1.0' in text
+        )
+        assert 'paw_upstream_seconds_count{endpoint="/v1/funding_sources",service="atomic"} 1.0' in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)
+
+
+async def test_sigterm_under_load_loses_nothing_and_leaves_nothing_unacked(
+    settings: Settings, services: Services, receiver: str, sandbox: Sandbox
+) -> None:
+    sandbox.state.set_latency(None, 150)  # every Plaid and Atomic call takes 150 ms: many Items in flight
+    port = free_port()
+    proc = await start_worker(settings, port)
+    tokens = [await new_public_token(sandbox) for _ in range(40)]
+    for i, t in enumerate(tokens):
+        await submit_amqp(services, {"public_token": t, "client_user_id": f"u-term-{i}"})
+
+    async def some_in_flight() -> bool:
+        return sandbox.state.calls["/item/public_token/exchange"] >= 5
+
+    await eventually(some_in_flight)
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(proc.wait(), 40)
+    stopped_in = time.monotonic() - started
+    _, stderr = await proc.communicate()
+    assert proc.returncode == 0
+    lines = [json.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
+    stopped = next(e for e in lines if e["event"] == "worker.stopped")
+    assert stopped["requeued"] == 0
+    assert not any(e["event"] == "worker.drain_timeout" for e in lines)  # it finished what it held
+    # nothing is left unacked on the broker, and every Item still finishes with one funding source
+    channel = await services.connection.channel()
+    queue = await channel.declare_queue(services.topo.items_queue, passive=True)
+    assert queue.declaration_result.consumer_count == 0
+    await channel.close()
+    sandbox.state.set_latency(None, 0)
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(run_worker(services, stop, ready=ready))
+    await ready.wait()
+    try:
+        for t in tokens:
+            item = await settled(services, t, State.ATOMIC_VERIFIED)
+            assert sandbox.state.atomic_funding_sources(str(item.id)) == 1
+            history = await services.store.history(item.id)
+            assert [h.to_state for h in history].count("atomic_verified") == 1
+    finally:
+        stop.set()
+        await task
+    assert stopped_in < 35
+
+
+async def test_paw_status_shows_the_on_call_screen(
+    settings: Settings, services: Services, worker: Any, receiver: str, sandbox: Sandbox
+) -> None:
+    token = await new_public_token(sandbox)
+    await submit_amqp(services, {"public_token": token, "client_user_id": "u-status"})
+    await settled(services, token, State.ATOMIC_VERIFIED)
+    await services.publisher.publish(services.topo.dead_queue, b"{}", to_queue=True)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker.cli",
+        "status",
+        "--json",
+        env=env_for(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    status = json.loads(out)
+    assert status["items"] == {"atomic_verified": 1}
+    assert status["dead_letters"] == 1
+    assert set(status["queues"]) == {services.topo.items_queue, services.topo.webhooks_queue}
+    assert status["last_webhook"]["routing_key"] == "webhook.atomic.verified"

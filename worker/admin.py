@@ -1,0 +1,60 @@
+"""The worker's small admin HTTP server: ``/healthz``, ``/readyz`` and ``/metrics``.
+
+It binds to ``PAW_ADMIN_HOST`` (loopback by default): it is for the platform (probes, Prometheus),
+not for the internet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from worker import metrics
+
+log = structlog.get_logger(__name__)
+
+Check = Callable[[], Awaitable[bool]]
+CHECKS = web.AppKey("checks", dict[str, Check])
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    results: dict[str, bool] = {}
+    for name, check in request.app[CHECKS].items():
+        try:
+            async with asyncio.timeout(2):
+                results[name] = await check()
+        except Exception:  # a failing check is a "no", not a crash
+            results[name] = False
+    ok = all(results.values())
+    return web.json_response(
+        {"status": "ready" if ok else "not_ready", "checks": results}, status=200 if ok else 503
+    )
+
+
+async def metrics_endpoint(_: web.Request) -> web.Response:
+    body, content_type = metrics.render()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+def create_admin_app(checks: dict[str, Check]) -> web.Application:
+    app = web.Application()
+    app[CHECKS] = checks
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    return app
+
+
+async def start_admin(checks: dict[str, Check], host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(create_admin_app(checks), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    log.info("admin.started", url=f"http://{host}:{port}")
+    return runner

@@ -1,0 +1,99 @@
+"""``paw status``: one screen for on-call. Gathering is separate from rendering."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timedelta
+from typing import Any
+
+from aio_pika.abc import AbstractRobustConnection
+from rich.console import Group
+from rich.table import Table
+
+from worker.bus import Topology, declare
+from worker.gauges import queue_depth
+from worker.queries import query
+from worker.store import Store
+
+STUCK_AFTER = timedelta(minutes=15)
+
+
+@dataclasses.dataclass(frozen=True)
+class Status:
+    queues: dict[str, int]
+    dead_letters: int
+    items: dict[str, int]
+    stuck: list[dict[str, Any]]
+    last_webhook: dict[str, Any] | None
+
+    def as_json(self) -> dict[str, Any]:
+        def plain(v: Any) -> Any:
+            return (
+                v.isoformat()
+                if isinstance(v, datetime)
+                else str(v)
+                if not isinstance(v, int | str | None)
+                else v
+            )
+
+        return {
+            "queues": self.queues,
+            "dead_letters": self.dead_letters,
+            "items": self.items,
+            "stuck": [{k: plain(v) for k, v in s.items()} for s in self.stuck],
+            "last_webhook": {k: plain(v) for k, v in self.last_webhook.items()}
+            if self.last_webhook
+            else None,
+        }
+
+
+async def gather(store: Store, connection: AbstractRobustConnection, topo: Topology) -> Status:
+    channel = await connection.channel()
+    try:
+        await declare(channel, topo)  # idempotent: what every paw process does when it starts
+        queues = {name: await queue_depth(channel, name) for name in topo.work_queues}
+        dead = await queue_depth(channel, topo.dead_queue)
+    finally:
+        await channel.close()
+    stuck = [dict(r) for r in await store.pool.fetch(query("oldest_stuck_items"), STUCK_AFTER, 5)]
+    last = await store.pool.fetchrow(query("last_webhook"))
+    return Status(queues, dead, await store.count_by_state(), stuck, dict(last) if last else None)
+
+
+def render(status: Status, now: datetime) -> Group:
+    queues = Table(title="Queues", box=None)
+    queues.add_column("queue")
+    queues.add_column("ready", justify="right")
+    for name, depth in status.queues.items():
+        queues.add_row(name, str(depth))
+    queues.add_row(
+        "[bold]dead letters[/bold]", f"[bold red]{status.dead_letters}[/]" if status.dead_letters else "0"
+    )
+    items = Table(title="Items per state", box=None)
+    items.add_column("state")
+    items.add_column("items", justify="right")
+    for state, n in sorted(status.items.items()):
+        items.add_row(state, str(n))
+    stuck = Table(title=f"Oldest stuck Items (no progress for {STUCK_AFTER})", box=None)
+    for col in ("item id", "state", "waiting", "error"):
+        stuck.add_column(col)
+    for s in status.stuck:
+        stuck.add_row(str(s["id"]), s["state"], _age(now - s["updated_at"]), s["error_code"] or "")
+    if not status.stuck:
+        stuck.add_row("none", "", "", "")
+    last = status.last_webhook
+    footer = (
+        f"Last webhook: {last['routing_key']} ({last['outcome']}) {_age(now - last['received_at'])} ago"
+        if last
+        else "Last webhook: none received yet"
+    )
+    return Group(queues, items, stuck, footer)
+
+
+def _age(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
