@@ -31,16 +31,13 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,  # render tracebacks to text first, so they are redacted too
         redact_processor,
+        _redact_rendered,
     ]
-    if json_out:
-        renderer: list[Any] = [
-            structlog.processors.format_exc_info,
-            _redact_rendered,
-            structlog.processors.JSONRenderer(),
-        ]
-    else:
-        renderer = [structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)]
+    renderer: list[Any] = (
+        [structlog.processors.JSONRenderer()] if json_out else [structlog.dev.ConsoleRenderer()]
+    )
     structlog.configure(
         processors=[*shared, *renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
