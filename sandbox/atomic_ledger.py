@@ -26,6 +26,8 @@ class FundingSource:
     created_at: str
     status: str = PENDING
     reason: str | None = None
+    refreshes: int = 0  # how often the partner re-pulled the bank numbers (POST .../refresh)
+    account_number: str | None = None  # what /processor/auth/get gave at the last refresh
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -34,6 +36,7 @@ class FundingSource:
             "reason": self.reason,
             "account_ref": self.account_ref,
             "created_at": self.created_at,
+            "refreshes": self.refreshes,
         }
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from sandbox.atomic_ledger import DECISIONS, REMOVED, FundingSource, IdempotencyKeyReused, Submission
+from sandbox.plaid_errors import PlaidAPIError
 from sandbox.state import SANDBOX, SandboxState
 
 PREFIX = "/atomic"
@@ -85,6 +86,25 @@ async def delete_funding_source(request: web.Request) -> web.Response:
     return web.json_response({"id": source.id, "status": REMOVED})
 
 
+async def refresh_funding_source(request: web.Request) -> web.Response:
+    """The bank changed the account's numbers: Atomic re-pulls them with /processor/auth/get."""
+    state = request.app[SANDBOX]
+    if not _authorized(state, request):
+        return _error(401, "unauthorized")
+    source = _source(state, request)
+    if source is None:
+        return _error(404, "not_found")
+    if source.status == REMOVED:
+        return _error(409, "funding_source_removed")
+    try:
+        auth = state.plaid.processor_auth_get(source.processor_token)
+    except PlaidAPIError:
+        return _error(422, "processor_token_invalid")
+    source.refreshes += 1
+    source.account_number = str(auth["numbers"]["ach"]["account"])
+    return web.json_response(source.to_json())
+
+
 async def decide_funding_source(request: web.Request) -> web.Response:
     """Sandbox trigger: force a decision now and send its webhook."""
     state = request.app[SANDBOX]
@@ -108,4 +128,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{PREFIX}/v1/funding_sources", create_funding_source)
     app.router.add_get(f"{PREFIX}/v1/funding_sources/{{id}}", get_funding_source)
     app.router.add_delete(f"{PREFIX}/v1/funding_sources/{{id}}", delete_funding_source)
+    app.router.add_post(f"{PREFIX}/v1/funding_sources/{{id}}/refresh", refresh_funding_source)
     app.router.add_post(f"{PREFIX}/sandbox/funding_sources/{{id}}/decide", decide_funding_source)

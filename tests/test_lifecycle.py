@@ -466,3 +466,33 @@ async def test_no_token_left_in_clear_after_a_full_lifecycle(
         raw = value if isinstance(value, bytes) else str(value).encode()
         for pattern in TOKEN_PATTERNS:
             assert pattern not in raw, f"{table}.{column} holds a token in clear"
+
+
+async def test_default_update_of_the_funding_account_makes_atomic_re_pull_the_numbers(
+    services: Services, worker: RunningWorker, receiver: str, sandbox: Sandbox
+) -> None:
+    item = await verified_item(services, sandbox, receiver)
+    source = sandbox.state.atomic.sources[item.atomic_funding_source_id or ""]
+    assert source.refreshes == 0
+    access = access_token_of(sandbox, item.plaid_item_id or "")
+    sandbox.state.plaid.fire_webhook(access, "DEFAULT_UPDATE", None, item.account_id)
+
+    async def refreshed() -> bool:
+        got = await services.store.get(item.id)
+        return source.refreshes == 1 and got is not None and got.atomic_refresh_needed_at is None
+
+    await eventually(refreshed)
+    account = sandbox.state.plaid.items[item.plaid_item_id or ""].accounts[item.account_id or ""]
+    assert source.account_number == account.account_number  # Atomic saw the new number
+    # another account's numbers changing is recorded but Atomic is not bothered
+    other = next(
+        a for a in sandbox.state.plaid.items[item.plaid_item_id or ""].accounts if a != item.account_id
+    )
+    sandbox.state.plaid.fire_webhook(access, "DEFAULT_UPDATE", None, other)
+    await eventually(lambda: _inbox_outcomes_include(services, "recorded"))
+    assert source.refreshes == 1
+
+
+async def _inbox_outcomes_include(services: Services, outcome: str) -> bool:
+    rows = await services.store.pool.fetch("SELECT outcome FROM inbox WHERE event_key LIKE 'plaid:%'")
+    return outcome in [r["outcome"] for r in rows]

@@ -110,5 +110,12 @@ class AtomicClient:
         )
         return FundingSource(str(data["id"]), str(data["status"]), data.get("reason"))
 
+    async def refresh_funding_source(self, funding_source_id: str) -> FundingSource:
+        """The bank account's numbers changed: Atomic re-pulls them with /processor/auth/get."""
+        data = await self._request(
+            "POST", f"/v1/funding_sources/{funding_source_id}/refresh", "/v1/funding_sources/{id}/refresh"
+        )
+        return FundingSource(str(data["id"]), str(data["status"]), data.get("reason"))
+
     async def remove_funding_source(self, funding_source_id: str) -> None:
         await self._request("DELETE", f"/v1/funding_sources/{funding_source_id}", "/v1/funding_sources/{id}")

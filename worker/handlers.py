@@ -22,6 +22,8 @@ from worker.states import State, Trigger
 from worker.store import Changes, Item, Store
 
 FINAL_ERRORS = frozenset({Trigger.FAILED, Trigger.REVOKED})
+# States in which Atomic holds a funding source worth refreshing.
+LIVE_SOURCE = frozenset({State.ATOMIC_PENDING, State.ATOMIC_VERIFIED})
 
 log = structlog.get_logger(__name__)
 
@@ -202,6 +204,8 @@ class Handlers:
                         disconnect_at=decision.disconnect_at,
                         disconnect_reason=decision.disconnect_reason,
                     )
+                if item is not None and decision.atomic_refresh:
+                    await self.store.need_atomic_refresh(conn, item.id)
                 if not await self.store.record_event(
                     event_key,
                     item_id=item.id if item else None,
@@ -223,6 +227,14 @@ class Handlers:
         item = await self.store.get(item_id)
         if item is None:
             return
+        if (
+            item.atomic_refresh_needed_at is not None
+            and item.atomic_funding_source_id
+            and item.state in LIVE_SOURCE
+        ):
+            await self.pipeline.atomic.refresh_funding_source(item.atomic_funding_source_id)
+            await self.store.atomic_refreshed(item.id, item.atomic_refresh_needed_at)
+            log.info("atomic.funding_source_refreshed", funding_source_id=item.atomic_funding_source_id)
         if item.state in (State.EXCHANGED, State.PROCESSOR_TOKEN_ISSUED):
             await self.pipeline.drive(item.id, public_token=None, cause=Cause(cause, event_id))
         elif item.state is State.REVOKED and item.atomic_funding_source_id and item.atomic_removed_at is None:

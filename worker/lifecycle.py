@@ -26,6 +26,7 @@ class Decision:
     consent_expires_at: datetime | None = None
     disconnect_at: datetime | None = None
     disconnect_reason: str | None = None
+    atomic_refresh: bool = False  # the funding account's numbers changed: Atomic must re-pull them
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -91,7 +92,7 @@ def decide(item: Item | None, webhook: dict[str, Any], sent_at: int) -> Decision
         if code == "DEFAULT_UPDATE":
             updated = webhook.get("account_ids_with_updated_auth") or {}
             if item.account_id is not None and isinstance(updated, dict) and item.account_id in updated:
-                return Decision("numbers_changed")
+                return Decision("numbers_changed", atomic_refresh=item.atomic_funding_source_id is not None)
             return Decision("recorded")
         return Decision("unknown_code")
     return Decision("unknown_type")

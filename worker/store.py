@@ -46,6 +46,7 @@ class Item:
     disconnect_at: datetime | None = None
     disconnect_reason: str | None = None
     atomic_removed_at: datetime | None = None
+    atomic_refresh_needed_at: datetime | None = None
 
     @classmethod
     def from_record(cls, r: Mapping[str, Any]) -> Item:
@@ -76,6 +77,7 @@ class Item:
             disconnect_at=r["disconnect_at"],
             disconnect_reason=r["disconnect_reason"],
             atomic_removed_at=r["atomic_removed_at"],
+            atomic_refresh_needed_at=r["atomic_refresh_needed_at"],
         )
 
     def public(self) -> dict[str, Any]:
@@ -304,6 +306,12 @@ class Store:
 
     async def destroy_tokens(self, item_id: uuid.UUID) -> None:
         await self.pool.execute(query("destroy_tokens"), item_id)
+
+    async def need_atomic_refresh(self, conn: asyncpg.Connection, item_id: uuid.UUID) -> None:
+        await conn.execute(query("need_atomic_refresh"), item_id)
+
+    async def atomic_refreshed(self, item_id: uuid.UUID, seen: datetime) -> None:
+        await self.pool.execute(query("atomic_refreshed"), item_id, seen)
 
     async def mark_atomic_removed(self, item_id: uuid.UUID) -> None:
         await self.pool.execute(query("mark_atomic_removed"), item_id)

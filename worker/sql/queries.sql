@@ -154,3 +154,11 @@ LIMIT $2;
 
 -- name: last_webhook
 SELECT routing_key, outcome, received_at FROM inbox ORDER BY received_at DESC LIMIT 1;
+
+-- name: need_atomic_refresh
+-- $1 id
+UPDATE items SET atomic_refresh_needed_at = now() WHERE id = $1;
+
+-- name: atomic_refreshed
+-- Clears the flag unless a newer DEFAULT_UPDATE set it again meanwhile. $1 id, $2 the flag's value seen
+UPDATE items SET atomic_refresh_needed_at = NULL WHERE id = $1 AND atomic_refresh_needed_at = $2;
