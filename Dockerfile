@@ -1,5 +1,10 @@
 # syntax=docker/dockerfile:1
+# One image for every paw process; the compose file picks the subcommand (migrate, receiver, worker,
+# sandbox). No secrets are baked in: they come from the environment at run time (README,
+# "Configuration"). No HEALTHCHECK here: each process answers on its own port and the one-shot
+# migration on none, so docker-compose.yml probes the receiver, the worker and the sandbox.
 FROM python:3.11.7-slim-bookworm AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY worker worker
@@ -9,10 +14,13 @@ COPY sandbox sandbox
 RUN pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.11.7-slim-bookworm
-RUN useradd --system --uid 10001 --no-create-home paw
+RUN groupadd --system --gid 10001 paw \
+    && useradd --system --uid 10001 --gid paw --no-create-home --shell /usr/sbin/nologin paw
 COPY --from=build /install /usr/local
-USER 10001
-ENV PAW_LOG_FORMAT=json
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PAW_LOG_FORMAT=json
+USER 10001:10001
 EXPOSE 8080
 ENTRYPOINT ["paw"]
 CMD ["worker"]
