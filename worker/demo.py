@@ -23,7 +23,7 @@ from plaid.model.sandbox_public_token_create_request import SandboxPublicTokenCr
 from plaid.model.sandbox_public_token_create_request_options import SandboxPublicTokenCreateRequestOptions
 from rich.console import Console
 
-from sandbox.app import SandboxConfig, serve
+from sandbox.app import SANDBOX, SandboxConfig, SandboxState, serve
 from webhooks.server import start_receiver
 from worker.migrate import migrate
 from worker.pipeline import token_hash
@@ -32,7 +32,7 @@ from worker.runner import run_worker
 from worker.services import open_services
 from worker.settings import Settings
 from worker.states import State
-from worker.store import Item
+from worker.store import Item, Store
 
 INSTITUTION = "ins_109508"
 
@@ -47,7 +47,13 @@ class Case:
 
 
 CASES = (
-    Case("happy path, submitted over HTTP", "user_good", "demo-user-1", "http", State.ATOMIC_VERIFIED),
+    Case(
+        "happy path over HTTP; then the bank login breaks and is repaired",
+        "user_good",
+        "demo-user-1",
+        "http",
+        State.ATOMIC_VERIFIED,
+    ),
     Case(
         "savings only, submitted over AMQP", "user_savings_only", "demo-user-2", "amqp", State.ATOMIC_VERIFIED
     ),
@@ -157,6 +163,10 @@ async def run_demo(
                             "item.link", json.dumps(body).encode(), message_id=str(uuid.uuid4())
                         )
                 items = await wait_for_items(svc.store, tokens, timeout)
+                if items[0] is not None and items[0].state is State.ATOMIC_VERIFIED:
+                    items[0] = await login_breaks_and_is_repaired(
+                        svc.store, sandbox_runner.app[SANDBOX], items[0], timeout
+                    )
             finally:
                 stop.set()
                 await worker
@@ -185,6 +195,27 @@ async def run_demo(
         else "\n[red]demo failed[/red]"
     )
     return 0 if ok else 1
+
+
+async def login_breaks_and_is_repaired(
+    store: Store, sandbox: SandboxState, item: Item, timeout: float
+) -> Item:
+    """The sandbox plays the user's bank: the login breaks (a signed ITEM ERROR webhook reaches the
+    receiver), then the user repairs it in Link (LOGIN_REPAIRED): the Item goes back to verified."""
+    access = next(t for t, i in sandbox.plaid._access.items() if i.item_id == item.plaid_item_id)
+    sandbox.plaid.reset_login(access)
+    await wait_for_state(store, item, State.LOGIN_REQUIRED, timeout)
+    sandbox.plaid.fire_webhook(access, "LOGIN_REPAIRED", None, None)
+    return await wait_for_state(store, item, State.ATOMIC_VERIFIED, timeout)
+
+
+async def wait_for_state(store: Store, item: Item, state: State, timeout: float) -> Item:
+    deadline = time.monotonic() + timeout
+    while True:
+        current = await store.get(item.id)
+        if current is not None and (current.state is state or time.monotonic() > deadline):
+            return current
+        await asyncio.sleep(0.05)
 
 
 async def history_of(s: Settings, item: Item) -> list:  # type: ignore[type-arg]
