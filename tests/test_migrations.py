@@ -1,0 +1,52 @@
+"""Migrations apply cleanly to an empty database, twice is a no-op, and versions only grow."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from importlib import resources
+
+import asyncpg
+import pytest
+
+import schemas
+from tests.conftest import _drop, _with_db
+from worker.migrate import migrate
+from worker.queries import queries
+
+
+@pytest.fixture
+async def empty_db(service_urls: tuple[str, str]) -> AsyncIterator[str]:
+    admin_dsn, _ = service_urls
+    name = f"paw_empty_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield _with_db(admin_dsn, name)
+    await _drop(admin_dsn, name)
+
+
+def test_versions_are_unique_and_every_file_is_a_migration() -> None:
+    found = schemas.migrations()
+    versions = [m.version for m in found]
+    assert versions == sorted(set(versions)) and versions[0] == 1
+    files = [p.name for p in resources.files("schemas").joinpath("migrations").iterdir() if p.name.endswith(".sql")]
+    assert len(files) == len(found), "a .sql file in migrations/ does not match NNNN_name.sql"
+
+
+async def test_migrations_apply_to_an_empty_database_once(empty_db: str) -> None:
+    conn = await asyncpg.connect(empty_db)
+    try:
+        applied = await migrate(conn)
+        assert applied == [m.version for m in schemas.migrations()]
+        assert await migrate(conn) == []
+        # every named query at least parses and plans against the migrated schema
+        for name, sql in queries().items():
+            try:
+                await conn.prepare(sql)
+            except asyncpg.PostgresError as e:
+                raise AssertionError(f"query {name!r} does not plan: {e}") from e
+    finally:
+        await conn.close()
