@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import uuid
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -27,6 +28,15 @@ from worker.store import Changes, Item, Store
 log = structlog.get_logger(__name__)
 
 LEASE_S = 90.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """What an upstream call leads to: the transition, its history detail and the columns it sets."""
+
+    trigger: Trigger
+    detail: dict[str, object]
+    changes: Changes = Changes()  # noqa: RUF009 - frozen, shared safely
 
 
 class ItemBusy(PawError):
@@ -72,11 +82,35 @@ class Pipeline:
                 }.get(item.state)
                 if step is None or (item.state is State.LINK and public_token is None):
                     return item
-                moved = await step(item, public_token, cause)
+                moved = await self._take(item, step, public_token, cause)
                 item = moved if moved is not None else await self._reload(item)
             return item
         finally:
             await self.store.release(item_id, self.owner)
+
+    async def _take(
+        self,
+        item: Item,
+        step: Callable[[Item, str | None], Awaitable[Step]],
+        public_token: str | None,
+        cause: Cause,
+    ) -> Item | None:
+        """One upstream call and the transition it leads to. A permanent upstream error moves the
+        Item to its state; a transient one propagates, for the consumer to retry."""
+        try:
+            done = await step(item, public_token)
+        except UpstreamError as err:
+            if classify(err) is not Kind.PERMANENT:
+                raise
+            return await self.fail(item, err, cause)
+        return await self.store.transition(
+            item,
+            done.trigger,
+            cause=cause.name,
+            event_id=cause.event_id,
+            detail=done.detail,
+            changes=done.changes,
+        )
 
     async def _reload(self, item: Item) -> Item:
         fresh = await self.store.get(item.id)
@@ -141,21 +175,13 @@ class Pipeline:
             ),
         )
 
-    async def _exchange(self, item: Item, public_token: str | None, cause: Cause) -> Item | None:
+    async def _exchange(self, item: Item, public_token: str | None) -> Step:
         assert public_token is not None
-        try:
-            ex = await self.plaid.exchange_public_token(public_token)
-        except UpstreamError as err:
-            if classify(err) is Kind.PERMANENT:
-                return await self.fail(item, err, cause)
-            raise
-        return await self.store.transition(
-            item,
+        ex = await self.plaid.exchange_public_token(public_token)
+        return Step(
             Trigger.EXCHANGED,
-            cause=cause.name,
-            event_id=cause.event_id,
-            detail={"request_id": ex.request_id, "plaid_item_id": ex.item_id},
-            changes=Changes(
+            {"request_id": ex.request_id, "plaid_item_id": ex.item_id},
+            Changes(
                 plaid_item_id=ex.item_id,
                 access_token=self.sealer.seal(ex.access_token, aad=aad(item.id, "access_token")),
                 plaid_request_id=ex.request_id,
@@ -166,68 +192,46 @@ class Pipeline:
         assert item.access_token is not None, f"item {item.id} in {item.state} has no access token"
         return self.sealer.open(item.access_token, aad=aad(item.id, "access_token"))
 
-    async def _issue_processor_token(self, item: Item, _: str | None, cause: Cause) -> Item | None:
+    async def _issue_processor_token(self, item: Item, _: str | None) -> Step:
         access_token = self.access_token(item)
-        try:
-            wanted = [item.requested_account_id] if item.requested_account_id else None
-            accounts, request_id = await self.plaid.accounts(access_token, wanted)
-            choice = choose_account(accounts, item.requested_account_id)
-            if choice.account_id is None:
-                return await self.fail(
-                    item,
-                    UpstreamError(
-                        choice.reason or "no usable account", service="paw", error_code="NO_USABLE_ACCOUNT"
-                    ),
-                    cause,
-                )
-            if choice.awaiting_verification:
-                return await self.store.transition(
-                    item,
-                    Trigger.AWAITING_VERIFICATION,
-                    cause=cause.name,
-                    event_id=cause.event_id,
-                    detail={"account_id": choice.account_id, "request_id": request_id},
-                    changes=Changes(account_id=choice.account_id),
-                )
-            processor_token, request_id = await self.plaid.create_processor_token(
-                access_token, choice.account_id
+        wanted = [item.requested_account_id] if item.requested_account_id else None
+        accounts, request_id = await self.plaid.accounts(access_token, wanted)
+        choice = choose_account(accounts, item.requested_account_id)
+        if choice.account_id is None:
+            raise UpstreamError(
+                choice.reason or "no usable account",
+                service="paw",
+                status=422,
+                error_code="NO_USABLE_ACCOUNT",
             )
-        except UpstreamError as err:
-            if classify(err) is Kind.PERMANENT:
-                return await self.fail(item, err, cause)
-            raise
-        return await self.store.transition(
-            item,
+        if choice.awaiting_verification:
+            return Step(
+                Trigger.AWAITING_VERIFICATION,
+                {"account_id": choice.account_id, "request_id": request_id},
+                Changes(account_id=choice.account_id),
+            )
+        processor_token, request_id = await self.plaid.create_processor_token(access_token, choice.account_id)
+        return Step(
             Trigger.PROCESSOR_TOKEN_CREATED,
-            cause=cause.name,
-            event_id=cause.event_id,
-            detail={"account_id": choice.account_id, "request_id": request_id},
-            changes=Changes(
+            {"account_id": choice.account_id, "request_id": request_id},
+            Changes(
                 account_id=choice.account_id,
                 processor_token=self.sealer.seal(processor_token, aad=aad(item.id, "processor_token")),
                 plaid_request_id=request_id,
             ),
         )
 
-    async def _submit_to_atomic(self, item: Item, _: str | None, cause: Cause) -> Item | None:
+    async def _submit_to_atomic(self, item: Item, _: str | None) -> Step:
         assert item.processor_token is not None
         processor_token = self.sealer.open(item.processor_token, aad=aad(item.id, "processor_token"))
-        try:
-            source = await self.atomic.submit_funding_source(
-                processor_token=processor_token,
-                account_ref=str(item.id),
-                customer_ref=item.client_user_id,
-                idempotency_key=str(item.id),
-            )
-        except UpstreamError as err:
-            if classify(err) is Kind.PERMANENT:
-                return await self.fail(item, err, cause)
-            raise
-        return await self.store.transition(
-            item,
+        source = await self.atomic.submit_funding_source(
+            processor_token=processor_token,
+            account_ref=str(item.id),
+            customer_ref=item.client_user_id,
+            idempotency_key=str(item.id),
+        )
+        return Step(
             Trigger.ATOMIC_SUBMITTED,
-            cause=cause.name,
-            event_id=cause.event_id,
-            detail={"funding_source_id": source.id, "status": source.status},
-            changes=Changes(atomic_funding_source_id=source.id),
+            {"funding_source_id": source.id, "status": source.status},
+            Changes(atomic_funding_source_id=source.id),
         )
