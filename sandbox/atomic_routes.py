@@ -40,8 +40,15 @@ async def _json_object(request: web.Request) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def _source(state: SandboxState, request: web.Request) -> FundingSource | None:
-    return state.atomic.sources.get(request.match_info["id"])
+def _authorized_source(request: web.Request) -> tuple[SandboxState, FundingSource] | web.Response:
+    """The state and the funding source named in the path, or the 401/404 to answer."""
+    state = request.app[SANDBOX]
+    if not _authorized(state, request):
+        return _error(401, "unauthorized")
+    source = state.atomic.sources.get(request.match_info["id"])
+    if source is None:
+        return _error(404, "not_found")
+    return state, source
 
 
 async def create_funding_source(request: web.Request) -> web.Response:
@@ -66,34 +73,28 @@ async def create_funding_source(request: web.Request) -> web.Response:
 
 
 async def get_funding_source(request: web.Request) -> web.Response:
-    state = request.app[SANDBOX]
-    if not _authorized(state, request):
-        return _error(401, "unauthorized")
-    source = _source(state, request)
-    if source is None:
-        return _error(404, "not_found")
+    found = _authorized_source(request)
+    if isinstance(found, web.Response):
+        return found
+    _state, source = found
     return web.json_response(source.to_json())
 
 
 async def delete_funding_source(request: web.Request) -> web.Response:
-    state = request.app[SANDBOX]
-    if not _authorized(state, request):
-        return _error(401, "unauthorized")
-    source = _source(state, request)
-    if source is None:
-        return _error(404, "not_found")
+    found = _authorized_source(request)
+    if isinstance(found, web.Response):
+        return found
+    _state, source = found
     source.status = REMOVED
     return web.json_response({"id": source.id, "status": REMOVED})
 
 
 async def refresh_funding_source(request: web.Request) -> web.Response:
     """The bank changed the account's numbers: Atomic re-pulls them with /processor/auth/get."""
-    state = request.app[SANDBOX]
-    if not _authorized(state, request):
-        return _error(401, "unauthorized")
-    source = _source(state, request)
-    if source is None:
-        return _error(404, "not_found")
+    found = _authorized_source(request)
+    if isinstance(found, web.Response):
+        return found
+    state, source = found
     if source.status == REMOVED:
         return _error(409, "funding_source_removed")
     try:
@@ -107,12 +108,10 @@ async def refresh_funding_source(request: web.Request) -> web.Response:
 
 async def decide_funding_source(request: web.Request) -> web.Response:
     """Sandbox trigger: force a decision now and send its webhook."""
-    state = request.app[SANDBOX]
-    if not _authorized(state, request):
-        return _error(401, "unauthorized")
-    source = _source(state, request)
-    if source is None:
-        return _error(404, "not_found")
+    found = _authorized_source(request)
+    if isinstance(found, web.Response):
+        return found
+    state, source = found
     body = await _json_object(request)
     status = body.get("status") if body else None
     reason = body.get("reason") if body else None
