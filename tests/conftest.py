@@ -260,3 +260,58 @@ async def queue_messages(amqp_url: str, queue: str) -> list[aio_pika.abc.Abstrac
             out.append(msg)
     finally:
         await conn.close()
+
+
+import shutil
+
+
+@dataclasses.dataclass
+class BrokerControl:
+    """Stops and starts the local RabbitMQ application (``rabbitmqctl stop_app``/``start_app``)."""
+
+    amqp_url: str
+    stopped: bool = False
+
+    async def _ctl(self, *args: str) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            "rabbitmqctl", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {out.decode(errors='replace')[-500:]}")
+
+    async def stop(self) -> None:
+        self.stopped = True
+        await self._ctl("stop_app")
+
+    async def start(self) -> None:
+        """Starts the broker and returns once it accepts AMQP connections again."""
+        await self._ctl("start_app")
+        await self._ctl("await_startup")
+
+        async def amqp_answers() -> bool:
+            if not await asyncio.to_thread(_answers, self.amqp_url, 5672):
+                return False
+            try:
+                conn = await aio_pika.connect(self.amqp_url, timeout=5)
+            except Exception:
+                return False
+            await conn.close()
+            return True
+
+        await eventually(amqp_answers, timeout=60, interval=0.2)
+        self.stopped = False
+
+
+@pytest.fixture
+async def broker(service_urls: tuple[str, str]) -> AsyncIterator[BrokerControl]:
+    """Control over the local broker; whatever the test does, the broker runs again afterwards."""
+    _, amqp = service_urls
+    host = urlsplit(amqp).hostname
+    if shutil.which("rabbitmqctl") is None or host not in ("127.0.0.1", "localhost", "::1"):
+        pytest.skip("needs a local RabbitMQ controlled with rabbitmqctl")
+    control = BrokerControl(amqp)
+    try:
+        yield control
+    finally:
+        await control.start()  # idempotent: start_app on a running broker is a no-op

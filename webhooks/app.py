@@ -19,11 +19,12 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+import schemas
 from webhooks.keys import KeyCache, UnknownKey
-from webhooks.verification import VerificationError, unverified_kid, verify
+from webhooks.verification import VerificationError, VerifiedWebhook, unverified_kid, verify
 from worker.atomic_api import SIGNATURE_HEADER, signature_valid
 from worker.bus import Publisher, PublishFailed
-from worker.consumer import Poison
+from worker.consumer import MAX_JSON_DEPTH, Poison, json_depth
 from worker.errors import PawError
 from worker.handlers import validated
 from worker.pipeline import token_hash
@@ -32,7 +33,32 @@ from worker.store import Store
 
 log = structlog.get_logger(__name__)
 
-ROUTING_PART_OK = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
+# After a failed key fetch, /readyz reports the key endpoint down for this long (or until a fetch
+# succeeds); then it is presumed back, so a receiver taken out of rotation gets to try again.
+KEY_FETCH_DOWN_S = 30.0
+
+
+@dataclasses.dataclass
+class KeyFetchHealth:
+    """Whether Plaid's key endpoint answered the last time a key was fetched.
+
+    An answer counts as success even when it is "no such key": Plaid was reachable. Only transient
+    failures (network, 5xx, 429) count as failure. Throttled fetches never reach Plaid and are not
+    recorded, so a flood of made-up kids cannot flip readiness.
+    """
+
+    clock: Callable[[], float] = time.monotonic
+    failed_at: float | None = None
+
+    def succeeded(self) -> None:
+        self.failed_at = None
+
+    def failed(self) -> None:
+        self.failed_at = self.clock()
+
+    @property
+    def ok(self) -> bool:
+        return self.failed_at is None or self.clock() - self.failed_at >= KEY_FETCH_DOWN_S
 
 
 @dataclasses.dataclass
@@ -43,6 +69,7 @@ class Receiver:
     keys: KeyCache | None
     clock: Callable[[], float] = time.time
     metrics: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    key_health: KeyFetchHealth = dataclasses.field(default_factory=KeyFetchHealth)
 
 
 RECEIVER = web.AppKey("receiver", Receiver)
@@ -53,12 +80,21 @@ def problem(status: int, reason: str, **extra: Any) -> web.Response:
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, or HTTPRequestEntityTooLarge as soon as it is known to exceed ``limit``.
+
+    ``StreamReader.read(n)`` returns what has arrived so far, up to ``n``: it must be looped, or a
+    body larger than one network read is silently cut short.
+    """
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
-    return body
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(limit + 1 - size):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+    return b"".join(chunks)
 
 
 def now_iso() -> str:
@@ -80,20 +116,85 @@ async def publish_or_503(
     return None
 
 
+class Refused(PawError):
+    """The webhook was refused."""
+
+    def __init__(self, status: int, reason: str, detail: str | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def parse_webhook_body(body: bytes) -> dict[str, Any]:
+    """The verified body as a JSON object; Refused(400, "malformed_json") for anything else."""
+    try:
+        hook = json.loads(body, parse_constant=_no_constants)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise Refused(400, "malformed_json", "body is not JSON") from None
+    if json_depth(hook) > MAX_JSON_DEPTH:
+        raise Refused(400, "malformed_json", f"body nests deeper than {MAX_JSON_DEPTH} levels")
+    if not isinstance(hook, dict):
+        raise Refused(400, "malformed_json", "body is not a JSON object")
+    return hook
+
+
+def plaid_envelope(
+    hook: dict[str, Any], verified: VerifiedWebhook, *, event_id: str, received_at: str
+) -> tuple[str, dict[str, Any]]:
+    """(routing key, envelope) for a verified webhook; Refused(400, "invalid_webhook") when the
+    envelope would not be valid against ``webhook.plaid`` (so every published one is)."""
+    envelope = {
+        "event_id": event_id,
+        "source": "plaid",
+        "received_at": received_at,
+        "body_sha256": verified.body_sha256,
+        "sent_at": verified.iat,
+        "kid": verified.kid,
+        "webhook": hook,
+    }
+    errors = sorted(
+        schemas.validator("webhook.plaid").iter_errors(envelope), key=lambda e: list(e.absolute_path)
+    )
+    if errors:
+        # The path only: the schema's message quotes the offending value, which is body content.
+        where = "/".join(str(p) for p in errors[0].absolute_path) or "(root)"
+        raise Refused(400, "invalid_webhook", f"not a valid webhook at {where}")
+    return f"webhook.plaid.{hook['webhook_type']}.{hook['webhook_code']}", envelope
+
+
+def refuse_plaid(
+    rx: Receiver, status: int, reason: str, kid: str | None, detail: str | None = None
+) -> web.Response:
+    """Counts and logs a refusal (reason and kid, never the body) and answers it."""
+    rx.metrics[f"plaid_rejected.{reason}"] += 1
+    log.warning("webhook.rejected", source="plaid", status=status, reason=reason, kid=kid, detail=detail)
+    return problem(status, reason, **({"detail": detail} if detail else {}))
+
+
 async def plaid_webhook(request: web.Request) -> web.Response:
     rx = request.app[RECEIVER]
     s = rx.settings
     rx.metrics["plaid_received"] += 1
-    body = await read_body(request, s.max_body_bytes)
     token = request.headers.get("Plaid-Verification")
     kid: str | None = None
     try:
+        body = await read_body(request, s.max_body_bytes)
+    except web.HTTPRequestEntityTooLarge:
+        return refuse_plaid(rx, 413, "body_too_large", None, f"at most {s.max_body_bytes} bytes")
+    try:
         kid = unverified_kid(token)
-        assert rx.keys is not None and token is not None
+        assert token is not None
+        if rx.keys is None:
+            raise KeyFetchUnavailable()
         try:
             key = await rx.keys.get(kid)
         except UnknownKey:
-            raise VerificationError("unknown_kid") from None
+            raise VerificationError("unknown_kid", kid=kid) from None
         verified = verify(
             token,
             body,
@@ -103,36 +204,17 @@ async def plaid_webhook(request: web.Request) -> web.Response:
             future_skew_s=s.webhook_future_skew_s,
         )
     except VerificationError as e:
-        rx.metrics[f"plaid_rejected.{e.reason}"] += 1
-        log.warning("webhook.rejected", source="plaid", reason=e.reason, kid=kid or e.kid)
-        return problem(e.status, e.reason)
+        return refuse_plaid(rx, e.status, e.reason, kid or e.kid)
     except PawError as e:  # key fetch throttled or Plaid unreachable: Plaid will retry
         rx.metrics["plaid_key_unavailable"] += 1
-        log.warning("webhook.key_unavailable", kid=kid, error=type(e).__name__)
+        log.warning("webhook.key_unavailable", source="plaid", kid=kid, error=type(e).__name__)
         return problem(503, "verification_key_unavailable")
-    try:
-        hook = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        rx.metrics["plaid_rejected.malformed_json"] += 1
-        return problem(400, "malformed_json")
-    if not isinstance(hook, dict):
-        return problem(400, "malformed_json", detail="body is not a JSON object")
-    wtype, wcode = hook.get("webhook_type"), hook.get("webhook_code")
-    for field, value in (("webhook_type", wtype), ("webhook_code", wcode)):
-        if not isinstance(value, str) or not value or len(value) > 64 or not set(value) <= ROUTING_PART_OK:
-            rx.metrics["plaid_rejected.bad_fields"] += 1
-            return problem(400, "invalid_webhook", detail=f"{field} missing or not an upper-case code")
     event_id = str(uuid.uuid4())
-    envelope = {
-        "event_id": event_id,
-        "source": "plaid",
-        "received_at": now_iso(),
-        "body_sha256": verified.body_sha256,
-        "sent_at": verified.iat,
-        "kid": verified.kid,
-        "webhook": hook,
-    }
-    routing_key = f"webhook.plaid.{wtype}.{wcode}"
+    try:
+        hook = parse_webhook_body(body)
+        routing_key, envelope = plaid_envelope(hook, verified, event_id=event_id, received_at=now_iso())
+    except Refused as e:
+        return refuse_plaid(rx, e.status, e.reason, verified.kid, e.detail)
     failed = await publish_or_503(rx, routing_key, envelope, event_id)
     if failed is not None:
         return failed
@@ -142,9 +224,14 @@ async def plaid_webhook(request: web.Request) -> web.Response:
         source="plaid",
         routing_key=routing_key,
         event_id=event_id,
+        kid=verified.kid,
         item_id=hook.get("item_id"),
     )
     return web.json_response({"event_id": event_id})
+
+
+class KeyFetchUnavailable(PawError):
+    """No way to fetch Plaid's webhook verification keys is configured."""
 
 
 async def atomic_webhook(request: web.Request) -> web.Response:
@@ -253,8 +340,13 @@ async def healthz(_: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    """503 while the broker connection or channel is down (a webhook would get 503), or while
+    Plaid's key endpoint is failing (a webhook signed with a new kid would get 503)."""
     rx = request.app[RECEIVER]
-    checks = {"broker": rx.publisher.is_ready or not rx.publisher.connection.is_closed}
+    checks = {
+        "broker": rx.publisher.is_ready,
+        "plaid_keys": rx.keys is not None and rx.key_health.ok,
+    }
     ok = all(checks.values())
     return web.json_response(
         {"status": "ready" if ok else "not_ready", "checks": checks}, status=200 if ok else 503

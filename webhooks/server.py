@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import structlog
 from aiohttp import web
 
-from webhooks.app import Receiver, create_app
+from webhooks.app import KeyFetchHealth, Receiver, create_app
 from webhooks.keys import KeyCache, UnknownKey
 from worker.errors import UpstreamError
 from worker.plaid_api import PlaidClient
@@ -17,24 +19,39 @@ from worker.settings import Settings
 log = structlog.get_logger(__name__)
 
 
-def plaid_key_fetcher(plaid: PlaidClient):  # type: ignore[no-untyped-def]
-    async def fetch(kid: str) -> dict[str, object]:
+def plaid_key_fetcher(
+    plaid: PlaidClient, health: KeyFetchHealth
+) -> Callable[[str], Awaitable[Mapping[str, Any]]]:
+    """``fetch(kid)`` for :class:`KeyCache`: Plaid's JWK, or UnknownKey when Plaid says no such key.
+    Records in ``health`` whether Plaid answered."""
+
+    async def fetch(kid: str) -> Mapping[str, Any]:
         try:
-            return await plaid.webhook_verification_key(kid)
+            key = await plaid.webhook_verification_key(kid)
         except UpstreamError as e:
             if e.status == 400 and e.error_code in ("INVALID_WEBHOOK_VERIFICATION_KEY_ID", "INVALID_INPUT"):
+                health.succeeded()
                 raise UnknownKey(f"Plaid does not know key {kid!r}") from None
+            health.failed()
+            log.warning("plaid.key_fetch_failed", kid=kid, status=e.status, error_code=e.error_code)
             raise
+        except Exception:
+            health.failed()
+            raise
+        health.succeeded()
+        return key
 
     return fetch
 
 
 def receiver_for(svc: Services) -> Receiver:
+    health = KeyFetchHealth()
     return Receiver(
         settings=svc.settings,
         publisher=svc.publisher,
         store=svc.store,
-        keys=KeyCache(plaid_key_fetcher(svc.plaid)),
+        keys=KeyCache(plaid_key_fetcher(svc.plaid, health)),
+        key_health=health,
     )
 
 

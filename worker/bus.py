@@ -19,7 +19,12 @@ from typing import Any
 import aio_pika
 import aiormq
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
 
 from worker.errors import PawError
 
@@ -91,39 +96,41 @@ async def connect(url: str, name: str) -> AbstractRobustConnection:
 class Publisher:
     """Publishes persistent, mandatory messages and waits for the confirm, within a bound.
 
-    The bound matters: while a robust connection is reconnecting, aio-pika can wait indefinitely,
-    and a caller (an HTTP handler, say) must fail fast instead.
+    One robust channel, opened on first use and kept: aio-pika reopens it by itself when the
+    connection comes back, so it is never replaced (a replacement would leak a channel per outage).
+    While the connection is down a publish fails at once instead of waiting for the reconnect; a
+    publish caught by the drop itself is bounded by ``timeout``. Either way the caller gets
+    :class:`PublishFailed` and nothing was acknowledged.
     """
 
     def __init__(self, connection: AbstractRobustConnection, topo: Topology, *, timeout: float = 5.0) -> None:
         self.connection = connection
         self.topo = topo
         self.timeout = timeout
-        self._channel: AbstractChannel | None = None
+        self._channel: AbstractRobustChannel | None = None
         self._exchange: AbstractExchange | None = None
-        self._default: AbstractExchange | None = None
         self._lock = asyncio.Lock()
 
-    async def _ready(self) -> tuple[AbstractExchange, AbstractExchange]:
-        if (
-            self._channel is None
-            or self._channel.is_closed
-            or self._exchange is None
-            or self._default is None
-        ):
+    async def _ready(self) -> tuple[AbstractRobustChannel, AbstractExchange]:
+        if not self.connection.connected.is_set():
+            raise PublishFailed("broker unavailable: not connected")
+        if self._channel is None or self._exchange is None:
             async with self._lock:
-                if self._channel is None or self._channel.is_closed:
-                    self._channel = await self.connection.channel(
-                        publisher_confirms=True, on_return_raises=True
-                    )
-                    self._exchange = await self._channel.get_exchange(self.topo.exchange, ensure=False)
-                    self._default = self._channel.default_exchange
-        assert self._exchange is not None and self._default is not None
-        return self._exchange, self._default
+                if self._channel is None or self._exchange is None:
+                    channel = self.connection.channel(publisher_confirms=True, on_return_raises=True)
+                    await channel.initialize()
+                    self._exchange = await channel.get_exchange(self.topo.exchange, ensure=False)
+                    self._channel = channel
+        if self._channel.is_closed:
+            await self._channel.ready()  # reopened by aio-pika after a reconnect or a channel error
+        return self._channel, self._exchange
 
     @property
     def is_ready(self) -> bool:
-        return not self.connection.is_closed and self._channel is not None and not self._channel.is_closed
+        """Connected, and the channel is open (or not opened yet: nothing needed it so far)."""
+        if self.connection.is_closed or not self.connection.connected.is_set():
+            return False
+        return self._channel is None or not self._channel.is_closed
 
     async def publish(
         self,
@@ -147,8 +154,9 @@ class Publisher:
         )
         try:
             async with asyncio.timeout(self.timeout):
-                events, default = await self._ready()
-                await (default if to_queue else events).publish(message, routing_key, mandatory=True)
+                channel, events = await self._ready()
+                exchange = channel.default_exchange if to_queue else events
+                await exchange.publish(message, routing_key, mandatory=True)
         except TimeoutError:
             raise PublishFailed(f"no confirm for {routing_key} within {self.timeout}s") from None
         except aio_pika.exceptions.PublishError:
@@ -156,5 +164,4 @@ class Publisher:
         except aio_pika.exceptions.DeliveryError:
             raise PublishFailed(f"broker refused {routing_key}") from None
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as e:
-            self._channel = None
             raise PublishFailed(f"broker unavailable: {type(e).__name__}") from None
