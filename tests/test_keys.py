@@ -384,3 +384,20 @@ async def test_aclose_cancels_fetches_in_flight() -> None:
 def test_bad_settings_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         KeyCache(FakePlaid(), **kwargs)
+
+
+async def test_a_new_kid_makes_the_other_live_keys_be_checked_again() -> None:
+    """Plaid rotated: the old key may have been expired meanwhile, so its next use re-fetches it."""
+    plaid = FakePlaid({"old": jwk("old"), "older": jwk("older", expired_at=1)})
+    cache = KeyCache(plaid, refresh_after_s=3600.0)
+    await cache.get("older")
+    await cache.get("old")
+    await cache.get("old")
+    assert plaid.calls == ["older", "old"]  # cached; "older" is expired and never re-checked
+    plaid.known["old"] = jwk("old", expired_at=1_700_000_000)
+    plaid.known["new"] = jwk("new")
+    await cache.get("new")
+    assert (await cache.get("old"))["expired_at"] == 1_700_000_000
+    await cache.get("older")
+    await cache.get("new")
+    assert plaid.calls == ["older", "old", "new", "old"]

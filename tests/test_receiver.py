@@ -312,11 +312,6 @@ async def test_signed_body_that_breaks_the_envelope_schema_is_400_and_nothing_is
 # -- keys ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KeyCache (webhooks/keys.py) re-fetches a cached key only after refresh_after_s (1 h); Plaid's "
-    "example re-fetches every unexpired cached key when a new kid appears",
-)
 async def test_key_expired_after_it_was_cached_is_refused_once_a_newer_key_appears(
     rx: Rx, sandbox: Sandbox, settings: Settings, services: Services
 ) -> None:

@@ -151,8 +151,19 @@ class KeyCache:
             self._remember_unknown(kid)
             raise
         key: Mapping[str, Any] = MappingProxyType(dict(fetched))
+        new_kid = kid not in self._keys
         self._store(kid, key)
+        if new_kid:
+            self._refresh_others(kid)
         return key
+
+    def _refresh_others(self, kid: str) -> None:
+        """A new kid means Plaid rotated: as Plaid's own example does, check the other unexpired
+        keys we trust again, on their next use (an old key may have been expired meanwhile)."""
+        now = self._clock()
+        for other, entry in self._keys.items():
+            if other != kid and entry.key.get("expired_at") is None:
+                entry.refresh_at = min(entry.refresh_at, now)
 
     def _fetch_done(self, kid: str, task: asyncio.Task[Mapping[str, Any]]) -> None:
         if self._in_flight.get(kid) is task:
