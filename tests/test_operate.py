@@ -172,3 +172,50 @@ async def test_paw_status_shows_the_on_call_screen(
     assert status["dead_letters"] == 1
     assert set(status["queues"]) == {services.topo.items_queue, services.topo.webhooks_queue}
     assert status["last_webhook"]["routing_key"] == "webhook.atomic.verified"
+
+
+async def test_receiver_process_serves_metrics_and_stops_on_sigterm(
+    settings: Settings, sandbox: Sandbox
+) -> None:
+    port, admin = free_port(), free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker.cli",
+        "receiver",
+        "--port",
+        str(port),
+        "--admin-port",
+        str(admin),
+        env=env_for(settings),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+
+        async def ready() -> bool:
+            try:
+                return (await get(f"http://127.0.0.1:{admin}/readyz"))[0] == 200
+            except aiohttp.ClientError:
+                assert proc.returncode is None, "receiver exited"
+                return False
+
+        await eventually(ready, timeout=20)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"http://127.0.0.1:{port}/webhooks/atomic",
+                data=b"{}",
+                headers={"X-Atomic-Signature": "sha256=00"},
+            ) as r,
+        ):
+            assert r.status == 401
+        _, text = await get(f"http://127.0.0.1:{admin}/metrics")
+        assert 'paw_webhooks_rejected_total{reason="bad_signature",source="atomic"} 1.0' in text
+        assert 'paw_webhooks_received_total{source="atomic"} 1.0' in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 20)
+    _, stderr = await proc.communicate()
+    assert proc.returncode == 0
+    assert b"receiver.stopped" in stderr

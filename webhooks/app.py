@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import hmac
 import json
 import time
@@ -21,7 +22,9 @@ from aiohttp import web
 
 import schemas
 from webhooks.keys import KeyCache, UnknownKey
+from webhooks.limits import InFlight, TokenBuckets
 from webhooks.verification import VerificationError, VerifiedWebhook, unverified_kid, verify
+from worker import metrics
 from worker.atomic_api import SIGNATURE_HEADER, signature_valid
 from worker.bus import Publisher, PublishFailed
 from worker.consumer import MAX_JSON_DEPTH, Poison, json_depth
@@ -61,6 +64,34 @@ class KeyFetchHealth:
         return self.failed_at is None or self.clock() - self.failed_at >= KEY_FETCH_DOWN_S
 
 
+class ReceiverCounts(collections.Counter[str]):
+    """Per-process counts (read by tests and logs), mirrored into the Prometheus metrics.
+
+    Keys: ``<source>_received``, ``<source>_accepted``, ``<source>_rejected.<reason>``,
+    ``<source>_key_unavailable``, ``publish_failed``.
+    """
+
+    def __setitem__(self, key: str, value: int) -> None:
+        delta = value - self.get(key, 0)
+        super().__setitem__(key, value)
+        if delta > 0:
+            _mirror(key, delta)
+
+
+def _mirror(key: str, delta: int) -> None:
+    source, _, what = key.partition("_")
+    if what == "received":
+        metrics.WEBHOOKS_RECEIVED.labels(source).inc(delta)
+    elif what == "accepted":
+        metrics.WEBHOOKS_ACCEPTED.labels(source).inc(delta)
+    elif what.startswith("rejected."):
+        metrics.WEBHOOKS_REJECTED.labels(source, what.removeprefix("rejected.")[:64]).inc(delta)
+    elif what == "key_unavailable":
+        metrics.WEBHOOKS_REJECTED.labels(source, "key_unavailable").inc(delta)
+    elif key == "publish_failed":
+        metrics.PUBLISH_FAILURES.labels("unconfirmed").inc(delta)
+
+
 @dataclasses.dataclass
 class Receiver:
     settings: Settings
@@ -68,8 +99,10 @@ class Receiver:
     store: Store | None
     keys: KeyCache | None
     clock: Callable[[], float] = time.time
-    metrics: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    metrics: collections.Counter[str] = dataclasses.field(default_factory=ReceiverCounts)
     key_health: KeyFetchHealth = dataclasses.field(default_factory=KeyFetchHealth)
+    api_rate: TokenBuckets | None = None
+    in_flight: InFlight | None = None
 
 
 RECEIVER = web.AppKey("receiver", Receiver)
@@ -112,7 +145,7 @@ async def publish_or_503(
         log.warning("publish.failed", routing_key=routing_key, reason=str(e))
         return problem(503, "broker_unavailable", detail="not queued; retry later")
     rx.metrics["published"] += 1
-    rx.metrics["publish_ms_total"] += int((time.perf_counter() - started) * 1000)
+    metrics.PUBLISH_SECONDS.observe(time.perf_counter() - started)
     return None
 
 
@@ -236,17 +269,18 @@ class KeyFetchUnavailable(PawError):
 
 async def atomic_webhook(request: web.Request) -> web.Response:
     rx = request.app[RECEIVER]
+    rx.metrics["atomic_received"] += 1
     body = await read_body(request, rx.settings.max_body_bytes)
     if not signature_valid(body, request.headers.get(SIGNATURE_HEADER), rx.settings.atomic_webhook_secret):
         rx.metrics["atomic_rejected.bad_signature"] += 1
         log.warning("webhook.rejected", source="atomic", reason="bad_signature")
         return problem(401, "bad_signature")
     event_id = str(uuid.uuid4())
-    envelope = {
+    envelope: dict[str, Any] = {
         "event_id": event_id,
         "source": "atomic",
         "received_at": now_iso(),
-        "body_sha256": __import__("hashlib").sha256(body).hexdigest(),
+        "body_sha256": hashlib.sha256(body).hexdigest(),
         "webhook": None,
     }
     try:
@@ -258,6 +292,7 @@ async def atomic_webhook(request: web.Request) -> web.Response:
     failed = await publish_or_503(rx, routing_key, envelope, event_id)
     if failed is not None:
         return failed
+    rx.metrics["atomic_accepted"] += 1
     log.info("webhook.accepted", source="atomic", routing_key=routing_key, event_id=event_id)
     return web.json_response({"event_id": event_id})
 
@@ -293,9 +328,38 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 @web.middleware
+async def bounded(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """At most ``PAW_MAX_IN_FLIGHT`` requests at once per process; beyond that, 503 at once
+    (Plaid and upstream apps retry) rather than a queue that grows until memory runs out."""
+    gate = request.app[RECEIVER].in_flight
+    if gate is None:
+        return await handler(request)
+    if not gate.enter():
+        return problem(503, "overloaded", detail="too many requests in flight; retry later")
+    try:
+        return await handler(request)
+    finally:
+        gate.leave()
+
+
+@web.middleware
 async def api_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/v1/") and not authorized(request, request.app[RECEIVER].settings.api_keys):
+    if not request.path.startswith("/v1/"):
+        return await handler(request)
+    rx = request.app[RECEIVER]
+    if not authorized(request, rx.settings.api_keys):
         return problem(401, "unauthorized", detail="send Authorization: Bearer <api key>")
+    if rx.api_rate is not None:
+        wait = rx.api_rate.take(request.headers["Authorization"].partition(" ")[2].strip())
+        if wait > 0:
+            return web.json_response(
+                {
+                    "error": "rate_limited",
+                    "detail": f"more than {rx.api_rate.rate:g} requests/s for this API key",
+                },
+                status=429,
+                headers={"Retry-After": str(max(1, round(wait)))},
+            )
     return await handler(request)
 
 
@@ -354,7 +418,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def create_app(receiver: Receiver) -> web.Application:
-    app = web.Application(client_max_size=receiver.settings.max_body_bytes, middlewares=[errors, api_auth])
+    app = web.Application(
+        client_max_size=receiver.settings.max_body_bytes, middlewares=[errors, bounded, api_auth]
+    )
     app[RECEIVER] = receiver
     app.router.add_post("/webhooks/plaid", plaid_webhook)
     app.router.add_post("/webhooks/atomic", atomic_webhook)

@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 
 from worker import metrics
+from worker.services import Services
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +51,18 @@ def create_admin_app(checks: dict[str, Check]) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     return app
+
+
+def service_checks(svc: Services) -> dict[str, Check]:
+    """Readiness of a process built on :class:`Services`: the broker and the database answer."""
+
+    async def broker() -> bool:
+        return svc.publisher.is_ready
+
+    async def database() -> bool:
+        return bool(await svc.pool.fetchval("SELECT 1"))
+
+    return {"broker": broker, "database": database}
 
 
 async def start_admin(checks: dict[str, Check], host: str, port: int) -> web.AppRunner:

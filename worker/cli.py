@@ -11,7 +11,6 @@ import signal
 import sys
 import uuid
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import aiormq
@@ -22,10 +21,6 @@ from worker import settings as settings_mod
 from worker.cli_dlq import Command
 from worker.errors import PawError, SettingsError
 from worker.settings import ENV, Settings
-
-if TYPE_CHECKING:
-    from worker.admin import Check
-    from worker.services import Services
 
 HELP_ENV = "\n".join(f"  {var:<32} {field}" for var, (field, _) in ENV.items())
 
@@ -69,14 +64,14 @@ async def ensure_database(dsn: str) -> None:
 
 
 async def cmd_worker(s: Settings, _: argparse.Namespace) -> int:
-    from worker.admin import start_admin
+    from worker.admin import service_checks, start_admin
     from worker.runner import run_worker
     from worker.services import open_services
 
     stop = asyncio.Event()
     _stop_on_signals(stop)
     async with open_services(s, "paw-worker", pool_size=max(10, s.prefetch // 2)) as svc:
-        admin = await start_admin(readiness(svc), s.admin_host, s.admin_port)
+        admin = await start_admin(service_checks(svc), s.admin_host, s.admin_port)
         try:
             await run_worker(svc, stop)
         finally:
@@ -84,22 +79,12 @@ async def cmd_worker(s: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
-def readiness(svc: Services) -> dict[str, Check]:
-    async def broker() -> bool:
-        return not svc.connection.is_closed
-
-    async def database() -> bool:
-        return bool(await svc.pool.fetchval("SELECT 1"))
-
-    return {"broker": broker, "database": database}
-
-
 async def cmd_receiver(s: Settings, args: argparse.Namespace) -> int:
     from webhooks.server import serve_receiver
 
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    await serve_receiver(s, args.host, args.port, stop)
+    await serve_receiver(s, args.host, args.port, stop, admin_port=args.admin_port)
     return 0
 
 
@@ -275,6 +260,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     p = sub.add_parser("receiver", help="serve the webhook and submission HTTP API")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--admin-port", type=int, default=9101, help="probes and /metrics, on PAW_ADMIN_HOST")
     p = sub.add_parser("sandbox", help="run the Plaid + Atomic emulator")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8090)

@@ -54,6 +54,8 @@ class Settings:
     retry_base_ms: int = 1000
     retry_budget: int = 5
     atomic_pending_reconcile_s: int = 900
+    api_rate_per_s: float = 50.0
+    max_in_flight: int = 2048
     admin_host: str = "127.0.0.1"
     admin_port: int = 9100
     log_format: str = "auto"
@@ -172,6 +174,8 @@ ENV: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "PAW_RETRY_BASE_MS": ("retry_base_ms", _int(1, 3_600_000)),
     "PAW_RETRY_BUDGET": ("retry_budget", _int(0, 20)),
     "PAW_ATOMIC_PENDING_RECONCILE_S": ("atomic_pending_reconcile_s", _int(1, 7 * 86400)),
+    "PAW_API_RATE": ("api_rate_per_s", _float),
+    "PAW_MAX_IN_FLIGHT": ("max_in_flight", _int(1, 1_000_000)),
     "PAW_ADMIN_HOST": ("admin_host", _str),
     "PAW_ADMIN_PORT": ("admin_port", _int(0, 65535)),
     "PAW_LOG_FORMAT": ("log_format", _choice("auto", "json", "console")),
