@@ -27,6 +27,7 @@ from aio_pika.abc import (
 )
 
 from worker.errors import PawError
+from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -40,6 +41,12 @@ class Topology:
     exchange: str = "paw.events"
     prefix: str = "paw"
     retry_delays_ms: tuple[int, ...] = (1_000, 4_000, 16_000, 64_000, 256_000)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Topology:
+        return cls(
+            exchange=settings.exchange, prefix=settings.queue_prefix, retry_delays_ms=settings.retry_delays_ms
+        )
 
     @property
     def items_queue(self) -> str:
@@ -86,6 +93,13 @@ async def declare(channel: AbstractChannel, topo: Topology) -> AbstractExchange:
             )
     await channel.declare_queue(topo.dead_queue, durable=True, arguments=quorum)
     return exchange
+
+
+async def queue_depth(channel: AbstractChannel, name: str) -> int:
+    """Messages ready on ``name`` (a passive declare: changes nothing; a missing queue raises
+    ``aiormq.exceptions.ChannelNotFoundEntity`` and closes the channel)."""
+    declared = await channel.declare_queue(name, passive=True)
+    return int(declared.declaration_result.message_count or 0)
 
 
 async def connect(url: str, name: str) -> AbstractRobustConnection:

@@ -184,15 +184,14 @@ async def cmd_status(s: Settings, args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from worker.bus import connect
-    from worker.services import topology
+    from worker.bus import Topology, connect
     from worker.status import gather, render
     from worker.store import Store, create_pool
 
     pool = await create_pool(s.database_url, min_size=1, max_size=2)
     connection = await connect(s.amqp_url, "paw-status")
     try:
-        status = await gather(Store(pool), connection, topology(s))
+        status = await gather(Store(pool), connection, Topology.from_settings(s))
     finally:
         await connection.close()
         await pool.close()

@@ -161,11 +161,6 @@ def register(
 # -- Plumbing ----------------------------------------------------------------------------------
 
 
-def _topology(s: Settings) -> Topology:
-    # as worker.services.topology builds it, without importing that module (and the Plaid SDK)
-    return Topology(exchange=s.exchange, prefix=s.queue_prefix, retry_delays_ms=s.retry_delays_ms)
-
-
 @contextlib.asynccontextmanager
 async def _broker(s: Settings) -> AsyncIterator[AbstractRobustConnection]:
     connection = await connect(s.amqp_url, "paw-dlq-cli")
@@ -315,7 +310,7 @@ def _progress(total: int, what: str) -> Progress:
 async def cmd_dlq_list(s: Settings, args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     filters = _filters(args, now)
-    topo = _topology(s)
+    topo = Topology.from_settings(s)
     letters, depth = await _read(s, topo)
     letters = await _resolve_best_effort(s, letters)
     chosen = [letters[i] for i in dlq.select(letters, filters, args.limit)]
@@ -348,7 +343,7 @@ SHOW_FACTS = (
 
 async def cmd_dlq_show(s: Settings, args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
-    letters, _ = await _read(s, _topology(s))
+    letters, _ = await _read(s, Topology.from_settings(s))
     _check_ids([args.id], letters)
     copies = [d for d in letters if d.key.startswith(args.id)]
     (letter,) = await _resolve_best_effort(s, copies[:1])
@@ -399,7 +394,7 @@ async def cmd_dlq_replay(s: Settings, args: argparse.Namespace) -> int:
     filters = _filters(args, now)
     if _nothing_selected(args, filters):
         return 2
-    topo = _topology(s)
+    topo = Topology.from_settings(s)
     audit = _audit(args, filters, rate=args.rate)
     result = dlq.ReplayResult()
     async with _database(s) as pool, _broker(s) as connection:
@@ -501,7 +496,7 @@ async def cmd_dlq_purge(s: Settings, args: argparse.Namespace) -> int:
     filters = _filters(args, now)
     if _nothing_selected(args, filters):
         return 2
-    topo = _topology(s)
+    topo = Topology.from_settings(s)
     letters, depth = await _read(s, topo)
     async with _database(s) as pool:
         letters = await dlq.resolve_items(pool, letters)
@@ -558,7 +553,7 @@ async def cmd_item_retry(s: Settings, args: argparse.Namespace) -> int:
         return 2
     message_id = str(uuid.uuid4())
     async with _broker(s) as connection:
-        publisher = Publisher(connection, _topology(s), timeout=s.publish_timeout)
+        publisher = Publisher(connection, Topology.from_settings(s), timeout=s.publish_timeout)
         await publisher.publish("item.drive", json.dumps(body).encode(), message_id=message_id)
     log.info(
         "item.retry_requested",

@@ -59,7 +59,7 @@ import asyncpg
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from worker.bus import Publisher, PublishFailed, Topology
+from worker.bus import Publisher, PublishFailed, Topology, queue_depth
 from worker.consumer import (
     H_ATTEMPTS,
     H_ERROR_CLASS,
@@ -469,13 +469,11 @@ async def dlq_depth(connection: AbstractRobustConnection, topo: Topology) -> int
 
 async def _depth(channel: aio_pika.abc.AbstractChannel, topo: Topology) -> int:
     try:
-        queue = await channel.declare_queue(topo.dead_queue, passive=True)
+        return await queue_depth(channel, topo.dead_queue)
     except aiormq.exceptions.ChannelNotFoundEntity:
         raise DlqError(
             f"there is no dead queue {topo.dead_queue!r} (check PAW_QUEUE_PREFIX; a worker declares it)"
         ) from None
-    count = queue.declaration_result.message_count
-    return count or 0
 
 
 @contextlib.asynccontextmanager

@@ -10,16 +10,11 @@ import structlog
 from aio_pika.abc import AbstractChannel
 
 from worker import metrics
+from worker.bus import queue_depth
 from worker.services import Services
 from worker.states import State
 
 log = structlog.get_logger(__name__)
-
-
-async def queue_depth(channel: AbstractChannel, name: str) -> int:
-    declared = await channel.declare_queue(name, passive=True)
-    count = declared.declaration_result.message_count
-    return int(count or 0)
 
 
 async def refresh_once(svc: Services, channel: AbstractChannel) -> None:

@@ -20,12 +20,6 @@ from worker.store import Store, create_pool
 from worker.token_keys import check_keys
 
 
-def topology(settings: Settings) -> Topology:
-    return Topology(
-        exchange=settings.exchange, prefix=settings.queue_prefix, retry_delays_ms=settings.retry_delays_ms
-    )
-
-
 @dataclasses.dataclass
 class Services:
     settings: Settings
@@ -42,7 +36,7 @@ class Services:
 
 @contextlib.asynccontextmanager
 async def open_services(settings: Settings, name: str, *, pool_size: int = 10) -> AsyncIterator[Services]:
-    topo = topology(settings)
+    topo = Topology.from_settings(settings)
     sealer = Sealer(settings.token_keys)
     async with contextlib.AsyncExitStack() as stack:
         pool = await create_pool(settings.database_url, max_size=pool_size)

@@ -10,8 +10,7 @@ from aio_pika.abc import AbstractRobustConnection
 from rich.console import Group
 from rich.table import Table
 
-from worker.bus import Topology, declare
-from worker.gauges import queue_depth
+from worker.bus import Topology, declare, queue_depth
 from worker.queries import query
 from worker.store import Store
 
