@@ -14,6 +14,7 @@ import asyncpg
 import plaid
 import pytest
 from plaid.api import plaid_api
+from structlog.testing import capture_logs
 
 from sandbox.app import SandboxConfig
 from tests.conftest import RunningWorker, Sandbox, eventually, queue_messages
@@ -302,3 +303,33 @@ async def test_poison_amqp_submission_is_dead_lettered_with_reason(
     assert dead[0].body == raw
     assert headers[H_ERROR_CLASS] == "Poison" and why in str(headers[H_ERROR_MESSAGE])
     assert headers[H_ROUTING_KEY] == "item.link" and headers[H_ATTEMPTS] == 1
+
+
+async def test_an_item_leased_by_a_dead_worker_waits_for_the_lease_without_using_the_retry_budget(
+    services: Services, worker: RunningWorker, sandbox: Sandbox, settings: Settings
+) -> None:
+    """A worker killed mid-Item leaves its lease behind; the redelivered message is deferred (not
+    failed) until the lease runs out, then finishes. Five deferrals exceed the retry budget of 4."""
+    token = await new_public_token(sandbox)
+    item, _ = await services.store.create_item(
+        public_token_sha256=token_hash(token),
+        client_user_id="u-lease",
+        requested_account_id=None,
+        request_id=None,
+        cause="test",
+        event_id=None,
+    )
+    await services.pool.execute(
+        "UPDATE items SET lease_owner = $2, lease_until = now() + interval '5 seconds' WHERE id = $1",
+        item.id,
+        uuid.uuid4(),
+    )
+    with capture_logs() as logs:
+        await submit_amqp(services, {"public_token": token, "client_user_id": "u-lease"})
+        done = await settled(services, token, State.ATOMIC_VERIFIED)
+    assert done.id == item.id
+    deferred = [e for e in logs if e["event"] == "message.retry"]
+    assert len(deferred) >= 5 and {e["error_class"] for e in deferred} == {"ItemBusy"}
+    assert {e["attempt"] for e in deferred} == {0}  # no retry attempt was used up
+    assert settings.retry_budget == 4 and worker.task is not None
+    assert await queue_messages(settings.amqp_url, services.topo.dead_queue) == []

@@ -25,7 +25,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from worker import metrics
 from worker.bus import Publisher, PublishFailed, Topology
-from worker.errors import PawError, UpstreamError
+from worker.errors import Deferred, PawError, UpstreamError
 from worker.failures import Kind, classify
 from worker.redact import redact_text
 from worker.retry import retry_decision
@@ -42,6 +42,9 @@ H_ERROR_CODE = "x-paw-error-code"
 H_REQUEST_ID = "x-paw-request-id"
 H_QUEUE = "x-paw-queue"
 H_REPLAYS = "x-paw-replays"
+H_DEFERRALS = "x-paw-deferrals"
+# A message deferred this often (Item busy, event ahead of its Item) is dead-lettered after all.
+MAX_DEFERRALS = 100
 
 
 class Poison(PawError):
@@ -155,12 +158,16 @@ class Consumer:
     async def _settle(
         self, message: AbstractIncomingMessage, rk: str, error: Exception, *, retry: bool
     ) -> None:
-        attempts = _int_header(message, H_ATTEMPTS) + 1
+        deferred = isinstance(error, Deferred)
+        # A deferral (too early, Item busy) is not a failure: it has its own, larger budget.
+        attempts = _int_header(message, H_ATTEMPTS) + (0 if deferred else 1)
+        deferrals = _int_header(message, H_DEFERRALS) + (1 if deferred else 0)
         now = datetime.now(UTC).isoformat()
         headers: dict[str, Any] = {
             **(message.headers or {}),
             H_ROUTING_KEY: rk,
             H_ATTEMPTS: attempts,
+            H_DEFERRALS: deferrals,
             H_FIRST_FAILURE: (message.headers or {}).get(H_FIRST_FAILURE) or now,
             H_LAST_FAILURE: now,
             H_ERROR_CLASS: type(error).__name__,
@@ -173,8 +180,8 @@ class Consumer:
         decision = None
         if retry:
             decision = retry_decision(
-                attempt=attempts,
-                budget=self.retry_budget,
+                attempt=deferrals if deferred else attempts,
+                budget=MAX_DEFERRALS if deferred else self.retry_budget,
                 tiers_ms=self.topo.retry_delays_ms,
                 retry_after_s=error.retry_after if isinstance(error, UpstreamError) else None,
                 jitter=random.random(),

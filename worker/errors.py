@@ -26,6 +26,13 @@ class TokenSealError(PawError):
     """A sealed token could not be opened with any configured key."""
 
 
+class Deferred(PawError):
+    """Not a failure: the message came too early and is tried again later.
+
+    Deferrals back off like retries but do not use up the retry budget; they have a larger one.
+    """
+
+
 class UpstreamError(PawError):
     """An upstream API (Plaid or Atomic) answered with an error."""
 

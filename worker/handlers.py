@@ -15,7 +15,7 @@ import structlog
 
 import schemas
 from worker.consumer import Poison, parse_json
-from worker.errors import PawError, UpstreamError
+from worker.errors import Deferred, UpstreamError
 from worker.lifecycle import Decision, decide
 from worker.pipeline import Cause, Pipeline, token_hash
 from worker.states import State, Trigger
@@ -28,7 +28,7 @@ LIVE_SOURCE = frozenset({State.ATOMIC_PENDING, State.ATOMIC_VERIFIED})
 log = structlog.get_logger(__name__)
 
 
-class EventTooEarly(PawError):
+class EventTooEarly(Deferred):
     """The event is about a step the Item has not committed yet; it is retried later."""
 
 

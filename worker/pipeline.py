@@ -18,7 +18,7 @@ import structlog
 
 from worker.accounts import choose_account
 from worker.atomic_api import AtomicClient
-from worker.errors import PawError, UpstreamError
+from worker.errors import Deferred, UpstreamError
 from worker.failures import Kind, classify, needs_login
 from worker.plaid_api import PlaidClient
 from worker.sealing import Sealer
@@ -27,7 +27,10 @@ from worker.store import Changes, Item, Store
 
 log = structlog.get_logger(__name__)
 
-LEASE_S = 90.0
+# How long a worker may hold an Item between two steps. Renewed before every upstream call, so it
+# only has to outlast one call (bounded by PAW_HTTP_TIMEOUT); a killed worker's Items are free again
+# within this time.
+LEASE_S = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +42,8 @@ class Step:
     changes: Changes = Changes()  # noqa: RUF009 - frozen, shared safely
 
 
-class ItemBusy(PawError):
-    """Another worker is driving this Item right now; try again shortly."""
+class ItemBusy(Deferred):
+    """Another worker is driving this Item right now; try again when its lease ends."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +63,16 @@ def aad(item_id: uuid.UUID, column: str) -> str:
 
 
 class Pipeline:
-    def __init__(self, *, store: Store, sealer: Sealer, plaid: PlaidClient, atomic: AtomicClient) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        sealer: Sealer,
+        plaid: PlaidClient,
+        atomic: AtomicClient,
+        lease_s: float = LEASE_S,
+    ) -> None:
+        self.lease_s = lease_s
         self.store = store
         self.sealer = sealer
         self.plaid = plaid
@@ -68,7 +80,7 @@ class Pipeline:
         self.owner = uuid.uuid4()
 
     async def drive(self, item_id: uuid.UUID, *, public_token: str | None, cause: Cause) -> Item | None:
-        item = await self.store.claim(item_id, self.owner, LEASE_S)
+        item = await self.store.claim(item_id, self.owner, self.lease_s)
         if item is None:
             if await self.store.get(item_id) is None:
                 return None
@@ -82,8 +94,13 @@ class Pipeline:
                 }.get(item.state)
                 if step is None or (item.state is State.LINK and public_token is None):
                     return item
-                moved = await self._take(item, step, public_token, cause)
-                item = moved if moved is not None else await self._reload(item)
+                await self._take(item, step, public_token, cause)
+                renewed = await self.store.claim(
+                    item_id, self.owner, self.lease_s
+                )  # the state now, lease renewed
+                if renewed is None:  # our lease ran out and another worker took the Item over
+                    return await self.store.get(item_id)
+                item = renewed
             return item
         finally:
             await self.store.release(item_id, self.owner)
@@ -111,11 +128,6 @@ class Pipeline:
             detail=done.detail,
             changes=done.changes,
         )
-
-    async def _reload(self, item: Item) -> Item:
-        fresh = await self.store.get(item.id)
-        assert fresh is not None, "items are never deleted"
-        return fresh
 
     async def fail(self, item: Item, err: UpstreamError, cause: Cause) -> Item | None:
         """Moves the Item to where a permanent upstream error leaves it. A failed Item keeps no live

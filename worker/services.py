@@ -71,5 +71,7 @@ async def open_services(settings: Settings, name: str, *, pool_size: int = 10) -
             atomic=atomic,
             connection=connection,
             publisher=publisher,
-            pipeline=Pipeline(store=store, sealer=sealer, plaid=plaid, atomic=atomic),
+            pipeline=Pipeline(
+                store=store, sealer=sealer, plaid=plaid, atomic=atomic, lease_s=settings.item_lease_s
+            ),
         )

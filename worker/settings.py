@@ -54,6 +54,7 @@ class Settings:
     retry_base_ms: int = 1000
     retry_budget: int = 5
     atomic_pending_reconcile_s: int = 900
+    item_lease_s: float = 30.0
     api_rate_per_s: float = 50.0
     max_in_flight: int = 2048
     admin_host: str = "127.0.0.1"
@@ -174,6 +175,7 @@ ENV: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "PAW_RETRY_BASE_MS": ("retry_base_ms", _int(1, 3_600_000)),
     "PAW_RETRY_BUDGET": ("retry_budget", _int(0, 20)),
     "PAW_ATOMIC_PENDING_RECONCILE_S": ("atomic_pending_reconcile_s", _int(1, 7 * 86400)),
+    "PAW_ITEM_LEASE_S": ("item_lease_s", _float),
     "PAW_API_RATE": ("api_rate_per_s", _float),
     "PAW_MAX_IN_FLIGHT": ("max_in_flight", _int(1, 1_000_000)),
     "PAW_ADMIN_HOST": ("admin_host", _str),
