@@ -315,3 +315,41 @@ async def broker(service_urls: tuple[str, str]) -> AsyncIterator[BrokerControl]:
         yield control
     finally:
         await control.start()  # idempotent: start_app on a running broker is a no-op
+
+
+def paw_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment a ``paw`` subprocess needs to work on this test's database, broker names and
+    sandbox."""
+    return {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "AMQP_URL": settings.amqp_url,
+        "PLAID_BASE_URL": settings.plaid_base_url,
+        "ATOMIC_BASE_URL": settings.atomic_base_url,
+        "PAW_EXCHANGE": settings.exchange,
+        "PAW_QUEUE_PREFIX": settings.queue_prefix,
+        "PAW_RETRY_BASE_MS": str(settings.retry_base_ms),
+        "PAW_RETRY_BUDGET": str(settings.retry_budget),
+        "PAW_LOG_FORMAT": "json",
+        **extra,
+    }
+
+
+async def run_paw(
+    settings: Settings, *args: str, timeout: float = 60, **env: str
+) -> tuple[int, bytes, bytes]:
+    """Runs ``paw <args>`` to completion; returns (exit code, stdout, stderr)."""
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker.cli",
+        *args,
+        env=paw_env(settings, **env),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out, err

@@ -26,7 +26,9 @@ def defined_metric_names() -> set[str]:
 def test_dashboard_uses_only_defined_metrics_and_shows_all_of_them() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
-    used = {re.sub(r"_(bucket|total|count|sum)$", "", m) for e in exprs for m in re.findall(r"\bpaw_[a-z_]+", e)}
+    used = {
+        re.sub(r"_(bucket|total|count|sum)$", "", m) for e in exprs for m in re.findall(r"\bpaw_[a-z_]+", e)
+    }
     defined = {re.sub(r"_total$", "", n) for n in defined_metric_names()}
     assert used <= defined, f"dashboard uses undefined metrics: {used - defined}"
     assert defined <= used, f"not on the dashboard: {defined - used}"

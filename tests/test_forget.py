@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 
 import aiohttp
 import plaid
@@ -12,7 +10,7 @@ import pytest
 from plaid.model.accounts_get_request import AccountsGetRequest
 
 from sandbox.app import SandboxConfig
-from tests.conftest import RunningWorker, Sandbox
+from tests.conftest import RunningWorker, Sandbox, run_paw
 from tests.test_lifecycle import access_token_of
 from tests.test_pipeline import new_public_token, plaid_api_for, settled, submit_amqp
 from worker.services import Services
@@ -40,31 +38,8 @@ async def test_paw_item_forget_removes_everywhere_and_keeps_history(
     await submit_amqp(services, {"public_token": token, "client_user_id": "u-forget"})
     item = await settled(services, token, State.ATOMIC_VERIFIED)
     access = access_token_of(sandbox, item.plaid_item_id or "")
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "AMQP_URL": settings.amqp_url,
-        "PLAID_BASE_URL": settings.plaid_base_url,
-        "ATOMIC_BASE_URL": settings.atomic_base_url,
-        "PAW_EXCHANGE": settings.exchange,
-        "PAW_QUEUE_PREFIX": settings.queue_prefix,
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker.cli",
-        "item",
-        "forget",
-        str(item.id),
-        "--yes",
-        "--actor",
-        "oncall-test",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
+    code, _, err = await run_paw(settings, "item", "forget", str(item.id), "--yes", "--actor", "oncall-test")
+    assert code == 0, err.decode()
     gone = await services.store.get(item.id)
     assert gone is not None and gone.state is State.REVOKED
     assert gone.access_token is None and gone.processor_token is None and gone.atomic_removed_at is not None

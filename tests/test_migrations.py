@@ -32,7 +32,9 @@ def test_versions_are_unique_and_every_file_is_a_migration() -> None:
     found = schemas.migrations()
     versions = [m.version for m in found]
     assert versions == sorted(set(versions)) and versions[0] == 1
-    files = [p.name for p in resources.files("schemas").joinpath("migrations").iterdir() if p.name.endswith(".sql")]
+    files = [
+        p.name for p in resources.files("schemas").joinpath("migrations").iterdir() if p.name.endswith(".sql")
+    ]
     assert len(files) == len(found), "a .sql file in migrations/ does not match NNNN_name.sql"
 
 

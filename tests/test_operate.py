@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 import time
@@ -14,7 +13,7 @@ import aiohttp
 import pytest
 
 from sandbox.app import SandboxConfig
-from tests.conftest import Sandbox, eventually, free_port
+from tests.conftest import Sandbox, eventually, free_port, paw_env, run_paw
 from tests.test_pipeline import new_public_token, settled, submit_amqp
 from worker.runner import run_worker
 from worker.services import Services
@@ -27,29 +26,13 @@ def sandbox_config(sandbox_config_for_receiver: SandboxConfig) -> SandboxConfig:
     return sandbox_config_for_receiver
 
 
-def env_for(settings: Settings, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "AMQP_URL": settings.amqp_url,
-        "PLAID_BASE_URL": settings.plaid_base_url,
-        "ATOMIC_BASE_URL": settings.atomic_base_url,
-        "PAW_EXCHANGE": settings.exchange,
-        "PAW_QUEUE_PREFIX": settings.queue_prefix,
-        "PAW_RETRY_BASE_MS": str(settings.retry_base_ms),
-        "PAW_RETRY_BUDGET": str(settings.retry_budget),
-        "PAW_LOG_FORMAT": "json",
-        **extra,
-    }
-
-
 async def start_worker(settings: Settings, admin_port: int) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "worker.cli",
         "worker",
-        env=env_for(settings, PAW_ADMIN_PORT=str(admin_port)),
+        env=paw_env(settings, PAW_ADMIN_PORT=str(admin_port)),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -155,18 +138,8 @@ async def test_paw_status_shows_the_on_call_screen(
     await submit_amqp(services, {"public_token": token, "client_user_id": "u-status"})
     await settled(services, token, State.ATOMIC_VERIFIED)
     await services.publisher.publish(services.topo.dead_queue, b"{}", to_queue=True)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker.cli",
-        "status",
-        "--json",
-        env=env_for(settings),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0, err.decode()
+    code, out, err = await run_paw(settings, "status", "--json", timeout=30)
+    assert code == 0, err.decode()
     status = json.loads(out)
     assert status["items"] == {"atomic_verified": 1}
     assert status["dead_letters"] == 1
@@ -187,7 +160,7 @@ async def test_receiver_process_serves_metrics_and_stops_on_sigterm(
         str(port),
         "--admin-port",
         str(admin),
-        env=env_for(settings),
+        env=paw_env(settings),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -12,8 +12,7 @@ import plaid
 import pytest
 import structlog
 
-from tests.conftest import queue_messages
-from tests.test_operate import env_for
+from tests.conftest import paw_env, queue_messages
 from tests.test_pipeline import all_cells
 from worker import logs
 from worker.settings import Settings
@@ -28,7 +27,7 @@ async def test_a_whole_demo_leaves_no_token_in_tables_logs_or_dead_letters(setti
         "worker.cli",
         "demo",
         "--keep",
-        env=env_for(settings, PAW_LOG_LEVEL="debug", PAW_LOG_FORMAT="json", PLAID_BASE_URL="http://unused:1"),
+        env=paw_env(settings, PAW_LOG_LEVEL="debug", PAW_LOG_FORMAT="json", PLAID_BASE_URL="http://unused:1"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

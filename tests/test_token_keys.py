@@ -6,12 +6,11 @@ import asyncio
 import base64
 import dataclasses
 import os
-import sys
 
 import pytest
 
 from sandbox.app import SandboxConfig
-from tests.conftest import Sandbox
+from tests.conftest import Sandbox, run_paw
 from tests.test_pipeline import new_public_token, settled, submit_amqp
 from worker.errors import TokenSealError
 from worker.pipeline import aad
@@ -117,25 +116,11 @@ async def test_paw_keys_rotate_command(
     for t in await funded(services, sandbox, 3, "cli"):
         await settled(services, t, State.ATOMIC_VERIFIED)
     kid, key = new_key("k3")
-    env = {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "PAW_TOKEN_KEYS": f"{kid}:{base64.urlsafe_b64encode(key).decode()},dev1:"
-        + base64.urlsafe_b64encode(settings.token_keys[0][1]).decode(),
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker.cli",
-        "keys",
-        "rotate",
-        "--batch",
-        "2",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    keys = (
+        f"{kid}:{base64.urlsafe_b64encode(key).decode()},dev1:"
+        + base64.urlsafe_b64encode(settings.token_keys[0][1]).decode()
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
+    code, out, err = await run_paw(settings, "keys", "rotate", "--batch", "2", PAW_TOKEN_KEYS=keys)
+    assert code == 0, err.decode()
     assert "re-sealed 3 rows" in out.decode()
     assert await remaining(services.pool, Sealer(((kid, key),))) == 0
