@@ -133,3 +133,22 @@ def test_bad_settings_name_the_variable(env: dict[str, str], names: str) -> None
 def test_defaults_work_locally() -> None:
     s = load({})
     assert s.plaid_env == "sandbox" and s.token_keys and s.exchange == "paw.events"
+
+
+def test_plaid_connection_failures_are_transient() -> None:
+    import plaid
+
+    from worker.plaid_api import MalformedResponse, to_upstream_error
+
+    refused = to_upstream_error(plaid.ApiException(status=0, reason="MaxRetryError: connection refused"))
+    assert refused.error_code == "NETWORK_ERROR" and classify(refused) is Kind.TRANSIENT
+    garbled = to_upstream_error(MalformedResponse())
+    assert classify(garbled) is Kind.TRANSIENT
+    error = plaid.ApiException(status=400, reason="Bad Request")
+    error.body = b'{"error_code": "INVALID_PUBLIC_TOKEN", "error_type": "INVALID_INPUT", "request_id": "r1"}'
+    invalid = to_upstream_error(error)
+    assert (invalid.error_code, invalid.request_id, classify(invalid)) == (
+        "INVALID_PUBLIC_TOKEN",
+        "r1",
+        Kind.PERMANENT,
+    )

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import plaid
 import structlog
@@ -30,7 +30,6 @@ from worker import metrics
 from worker.errors import UpstreamError
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 
 PLAID_VERSION = "2020-09-14"
 ATOMIC_PROCESSOR = "atomic"  # not "atomicfi", which is a different company
@@ -52,12 +51,23 @@ class Account:
     mask: str | None
 
 
+class MalformedResponse(Exception):
+    """Plaid answered 2xx with something that is not the JSON object it documents."""
+
+
 def to_upstream_error(e: Exception) -> UpstreamError:
     """Maps what plaid-python raises to :class:`UpstreamError`, without request data."""
+    if isinstance(e, MalformedResponse | ValueError):
+        return UpstreamError(
+            "Plaid answered malformed JSON", service="plaid", status=502, error_code="BAD_RESPONSE"
+        )
+    if isinstance(e, plaid.ApiException) and not e.status:
+        # plaid-python reports connection failures and timeouts as ApiException(status=0)
+        return UpstreamError(f"Plaid unreachable: {e.reason}", service="plaid", error_code="NETWORK_ERROR")
     if isinstance(e, plaid.ApiException):
         body: dict[str, Any] = {}
         try:
-            parsed = json.loads(e.body or "{}")
+            parsed = json.loads(e.body or b"{}")
             body = parsed if isinstance(parsed, dict) else {}
         except (TypeError, ValueError):
             pass
@@ -101,12 +111,35 @@ class PlaidClient:
         self._api_client.close()
         self._api_client.rest_client.pool_manager.clear()
 
-    async def _call(self, endpoint: str, fn: Callable[[], T]) -> T:
+    async def _call(
+        self, endpoint: str, call: Callable[..., Any], request: Callable[[], Any]
+    ) -> dict[str, Any]:
+        """Runs one plaid-python call in the thread pool: the request model is built, sent and its
+        JSON answer parsed there, off the event loop. The answer is read as plain JSON
+        (``_preload_content=False``): plaid-python's response models cost more CPU than the rest of
+        the call, and we read a handful of fields."""
+
+        def blocking() -> dict[str, Any]:
+            raw = call(request(), _request_timeout=self._timeout, _preload_content=False)
+            try:
+                body = json.loads(raw.data)
+            finally:
+                raw.release_conn()
+            if not isinstance(body, dict) or "request_id" not in body:
+                raise MalformedResponse()
+            return body
+
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         try:
-            return await loop.run_in_executor(self._pool, fn)
-        except (plaid.ApiException, urllib3.exceptions.HTTPError, OSError) as e:
+            return await loop.run_in_executor(self._pool, blocking)
+        except (
+            plaid.ApiException,
+            urllib3.exceptions.HTTPError,
+            OSError,
+            ValueError,
+            MalformedResponse,
+        ) as e:
             err = to_upstream_error(e)
             metrics.UPSTREAM_ERRORS.labels("plaid", endpoint, err.error_code or "unknown").inc()
             log.info(
@@ -121,25 +154,23 @@ class PlaidClient:
             metrics.UPSTREAM_SECONDS.labels("plaid", endpoint).observe(time.perf_counter() - started)
 
     async def exchange_public_token(self, public_token: str) -> Exchange:
-        req = ItemPublicTokenExchangeRequest(public_token=public_token)
         resp = await self._call(
             "/item/public_token/exchange",
-            lambda: self._api.item_public_token_exchange(req, _request_timeout=self._timeout),
+            self._api.item_public_token_exchange,
+            lambda: ItemPublicTokenExchangeRequest(public_token=public_token),
         )
         return Exchange(resp["access_token"], resp["item_id"], resp["request_id"])
 
     async def accounts(
         self, access_token: str, account_ids: list[str] | None = None
     ) -> tuple[list[Account], str]:
-        if account_ids:
-            req = AccountsGetRequest(
-                access_token=access_token, options=AccountsGetRequestOptions(account_ids=account_ids)
-            )
-        else:
-            req = AccountsGetRequest(access_token=access_token)
-        resp = await self._call(
-            "/accounts/get", lambda: self._api.accounts_get(req, _request_timeout=self._timeout)
-        )
+        def request() -> AccountsGetRequest:
+            if account_ids:
+                options = AccountsGetRequestOptions(account_ids=account_ids)
+                return AccountsGetRequest(access_token=access_token, options=options)
+            return AccountsGetRequest(access_token=access_token)
+
+        resp = await self._call("/accounts/get", self._api.accounts_get, request)
         accounts = [
             Account(
                 account_id=a["account_id"],
@@ -155,27 +186,28 @@ class PlaidClient:
         return accounts, resp["request_id"]
 
     async def create_processor_token(self, access_token: str, account_id: str) -> tuple[str, str]:
-        req = ProcessorTokenCreateRequest(
-            access_token=access_token, account_id=account_id, processor=ATOMIC_PROCESSOR
-        )
         resp = await self._call(
             "/processor/token/create",
-            lambda: self._api.processor_token_create(req, _request_timeout=self._timeout),
+            self._api.processor_token_create,
+            lambda: ProcessorTokenCreateRequest(
+                access_token=access_token, account_id=account_id, processor=ATOMIC_PROCESSOR
+            ),
         )
         return resp["processor_token"], resp["request_id"]
 
     async def remove_item(self, access_token: str) -> str:
-        req = ItemRemoveRequest(access_token=access_token)
         resp = await self._call(
-            "/item/remove", lambda: self._api.item_remove(req, _request_timeout=self._timeout)
+            "/item/remove", self._api.item_remove, lambda: ItemRemoveRequest(access_token=access_token)
         )
         return str(resp["request_id"])
 
     async def webhook_verification_key(self, kid: str) -> dict[str, Any]:
-        req = WebhookVerificationKeyGetRequest(key_id=kid)
         resp = await self._call(
             "/webhook_verification_key/get",
-            lambda: self._api.webhook_verification_key_get(req, _request_timeout=self._timeout),
+            self._api.webhook_verification_key_get,
+            lambda: WebhookVerificationKeyGetRequest(key_id=kid),
         )
-        key: dict[str, Any] = resp["key"].to_dict()
+        key = resp.get("key")
+        if not isinstance(key, dict):
+            raise to_upstream_error(MalformedResponse())
         return key
