@@ -1,0 +1,135 @@
+"""Floors the receiver is measured against: what each of its three jobs costs on its own.
+
+- a bare aiohttp handler that only reads the body (``python -m bench.floors serve-bare --port N``);
+- bare ES256 verification with PyJWT, and the project's full ``verify()`` beside it;
+- bare publishing with publisher confirms (aio-pika), messages of the same size, to a quorum queue
+  behind a topic exchange, as the receiver publishes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+
+import aio_pika
+import jwt
+from aiohttp import web
+
+from sandbox import webhook_bodies
+from sandbox.signing import new_signing_key, plaid_verification_jwt
+from webhooks.verification import verify
+
+
+async def _bare(request: web.Request) -> web.Response:
+    await request.read()
+    return web.json_response({"event_id": str(uuid.uuid4())})
+
+
+def serve_bare(port: int) -> None:
+    app = web.Application()
+    app.router.add_post("/webhooks/plaid", _bare)
+    app.router.add_get("/healthz", lambda _: _ok())
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+async def _ok() -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def verify_rates(seconds: float = 2.0) -> dict[str, float]:
+    """Verifications per second on one core: bare PyJWT ES256, and the project's ``verify()`` (which
+    adds the header checks, the JWK parse and the body hash)."""
+    key = new_signing_key(int(time.time()))
+    bodies = [webhook_bodies.encode(webhook_bodies.item_error(f"item-{i:06d}")) for i in range(2000)]
+    now = int(time.time())
+    tokens = [plaid_verification_jwt(b, key, now) for b in bodies]
+    public, jwk = key.private_key.public_key(), key.jwk()
+
+    def rate(fn: object) -> float:
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            for token, body in zip(tokens, bodies, strict=True):
+                fn(token, body)  # type: ignore[operator]
+            done += len(tokens)
+        return done / (time.perf_counter() - started)
+
+    return {
+        "pyjwt_es256_verify_per_s": round(rate(lambda t, _: jwt.decode(t, key=public, algorithms=["ES256"]))),
+        "paw_verify_per_s": round(rate(lambda t, b: verify(t, b, jwk, now=time.time()))),
+    }
+
+
+async def confirmed_publish_rate(
+    amqp_url: str, *, concurrency: int, seconds: float, size: int
+) -> dict[str, float]:
+    """Persistent, mandatory publishes with confirms, ``concurrency`` awaiting at once on one
+    channel, to a fresh quorum queue behind a fresh topic exchange (deleted afterwards)."""
+    name = f"paw-bench-floor-{uuid.uuid4().hex[:6]}"
+    body = b"x" * size
+    conn = await aio_pika.connect(amqp_url)
+    try:
+        channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
+        exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
+        queue = await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
+        await queue.bind(exchange, "webhook.#")
+        latencies: list[float] = []
+        deadline = time.monotonic() + seconds
+
+        async def publisher() -> None:
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                message = aio_pika.Message(
+                    body, content_type="application/json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+                )
+                await exchange.publish(message, "webhook.plaid.ITEM.ERROR", mandatory=True)
+                latencies.append(time.perf_counter() - started)
+
+        started = time.monotonic()
+        await asyncio.gather(*(publisher() for _ in range(concurrency)))
+        elapsed = time.monotonic() - started
+        declared = await channel.declare_queue(name, passive=True)
+        queued = declared.declaration_result.message_count or 0
+        await channel.queue_delete(name)
+        await channel.exchange_delete(name)
+    finally:
+        await conn.close()
+    latencies.sort()
+    return {
+        "confirmed_publish_per_s": round(len(latencies) / elapsed),
+        "p50_ms": round(latencies[len(latencies) // 2] * 1000, 2),
+        "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2),
+        "published": len(latencies),
+        "queued": queued,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.floors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve-bare", help="the bare aiohttp handler")
+    p.add_argument("--port", type=int, required=True)
+    sub.add_parser("verify", help="verification rates")
+    p = sub.add_parser("publish", help="confirmed publish rate")
+    p.add_argument("--amqp", default="amqp://guest:guest@127.0.0.1:5672/")
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--seconds", type=float, default=5)
+    p.add_argument("--size", type=int, default=1000)
+    args = parser.parse_args()
+    if args.command == "serve-bare":
+        serve_bare(args.port)
+    elif args.command == "verify":
+        print(verify_rates())
+    else:
+        print(
+            asyncio.run(
+                confirmed_publish_rate(
+                    args.amqp, concurrency=args.concurrency, seconds=args.seconds, size=args.size
+                )
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
