@@ -86,12 +86,16 @@ class Handlers:
             request_id=data.get("request_id"),
             cause="item.link",
             event_id=message_id,
+            lease=(self.pipeline.owner, self.pipeline.lease_s),
         )
         structlog.contextvars.bind_contextvars(item_id=str(item.id))
         if created:
             log.info("item.submitted", client_user_id=item.client_user_id)
         await self.pipeline.drive(
-            item.id, public_token=data["public_token"], cause=Cause("item.link", message_id)
+            item.id,
+            public_token=data["public_token"],
+            cause=Cause("item.link", message_id),
+            leased=item if created else None,
         )
 
     async def item_drive(self, data: dict[str, Any], message_id: str | None) -> None:

@@ -22,7 +22,7 @@ from worker.errors import Deferred, UpstreamError
 from worker.failures import Kind, classify, needs_login
 from worker.plaid_api import PlaidClient
 from worker.sealing import Sealer
-from worker.states import State, Trigger
+from worker.states import State, Trigger, next_state
 from worker.store import Changes, Item, Store
 
 log = structlog.get_logger(__name__)
@@ -40,6 +40,11 @@ class Step:
     trigger: Trigger
     detail: dict[str, object]
     changes: Changes = Changes()  # noqa: RUF009 - frozen, shared safely
+
+
+StepFn = Callable[[Item, str | None], Awaitable[Step]]
+# States the pipeline steps on from by itself.
+STEPPING = frozenset({State.LINK, State.EXCHANGED, State.PROCESSOR_TOKEN_ISSUED})
 
 
 class ItemBusy(Deferred):
@@ -79,55 +84,68 @@ class Pipeline:
         self.atomic = atomic
         self.owner = uuid.uuid4()
 
-    async def drive(self, item_id: uuid.UUID, *, public_token: str | None, cause: Cause) -> Item | None:
-        item = await self.store.claim(item_id, self.owner, self.lease_s)
+    async def drive(
+        self, item_id: uuid.UUID, *, public_token: str | None, cause: Cause, leased: Item | None = None
+    ) -> Item | None:
+        """Takes the Item's lease (or uses ``leased``, an Item just created with our lease) and steps
+        it on until it waits for someone else. Each transition renews the lease; the last releases it."""
+        item = leased or await self.store.claim(item_id, self.owner, self.lease_s)
         if item is None:
             if await self.store.get(item_id) is None:
                 return None
             raise ItemBusy()
+        held = True
         try:
             for _ in range(10):
-                step = {
-                    State.LINK: self._exchange,
-                    State.EXCHANGED: self._issue_processor_token,
-                    State.PROCESSOR_TOKEN_ISSUED: self._submit_to_atomic,
-                }.get(item.state)
-                if step is None or (item.state is State.LINK and public_token is None):
+                step = self._step_for(item, public_token)
+                if step is None:
                     return item
-                await self._take(item, step, public_token, cause)
-                renewed = await self.store.claim(
-                    item_id, self.owner, self.lease_s
-                )  # the state now, lease renewed
-                if renewed is None:  # our lease ran out and another worker took the Item over
-                    return await self.store.get(item_id)
-                item = renewed
+                moved, released = await self._take(item, step, public_token, cause)
+                if moved is None:  # refused: the row moved on meanwhile; look again, lease renewed
+                    moved = await self.store.claim(item_id, self.owner, self.lease_s)
+                    if moved is None:  # our lease ran out and another worker took the Item over
+                        held = False
+                        return await self.store.get(item_id)
+                held = not released
+                item = moved
             return item
         finally:
-            await self.store.release(item_id, self.owner)
+            if held:
+                await self.store.release(item_id, self.owner)
+
+    def _step_for(self, item: Item, public_token: str | None) -> StepFn | None:
+        if item.state is State.LINK and public_token is None:
+            return None  # only the item.link message carries the public token
+        return {
+            State.LINK: self._exchange,
+            State.EXCHANGED: self._issue_processor_token,
+            State.PROCESSOR_TOKEN_ISSUED: self._submit_to_atomic,
+        }.get(item.state)
 
     async def _take(
-        self,
-        item: Item,
-        step: Callable[[Item, str | None], Awaitable[Step]],
-        public_token: str | None,
-        cause: Cause,
-    ) -> Item | None:
-        """One upstream call and the transition it leads to. A permanent upstream error moves the
-        Item to its state; a transient one propagates, for the consumer to retry."""
+        self, item: Item, step: StepFn, public_token: str | None, cause: Cause
+    ) -> tuple[Item | None, bool]:
+        """One upstream call and the transition it leads to; returns the Item and whether that
+        transition released our lease (it does when the Item goes where no step follows). A
+        permanent upstream error moves the Item to its state; a transient one propagates, for the
+        consumer to retry."""
         try:
             done = await step(item, public_token)
         except UpstreamError as err:
             if classify(err) is not Kind.PERMANENT:
                 raise
-            return await self.fail(item, err, cause)
-        return await self.store.transition(
+            return await self.fail(item, err, cause), False
+        release = next_state(item.state, done.trigger) not in STEPPING
+        moved = await self.store.transition(
             item,
             done.trigger,
             cause=cause.name,
             event_id=cause.event_id,
             detail=done.detail,
             changes=done.changes,
+            lease=(self.owner, None if release else self.lease_s),
         )
+        return moved, release and moved is not None
 
     async def fail(self, item: Item, err: UpstreamError, cause: Cause) -> Item | None:
         """Moves the Item to where a permanent upstream error leaves it. A failed Item keeps no live

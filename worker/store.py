@@ -162,8 +162,10 @@ class Store:
         request_id: str | None,
         cause: str,
         event_id: str | None,
+        lease: tuple[uuid.UUID, float] | None = None,
     ) -> tuple[Item, bool]:
-        """The Item for this public token, made now (``True``) or found (``False``)."""
+        """The Item for this public token, made now (``True``; leased to ``lease`` if given) or
+        found (``False``; its lease untouched)."""
         args = (
             uuid.uuid4(),
             public_token_sha256,
@@ -172,6 +174,8 @@ class Store:
             request_id,
             cause,
             event_id,
+            lease[0] if lease else None,
+            lease[1] if lease else None,
         )
         for _ in range(2):  # a concurrent insert of the same token is invisible to our snapshot once
             row = await self.pool.fetchrow(query("create_item"), *args)
@@ -218,8 +222,12 @@ class Store:
         detail: Mapping[str, Any] | None = None,
         changes: Changes = Changes(),
         conn: asyncpg.Connection | None = None,
+        lease: tuple[uuid.UUID, float | None] | None = None,
     ) -> Item | None:
         """Applies ``trigger`` to ``item`` if the database still holds it in an allowed state.
+
+        ``lease=(owner, seconds)`` renews ``owner``'s lease for that long, ``(owner, None)`` releases
+        it (both only if ``owner`` holds it).
 
         Returns the updated Item, or ``None`` when the transition was refused (the row had moved on).
         Raises :class:`IllegalTransition` if ``item.state`` itself does not allow the trigger.
@@ -248,6 +256,8 @@ class Store:
             c.error_message,
             c.plaid_request_id,
             c.destroy_tokens,
+            lease[0] if lease else None,
+            lease[1] if lease else None,
         )
         if row is None:
             return None
