@@ -113,3 +113,15 @@ def test_envelope_parser_accepts_only_well_formed_envelopes(data: dict[str, Any]
 def test_routing_keys_map_to_a_schema_or_none(routing_key: str) -> None:
     name = schema_for(routing_key)
     assert name in (None, "item.link", "item.drive", "webhook.plaid", "webhook.atomic")
+
+
+@FUZZ
+@given(
+    st.one_of(near_envelopes, near_submissions),
+    st.sampled_from(["webhook.plaid", "webhook.atomic", "item.link"]),
+)
+def test_the_compiled_check_is_at_least_as_strict_as_jsonschema(data: dict[str, Any], schema: str) -> None:
+    import schemas
+
+    if not schemas.validator(schema).is_valid(data):
+        assert schemas.first_violation(schema, data) is not None

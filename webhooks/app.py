@@ -190,13 +190,10 @@ def plaid_envelope(
         "kid": verified.kid,
         "webhook": hook,
     }
-    errors = sorted(
-        schemas.validator("webhook.plaid").iter_errors(envelope), key=lambda e: list(e.absolute_path)
-    )
-    if errors:
+    violation = schemas.first_violation("webhook.plaid", envelope)
+    if violation is not None:
         # The path only: the schema's message quotes the offending value, which is body content.
-        where = "/".join(str(p) for p in errors[0].absolute_path) or "(root)"
-        raise Refused(400, "invalid_webhook", f"not a valid webhook at {where}")
+        raise Refused(400, "invalid_webhook", f"not a valid webhook at {violation.path}")
     return f"webhook.plaid.{hook['webhook_type']}.{hook['webhook_code']}", envelope
 
 

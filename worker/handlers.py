@@ -38,11 +38,9 @@ class Duplicate(Exception):
 
 def validated(schema_name: str, body: bytes) -> dict[str, Any]:
     data = parse_json(body)
-    errors = sorted(schemas.validator(schema_name).iter_errors(data), key=lambda e: list(e.absolute_path))
-    if errors:
-        first = errors[0]
-        where = "/".join(str(p) for p in first.absolute_path) or "(root)"
-        raise Poison(f"{schema_name} schema: {where}: {first.message[:300]}")
+    violation = schemas.first_violation(schema_name, data)
+    if violation is not None:
+        raise Poison(f"{schema_name} schema: {violation.path}: {violation.message[:300]}")
     assert isinstance(data, dict)
     return data
 
