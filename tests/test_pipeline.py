@@ -333,3 +333,26 @@ async def test_an_item_leased_by_a_dead_worker_waits_for_the_lease_without_using
     assert {e["attempt"] for e in deferred} == {0}  # no retry attempt was used up
     assert settings.retry_budget == 4 and worker.task is not None
     assert await queue_messages(settings.amqp_url, services.topo.dead_queue) == []
+
+
+async def test_a_database_blip_after_the_exchange_does_not_spend_the_public_token_twice(
+    services: Services, worker: RunningWorker, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exchange succeeded at Plaid but the commit hit a dropped connection: the worker retries
+    the commit with the access token it holds, instead of redelivering and exchanging again."""
+    real = services.store.transition
+    failures = {"left": 2}
+
+    async def flaky(item: Item, trigger: Any, **kw: Any) -> Item | None:
+        if trigger.value == "exchanged" and failures["left"] > 0:
+            failures["left"] -= 1
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        return await real(item, trigger, **kw)
+
+    monkeypatch.setattr(services.store, "transition", flaky)
+    token = await new_public_token(sandbox)
+    await submit_amqp(services, {"public_token": token, "client_user_id": "u-blip"})
+    item = await settled(services, token, State.ATOMIC_VERIFIED)
+    assert failures["left"] == 0
+    assert sandbox.state.calls["/item/public_token/exchange"] == 1
+    assert [h.to_state for h in await services.store.history(item.id)][:2] == ["link", "exchanged"]

@@ -70,7 +70,7 @@ async def cmd_worker(s: Settings, _: argparse.Namespace) -> int:
 
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    async with open_services(s, "paw-worker", pool_size=max(10, s.prefetch // 2)) as svc:
+    async with open_services(s, "paw-worker") as svc:
         admin = await start_admin(service_checks(svc), s.admin_host, s.admin_port)
         try:
             await run_worker(svc, stop)

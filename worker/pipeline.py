@@ -9,11 +9,14 @@ Item to its state (``failed``, ``login_required``); transient ones propagate as
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 import structlog
 
 from worker.accounts import choose_account
@@ -21,7 +24,7 @@ from worker.atomic_api import AtomicClient
 from worker.errors import Deferred, UpstreamError
 from worker.failures import Kind, classify, needs_login
 from worker.plaid_api import PlaidClient
-from worker.sealing import Sealer
+from worker.sealing import Sealed, Sealer
 from worker.states import State, Trigger, next_state
 from worker.store import Changes, Item, Store
 
@@ -42,6 +45,16 @@ class Step:
     changes: Changes = Changes()  # noqa: RUF009 - frozen, shared safely
 
 
+# How long a step waits for the database to commit what an upstream call already did.
+COMMIT_PATIENCE_S = 30.0
+DATABASE_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.TooManyConnectionsError,
+)
 StepFn = Callable[[Item, str | None], Awaitable[Step]]
 # States the pipeline steps on from by itself.
 STEPPING = frozenset({State.LINK, State.EXCHANGED, State.PROCESSOR_TOKEN_ISSUED})
@@ -136,16 +149,49 @@ class Pipeline:
                 raise
             return await self.fail(item, err, cause), False
         release = next_state(item.state, done.trigger) not in STEPPING
-        moved = await self.store.transition(
-            item,
-            done.trigger,
-            cause=cause.name,
-            event_id=cause.event_id,
-            detail=done.detail,
-            changes=done.changes,
-            lease=(self.owner, None if release else self.lease_s),
-        )
+        moved = await self._commit(item, done, cause, lease=(self.owner, None if release else self.lease_s))
         return moved, release and moved is not None
+
+    async def _commit(
+        self, item: Item, done: Step, cause: Cause, *, lease: tuple[uuid.UUID, float | None]
+    ) -> Item | None:
+        """Commits what an upstream call did, retrying through a database blip for up to
+        ``COMMIT_PATIENCE_S``: the call has happened and may not be repeatable (a public token is
+        spent by its exchange). If the database stays away, a fresh access token is removed at
+        Plaid rather than left live and unrecorded."""
+        deadline = time.monotonic() + COMMIT_PATIENCE_S
+        delay = 0.05
+        while True:
+            try:
+                return await self.store.transition(
+                    item,
+                    done.trigger,
+                    cause=cause.name,
+                    event_id=cause.event_id,
+                    detail=done.detail,
+                    changes=done.changes,
+                    lease=lease,
+                )
+            except DATABASE_UNAVAILABLE as e:
+                if time.monotonic() + delay > deadline:
+                    log.error(
+                        "item.commit_lost",
+                        item_id=str(item.id),
+                        trigger=done.trigger.value,
+                        error=type(e).__name__,
+                    )
+                    if done.changes.access_token is not None:
+                        await self._remove_unrecorded(done.changes.access_token, item)
+                    raise
+                log.warning("item.commit_retry", item_id=str(item.id), error=type(e).__name__, delay_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _remove_unrecorded(self, sealed: Sealed, item: Item) -> None:
+        try:
+            await self.plaid.remove_item(self.sealer.open(sealed, aad=aad(item.id, "access_token")))
+        except UpstreamError as e:
+            log.warning("item.remove_failed", item_id=str(item.id), error_code=e.error_code)
 
     async def fail(self, item: Item, err: UpstreamError, cause: Cause) -> Item | None:
         """Moves the Item to where a permanent upstream error leaves it. A failed Item keeps no live

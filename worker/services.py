@@ -35,11 +35,13 @@ class Services:
 
 
 @contextlib.asynccontextmanager
-async def open_services(settings: Settings, name: str, *, pool_size: int = 10) -> AsyncIterator[Services]:
+async def open_services(
+    settings: Settings, name: str, *, pool_size: int | None = None
+) -> AsyncIterator[Services]:
     topo = Topology.from_settings(settings)
     sealer = Sealer(settings.token_keys)
     async with contextlib.AsyncExitStack() as stack:
-        pool = await create_pool(settings.database_url, max_size=pool_size)
+        pool = await create_pool(settings.database_url, max_size=pool_size or settings.db_pool_size)
         stack.push_async_callback(pool.close)
         await check_keys(pool, sealer)  # a wrong or missing token key fails here, not at the first decrypt
         connection = await connect(settings.amqp_url, name)

@@ -55,6 +55,7 @@ class Settings:
     retry_budget: int = 5
     atomic_pending_reconcile_s: int = 900
     item_lease_s: float = 30.0
+    db_pool_size: int = 20
     api_rate_per_s: float = 50.0
     max_in_flight: int = 2048
     admin_host: str = "127.0.0.1"
@@ -176,6 +177,7 @@ ENV: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "PAW_RETRY_BUDGET": ("retry_budget", _int(0, 20)),
     "PAW_ATOMIC_PENDING_RECONCILE_S": ("atomic_pending_reconcile_s", _int(1, 7 * 86400)),
     "PAW_ITEM_LEASE_S": ("item_lease_s", _float),
+    "PAW_DB_POOL_SIZE": ("db_pool_size", _int(2, 1000)),
     "PAW_API_RATE": ("api_rate_per_s", _float),
     "PAW_MAX_IN_FLIGHT": ("max_in_flight", _int(1, 1_000_000)),
     "PAW_ADMIN_HOST": ("admin_host", _str),
