@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from structlog.testing import capture_logs
 from sandbox.app import SANDBOX, SandboxConfig, create_app, serve_app
 from tests.conftest import Sandbox, eventually
 from tests.test_pipeline import new_public_token, submit_amqp
+from worker.bus import PublishFailed
 from worker.runner import run_worker
 from worker.services import Services
 from worker.settings import Settings
@@ -99,6 +101,21 @@ async def outcome(database_url: str) -> Outcome:
         funding_source_items=[str(i["id"]) for i in items if i["atomic_funding_source_id"]],
         failed_codes=[i["error_code"] for i in items if i["state"] == "failed"],
     )
+
+
+async def submit(services: Services, token: str, client_user_id: str) -> None:
+    """Hands over an Item, trying again while the broker is slow to confirm (a starved CI machine):
+    a publish that timed out may still have been queued, and a second one is deduplicated by its
+    public token."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            await submit_amqp(services, {"public_token": token, "client_user_id": client_user_id})
+            return
+        except PublishFailed:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
 
 
 async def all_terminal(database_url: str, n: int, timeout: float) -> None:
@@ -225,12 +242,12 @@ async def test_postgres_restart_while_the_pipeline_runs(
         await asyncio.wait_for(ready.wait(), 10)
         try:
 
-            async def submit() -> None:
+            async def stream() -> None:
                 for i, token in enumerate(tokens):
-                    await submit_amqp(svc, {"public_token": token, "client_user_id": f"u-pg-{i}"})
+                    await submit(svc, token, f"u-pg-{i}")
                     await asyncio.sleep(0.04)  # a steady stream across the restart
 
-            submitter = asyncio.create_task(submit())
+            submitter = asyncio.create_task(stream())
             await eventually(lambda: _async(sandbox.state.calls[ATOMIC_SUBMIT] >= 5), timeout=30)
             await postgres.restart()
             await submitter
@@ -328,7 +345,7 @@ async def test_workers_sigkilled_mid_item_finish_every_item_with_one_funding_sou
     # sources (it has the request and will make the source; the worker never hears back).
     sandbox.state.set_latency("/accounts/get", 20)
     sandbox.state.set_latency("/processor/token/create", 20)
-    sandbox.state.set_latency(ATOMIC_SUBMIT, 300)
+    sandbox.state.set_latency(ATOMIC_SUBMIT, 400)
     batches, per_batch = 3, 10
     n = batches * per_batch
     tokens = [await new_public_token(sandbox) for _ in range(n)]
@@ -339,8 +356,8 @@ async def test_workers_sigkilled_mid_item_finish_every_item_with_one_funding_sou
 
     async def mid_submission(submitted: int) -> bool:
         """Every Item so far is past the exchange (so no public token is lost to the kill) and
-        Atomic is working on at least two submissions."""
-        if atomic_in_flight() < 2:
+        Atomic is working on a submission."""
+        if atomic_in_flight() < 1:
             return False
         counts = await services.store.count_by_state()
         return sum(counts.values()) == submitted and counts.get("link", 0) == 0
@@ -351,7 +368,7 @@ async def test_workers_sigkilled_mid_item_finish_every_item_with_one_funding_sou
         # is killed at most once and its retries stay in the short delay tiers.
         await all_terminal(s.database_url, b * per_batch, timeout=60)
         for i in range(b * per_batch, (b + 1) * per_batch):
-            await submit_amqp(services, {"public_token": tokens[i], "client_user_id": f"u-kill-{i}"})
+            await submit(services, tokens[i], f"u-kill-{i}")
         try:
             await eventually(lambda b=b: mid_submission((b + 1) * per_batch), timeout=30, interval=0.005)
         finally:
@@ -370,18 +387,29 @@ async def test_workers_sigkilled_mid_item_finish_every_item_with_one_funding_sou
     # The kills really landed mid-submission: Atomic had made those funding sources, was called again
     # on redelivery and answered with the one it had.
     resubmitted = [i for i in result.funding_source_items if sandbox.state.atomic_submissions(i) > 1]
-    assert len(resubmitted) >= batches * 2, sandbox.state.atomic.submissions
+    assert len(resubmitted) >= batches, sandbox.state.atomic.submissions
     assert any(e.get("event") == "worker.stopped" for e in last.events())
 
 
 # -- upstreams failing 20 % of calls -------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class DoublingRetries(Settings):
+    """Backoff x2 instead of x4. With a fifth of the calls failing, about one Item in 400 fails seven
+    times or more (the processor-token step needs two calls to succeed together), and x4 from 10 ms
+    would then wait 41 s, then 164 s; x2 keeps every wait under 21 s."""
+
+    @property
+    def retry_delays_ms(self) -> tuple[int, ...]:
+        return tuple(self.retry_base_ms * 2**i for i in range(max(self.retry_budget, 1)))
+
+
 @pytest.fixture
 def retry_settings(settings: Settings) -> Settings:
-    """Enough attempts that a 20 % failure rate never exhausts them (8 failures of one message has a
-    probability near 1e-4 here); short delays so the test stays quick (10 ms, 40 ms, 160 ms, ...)."""
-    return dataclasses.replace(settings, retry_base_ms=10, retry_budget=8)
+    """12 attempts from 10 ms: a message exhausts them with a probability near 1e-6."""
+    fields = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
+    return DoublingRetries(**{**fields, "retry_base_ms": 10, "retry_budget": 12})
 
 
 @pytest.fixture
@@ -438,7 +466,7 @@ async def test_upstreams_failing_a_fifth_of_calls_every_item_still_finishes(
         await asyncio.wait_for(ready.wait(), 10)
         try:
             for i, token in enumerate(tokens):
-                await submit_amqp(retry_services, {"public_token": token, "client_user_id": f"u-fault-{i}"})
+                await submit(retry_services, token, f"u-fault-{i}")
             await all_terminal(retry_settings.database_url, n, timeout=90)
         finally:
             stop.set()
