@@ -148,6 +148,7 @@ async def start_workers(
         **env,
         "PAW_PREFETCH": str(args.prefetch),
         "PAW_PLAID_THREADS": str(args.plaid_threads),
+        **({"PAW_DB_POOL_SIZE": str(args.db_pool)} if args.db_pool else {}),
         "PAW_ADMIN_PORT": "0",
     }
     workers = [
@@ -605,6 +606,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "workers": args.workers,
             "prefetch": args.prefetch,
             "plaid_threads": args.plaid_threads,
+            "db_pool": args.db_pool or "default",
             "atomic_delay_s": args.atomic_delay,
             "retry_base_ms": args.retry_base_ms,
             "log_level": args.log_level,
@@ -629,6 +631,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=20000, help="webhook events to drain (0: skip)")
     parser.add_argument("--workers", type=int, default=1, help="paw worker processes")
     parser.add_argument("--prefetch", type=int, default=256, help="PAW_PREFETCH")
+    parser.add_argument("--db-pool", type=int, default=0, help="PAW_DB_POOL_SIZE (0: the default)")
     parser.add_argument("--plaid-threads", type=int, default=64, help="PAW_PLAID_THREADS")
     parser.add_argument("--atomic-delay", type=float, default=0.0, help="sandbox --atomic-delay (s)")
     parser.add_argument("--retry-base-ms", type=int, default=1000, help="PAW_RETRY_BASE_MS")
