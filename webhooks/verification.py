@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -174,17 +175,29 @@ def _public_key(key: Mapping[str, Any], kid: str, now: float) -> ec.EllipticCurv
     ):
         _fail("bad_key", kid)
     x, y = key.get("x"), key.get("y")
+    if not isinstance(x, str) or not isinstance(y, str):
+        _fail("bad_key", kid)
+    public = _ec_point(x, y)
+    if public is None:
+        _fail("bad_key", kid)
+    return public
+
+
+@functools.lru_cache(maxsize=256)
+def _ec_point(x: str, y: str) -> ec.EllipticCurvePublicKey | None:
+    """The P-256 public key with these coordinates, or ``None`` if they are not one. Cached: Plaid
+    has a handful of keys, and parsing one cost more than the signature check."""
     for coord in (x, y):
-        raw = _b64url_decode(coord) if isinstance(coord, str) else None
+        raw = _b64url_decode(coord)
         if raw is None or len(raw) != _P256_COORD_LEN:
-            _fail("bad_key", kid)
+            return None
     try:
         # Only the public-key members: a stray "d" must never turn this into a private key.
         public = ECAlgorithm.from_jwk({"kty": "EC", "crv": "P-256", "x": x, "y": y})
     except (jwt.InvalidKeyError, ValueError, TypeError):
-        _fail("bad_key", kid)
+        return None
     if not isinstance(public, ec.EllipticCurvePublicKey) or not isinstance(public.curve, ec.SECP256R1):
-        _fail("bad_key", kid)
+        return None
     return public
 
 
