@@ -128,8 +128,12 @@ def _decode_header(token: object) -> tuple[dict[str, Any], list[str]]:
     return header, segments
 
 
+@functools.lru_cache(maxsize=2048)
 def unverified_kid(token: str | None) -> str:
     """The ``kid`` of a Plaid-Verification token, read WITHOUT verifying anything but its shape.
+
+    Pure, so cached: the receiver reads the kid before fetching the key, and :func:`verify` checks
+    the same token again a moment later (only results are cached, never a refusal).
 
     Refuses a missing token, an ``alg`` other than exactly ``ES256``, a missing or odd ``kid``, and
     anything that is not a compact ES256 JWS of sane size. Safe to call before fetching a key.
