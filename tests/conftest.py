@@ -8,6 +8,7 @@ answer on their URLs and a Docker engine is available, testcontainers starts the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import socket
@@ -189,17 +190,24 @@ def settings(
     )
 
 
-@pytest.fixture
-async def services(settings: Settings) -> AsyncIterator[Services]:
-    async with open_services(settings, "paw-test") as svc:
+@contextlib.asynccontextmanager
+async def services_for(settings: Settings, name: str) -> AsyncIterator[Services]:
+    """Services for a test; the test's queues and exchange are deleted afterwards."""
+    async with open_services(settings, name) as svc:
         try:
             yield svc
         finally:
             channel = await svc.connection.channel()
-            for name in svc.topo.all_queues():
-                await channel.queue_delete(name)
+            for queue in svc.topo.all_queues():
+                await channel.queue_delete(queue)
             await channel.exchange_delete(svc.topo.exchange)
             await channel.close()
+
+
+@pytest.fixture
+async def services(settings: Settings) -> AsyncIterator[Services]:
+    async with services_for(settings, "paw-test") as svc:
+        yield svc
 
 
 @dataclasses.dataclass

@@ -29,7 +29,7 @@ from aiohttp.typedefs import Handler
 from structlog.testing import capture_logs
 
 from sandbox.app import SANDBOX, SandboxConfig, create_app, serve_app
-from tests.conftest import Sandbox, eventually
+from tests.conftest import Sandbox, eventually, services_for
 from tests.test_pipeline import new_public_token, submit_amqp
 from worker.bus import PublishFailed
 from worker.runner import run_worker
@@ -394,37 +394,18 @@ async def test_workers_sigkilled_mid_item_finish_every_item_with_one_funding_sou
 # -- upstreams failing 20 % of calls -------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class DoublingRetries(Settings):
-    """Backoff x2 instead of x4. With a fifth of the calls failing, about one Item in 400 fails seven
-    times or more (the processor-token step needs two calls to succeed together), and x4 from 10 ms
-    would then wait 41 s, then 164 s; x2 keeps every wait under 21 s."""
-
-    @property
-    def retry_delays_ms(self) -> tuple[int, ...]:
-        return tuple(self.retry_base_ms * 2**i for i in range(max(self.retry_budget, 1)))
-
-
 @pytest.fixture
 def retry_settings(settings: Settings) -> Settings:
-    """12 attempts from 10 ms: a message exhausts them with a probability near 1e-6."""
-    fields = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
-    return DoublingRetries(**{**fields, "retry_base_ms": 10, "retry_budget": 12})
+    """12 attempts from 10 ms, doubling: a message exhausts them with a probability near 1e-6. (x4
+    would wait 41 s, then 164 s, for the one Item in about 400 that fails seven times or more when a
+    fifth of the calls fail; x2 keeps every wait under 21 s.)"""
+    return dataclasses.replace(settings, retry_base_ms=10, retry_budget=12, retry_factor=2)
 
 
 @pytest.fixture
 async def retry_services(retry_settings: Settings) -> AsyncIterator[Services]:
-    from worker.services import open_services
-
-    async with open_services(retry_settings, "paw-test-chaos-faults") as svc:
-        try:
-            yield svc
-        finally:
-            channel = await svc.connection.channel()
-            for name in svc.topo.all_queues():
-                await channel.queue_delete(name)
-            await channel.exchange_delete(svc.topo.exchange)
-            await channel.close()
+    async with services_for(retry_settings, "paw-test-chaos-faults") as svc:
+        yield svc
 
 
 async def test_upstreams_failing_a_fifth_of_calls_every_item_still_finishes(

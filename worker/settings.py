@@ -53,6 +53,7 @@ class Settings:
     webhook_future_skew_s: int = 30
     retry_base_ms: int = 1000
     retry_budget: int = 5
+    retry_factor: int = 4
     atomic_pending_reconcile_s: int = 900
     item_lease_s: float = 30.0
     db_pool_size: int = 20
@@ -69,8 +70,11 @@ class Settings:
 
     @property
     def retry_delays_ms(self) -> tuple[int, ...]:
-        """One delay queue per attempt: base, 4x base, 16x base, ... capped at one hour."""
-        return tuple(min(self.retry_base_ms * 4**i, 3_600_000) for i in range(max(self.retry_budget, 1)))
+        """One delay queue per attempt: base, factor x base, factor^2 x base, ... capped at one hour."""
+        return tuple(
+            min(self.retry_base_ms * self.retry_factor**i, 3_600_000)
+            for i in range(max(self.retry_budget, 1))
+        )
 
     @property
     def active_key_id(self) -> str:
@@ -175,6 +179,7 @@ ENV: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "PAW_WEBHOOK_FUTURE_SKEW": ("webhook_future_skew_s", _int(0, 600)),
     "PAW_RETRY_BASE_MS": ("retry_base_ms", _int(1, 3_600_000)),
     "PAW_RETRY_BUDGET": ("retry_budget", _int(0, 20)),
+    "PAW_RETRY_FACTOR": ("retry_factor", _int(1, 10)),
     "PAW_ATOMIC_PENDING_RECONCILE_S": ("atomic_pending_reconcile_s", _int(1, 7 * 86400)),
     "PAW_ITEM_LEASE_S": ("item_lease_s", _float),
     "PAW_DB_POOL_SIZE": ("db_pool_size", _int(2, 1000)),
