@@ -44,6 +44,9 @@ async def emulation(request: web.Request, handler: Handler) -> web.StreamRespons
         return await handler(request)
     state = request.app[SANDBOX]
     state.calls[path] += 1
+    # Read the whole request first, as a real server has it before it works: a client that dies
+    # during the latency still made the call.
+    await request.read()
     delay = state.latency.seconds(path)
     if delay > 0:
         await asyncio.sleep(delay)

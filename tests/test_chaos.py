@@ -24,11 +24,9 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
-from aiohttp import web
-from aiohttp.typedefs import Handler
 from structlog.testing import capture_logs
 
-from sandbox.app import SANDBOX, SandboxConfig, create_app, serve_app
+from sandbox.app import SandboxConfig
 from tests.conftest import Sandbox, eventually, services_for
 from tests.test_pipeline import new_public_token, submit_amqp
 from worker.bus import PublishFailed
@@ -46,26 +44,6 @@ PLAID_PATHS = ("/item/public_token/exchange", "/accounts/get", "/processor/token
 @pytest.fixture
 def sandbox_config(sandbox_config_for_receiver: SandboxConfig) -> SandboxConfig:
     return sandbox_config_for_receiver
-
-
-@web.middleware
-async def whole_request_first(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Takes the whole request before the emulator works on it, as a real server has it: a call that
-    arrived is carried out even if its client dies while it runs (the emulator alone would fail the
-    body read after the client went away, as if the call had never come)."""
-    await request.read()
-    return await handler(request)
-
-
-@pytest.fixture
-async def sandbox(sandbox_config: SandboxConfig) -> AsyncIterator[Sandbox]:
-    app = create_app(sandbox_config)
-    app.middlewares.insert(0, whole_request_first)
-    runner, url = await serve_app(app, "127.0.0.1", 0)
-    try:
-        yield Sandbox(url, app[SANDBOX], sandbox_config)
-    finally:
-        await runner.cleanup()
 
 
 # -- outcomes ------------------------------------------------------------------------------------
