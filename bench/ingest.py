@@ -174,14 +174,11 @@ async def purge(amqp_url: str, queue_name: str) -> None:
 
 
 async def delete_topology(amqp_url: str, exchange: str, prefix: str) -> None:
-    from worker.bus import Topology
+    from worker.bus import Topology, undeclare
 
     conn = await aio_pika.connect(amqp_url)
     try:
-        channel = await conn.channel()
-        for name in Topology(exchange=exchange, prefix=prefix).all_queues():
-            await channel.queue_delete(name)
-        await channel.exchange_delete(exchange)
+        await undeclare(await conn.channel(), Topology(exchange=exchange, prefix=prefix))
     finally:
         await conn.close()
 

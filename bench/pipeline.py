@@ -38,7 +38,7 @@ import asyncpg
 
 from bench import common, profile
 from sandbox import webhook_bodies
-from worker.bus import Topology
+from worker.bus import Topology, undeclare
 
 TERMINAL = ["atomic_verified", "atomic_rejected", "failed", "revoked", "login_required"]
 TARGET = {"items_per_s_at_0ms": 300, "items_per_s_at_100ms": 200, "events_per_s": 1000}
@@ -505,10 +505,7 @@ async def run_events(
 async def delete_topology(amqp_url: str, exchange: str, prefix: str) -> None:
     conn = await aio_pika.connect(amqp_url)
     try:
-        channel = await conn.channel()
-        for name in Topology(exchange=exchange, prefix=prefix).all_queues():
-            await channel.queue_delete(name)
-        await channel.exchange_delete(exchange)
+        await undeclare(await conn.channel(), Topology(exchange=exchange, prefix=prefix))
     finally:
         await conn.close()
 

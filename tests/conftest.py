@@ -30,6 +30,7 @@ import pytest
 from sandbox.app import SANDBOX, SandboxConfig, serve
 from sandbox.state import SandboxState
 from webhooks.server import start_receiver
+from worker.bus import undeclare
 from worker.migrate import migrate
 from worker.runner import run_worker
 from worker.services import Services, open_services
@@ -198,9 +199,7 @@ async def services_for(settings: Settings, name: str) -> AsyncIterator[Services]
             yield svc
         finally:
             channel = await svc.connection.channel()
-            for queue in svc.topo.all_queues():
-                await channel.queue_delete(queue)
-            await channel.exchange_delete(svc.topo.exchange)
+            await undeclare(channel, svc.topo)
             await channel.close()
 
 

@@ -95,6 +95,13 @@ async def declare(channel: AbstractChannel, topo: Topology) -> AbstractExchange:
     return exchange
 
 
+async def undeclare(channel: AbstractChannel, topo: Topology) -> None:
+    """Deletes every queue and the exchange of ``topo`` (the demo's, a test's or a benchmark's own)."""
+    for name in topo.all_queues():
+        await channel.queue_delete(name)
+    await channel.exchange_delete(topo.exchange)
+
+
 async def queue_depth(channel: AbstractChannel, name: str) -> int:
     """Messages ready on ``name`` (a passive declare: changes nothing; a missing queue raises
     ``aiormq.exceptions.ChannelNotFoundEntity`` and closes the channel)."""

@@ -25,6 +25,7 @@ from rich.console import Console
 
 from sandbox.app import SANDBOX, SandboxConfig, SandboxState, serve
 from webhooks.server import start_receiver
+from worker.bus import undeclare
 from worker.migrate import migrate
 from worker.pipeline import token_hash
 from worker.report import history_table, items_table
@@ -172,7 +173,9 @@ async def run_demo(
                 await worker
                 await receiver_runner.cleanup()
                 if not keep:
-                    await delete_topology(svc)
+                    channel = await svc.connection.channel()
+                    await undeclare(channel, svc.topo)
+                    await channel.close()
     finally:
         await sandbox_runner.cleanup()
         api.api_client.close()
@@ -237,13 +240,3 @@ async def wait_for_items(store, tokens: list[str], timeout: float) -> list[Item 
         if all(i is not None and i.state in settled for i in items) or time.monotonic() > deadline:
             return items
         await asyncio.sleep(0.05)
-
-
-async def delete_topology(svc) -> None:  # type: ignore[no-untyped-def]
-    channel = await svc.connection.channel()
-    try:
-        for name in svc.topo.all_queues():
-            await channel.queue_delete(name)
-        await channel.exchange_delete(svc.topo.exchange)
-    finally:
-        await channel.close()
