@@ -354,3 +354,18 @@ def write_result(name: str, data: Mapping[str, Any]) -> Path:
     path = RESULTS / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}.json"
     path.write_text(json.dumps(data, indent=2, default=str))
     return path
+
+
+async def delete_topology(amqp_url: str, exchange: str, prefix: str) -> None:
+    """Deletes a run's exchange and queues, as the product names them."""
+    import aio_pika
+
+    from worker.bus import Topology, undeclare
+    from worker.settings import Settings
+
+    conn = await aio_pika.connect(amqp_url)
+    try:
+        topo = Topology.from_settings(Settings(exchange=exchange, queue_prefix=prefix))
+        await undeclare(await conn.channel(), topo)
+    finally:
+        await conn.close()

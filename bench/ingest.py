@@ -173,16 +173,6 @@ async def purge(amqp_url: str, queue_name: str) -> None:
         await conn.close()
 
 
-async def delete_topology(amqp_url: str, exchange: str, prefix: str) -> None:
-    from worker.bus import Topology, undeclare
-
-    conn = await aio_pika.connect(amqp_url)
-    try:
-        await undeclare(await conn.channel(), Topology(exchange=exchange, prefix=prefix))
-    finally:
-        await conn.close()
-
-
 async def start_receivers(n: int, port: int, env: dict[str, str], log_dir: Path) -> list[common.Child]:
     children = [
         await common.spawn_paw(
@@ -330,7 +320,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         report["floors"] = await measure_floors(args, state, work_dir, runs)
     finally:
         await sandbox_runner.cleanup()
-        await delete_topology(args.amqp, exchange, prefix)
+        await common.delete_topology(args.amqp, exchange, prefix)
         await common.drop_database(args.pg, db_name)
     report["loadavg_at_end"] = os.getloadavg()
     return report

@@ -38,7 +38,6 @@ import asyncpg
 
 from bench import common, profile
 from sandbox import webhook_bodies
-from worker.bus import Topology, undeclare
 
 TERMINAL = ["atomic_verified", "atomic_rejected", "failed", "revoked", "login_required"]
 TARGET = {"items_per_s_at_0ms": 300, "items_per_s_at_100ms": 200, "events_per_s": 1000}
@@ -376,7 +375,7 @@ async def run_latency(
     finally:
         for c in reversed(children):
             await c.stop()
-        await delete_topology(args.amqp, exchange, prefix)
+        await common.delete_topology(args.amqp, exchange, prefix)
         await common.drop_database(args.pg, db)
     return result
 
@@ -500,14 +499,6 @@ async def run_events(
         f"outcomes {outcomes}, worker RSS {rss} MB, cpu {cpu}"
     )
     return result
-
-
-async def delete_topology(amqp_url: str, exchange: str, prefix: str) -> None:
-    conn = await aio_pika.connect(amqp_url)
-    try:
-        await undeclare(await conn.channel(), Topology(exchange=exchange, prefix=prefix))
-    finally:
-        await conn.close()
 
 
 def print_latency(r: dict[str, Any]) -> None:

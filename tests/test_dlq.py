@@ -894,7 +894,7 @@ async def test_purge_takes_only_what_was_confirmed(
         await put_dead(settings, [late])
         return True
 
-    monkeypatch.setattr("worker.cli_dlq._confirm", confirm_while_another_arrives)
+    monkeypatch.setattr("worker.cli_dlq.confirm", confirm_while_another_arrives)
     ran = await paw(settings, capsys, "dlq", "purge", "--code", "INVALID_FIELD")
     assert ran.code == 0 and "purged 2 dead letters" in ran.out
     assert [m.body for m in await queue_messages(settings.amqp_url, services.topo.dead_queue)] == [late.body]

@@ -300,7 +300,7 @@ def channel_message_names(channel: dict[str, Any]) -> set[str]:
 
 
 def test_asyncapi_channels_match_the_topology_and_the_handlers() -> None:
-    topo = Topology()
+    topo = Topology.from_settings(Settings())
     exchange_channels, queue_channels = {}, {}
     for name, channel in asyncapi()["channels"].items():
         amqp = binding(channel)
@@ -344,7 +344,7 @@ def test_dead_letter_headers_are_the_consumers_constants() -> None:
         assert set(headers["properties"]) == constants, key
         assert set(headers["required"]) <= constants
     dead = asyncapi()["channels"]["deadLetters"]
-    assert dead["address"] == Topology().dead_queue
+    assert dead["address"] == Topology.from_settings(Settings()).dead_queue
 
 
 def test_asyncapi_documents_least_privilege_for_upstream_publishers() -> None:
@@ -352,10 +352,11 @@ def test_asyncapi_documents_least_privilege_for_upstream_publishers() -> None:
     perms = re.search(r"set_permissions -p / (\S+) '([^']*)' '([^']*)' '([^']*)'", text)
     assert perms, "the rabbitmqctl set_permissions line"
     user, configure, write, read = perms.groups()
-    exchange = Topology().exchange
+    exchange = Topology.from_settings(Settings()).exchange
     assert configure == "^$" and read == "^$"
     assert re.search(write, exchange) and not any(
-        re.search(write, name) for name in [*Topology().all_queues(), "", exchange + "x"]
+        re.search(write, name)
+        for name in [*Topology.from_settings(Settings()).all_queues(), "", exchange + "x"]
     )
     topic = re.search(rf"set_topic_permissions -p / {re.escape(user)} (\S+) '([^']*)' '([^']*)'", text)
     assert topic, "the rabbitmqctl set_topic_permissions line"

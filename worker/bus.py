@@ -38,9 +38,11 @@ class PublishFailed(PawError):
 
 @dataclasses.dataclass(frozen=True)
 class Topology:
-    exchange: str = "paw.events"
-    prefix: str = "paw"
-    retry_delays_ms: tuple[int, ...] = (1_000, 4_000, 16_000, 64_000, 256_000)
+    """Every broker name, derived from the settings (their defaults are the only ones)."""
+
+    exchange: str
+    prefix: str
+    retry_delays_ms: tuple[int, ...]
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:

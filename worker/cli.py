@@ -11,7 +11,6 @@ import signal
 import sys
 import uuid
 from collections.abc import Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 import aiormq
 import asyncpg
@@ -33,34 +32,11 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 
 
 async def cmd_migrate(s: Settings, _: argparse.Namespace) -> int:
-    from worker.migrate import migrate
+    from worker.migrate import migrate_database
 
-    await ensure_database(s.database_url)
-    conn = await asyncpg.connect(s.database_url)
-    try:
-        applied = await migrate(conn)
-    finally:
-        await conn.close()
+    applied = await migrate_database(s.database_url)
     print(f"migrations applied: {applied or 'none (up to date)'}")
     return 0
-
-
-async def ensure_database(dsn: str) -> None:
-    """Creates the database named in ``dsn`` if it does not exist (local set-ups)."""
-    try:
-        conn = await asyncpg.connect(dsn)
-    except asyncpg.InvalidCatalogNameError:
-        parts = urlsplit(dsn)
-        name = parts.path.lstrip("/")
-        admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        except asyncpg.DuplicateDatabaseError:
-            pass
-        finally:
-            await admin.close()
-        return
-    await conn.close()
 
 
 async def cmd_worker(s: Settings, _: argparse.Namespace) -> int:
@@ -165,8 +141,7 @@ async def cmd_item_forget(s: Settings, args: argparse.Namespace) -> int:
     item_id = uuid.UUID(args.id)
     if not args.yes:
         question = f"Remove Item {item_id} at Plaid and Atomic and destroy its tokens? [y/N] "
-        answer = await asyncio.to_thread(input, question)
-        if answer.strip().lower() not in ("y", "yes"):
+        if not await cli_dlq.confirm(question):
             print("nothing done")
             return 1
     async with open_services(s, "paw-cli-forget", pool_size=2) as svc:

@@ -462,7 +462,7 @@ def _yes(answer: str) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
-async def _confirm(prompt: str) -> bool:
+async def confirm(prompt: str) -> bool:
     """Asks on the terminal. The event loop keeps running while the person thinks (Ctrl-C cancels
     at once); where stdin cannot be watched (a file, or none), it is read directly."""
     try:
@@ -507,7 +507,7 @@ async def cmd_dlq_purge(s: Settings, args: argparse.Namespace) -> int:
         return 0
     console = _console()
     console.print(_table(f"purge from {topo.dead_queue}", picked, now, width=console.width))
-    if not args.yes and not await _confirm(f"Delete these {len(picked)} dead letters for good? [y/N] "):
+    if not args.yes and not await confirm(f"Delete these {len(picked)} dead letters for good? [y/N] "):
         print("nothing purged")
         return 1
     confirmed = {d.key for d in picked}

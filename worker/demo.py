@@ -15,7 +15,6 @@ import uuid
 from dataclasses import dataclass
 
 import aiohttp
-import asyncpg
 import plaid
 from plaid.api import plaid_api
 from plaid.model.products import Products
@@ -26,7 +25,7 @@ from rich.console import Console
 from sandbox.app import SANDBOX, SandboxConfig, SandboxState, serve
 from webhooks.server import start_receiver
 from worker.bus import undeclare
-from worker.migrate import migrate
+from worker.migrate import migrate_database
 from worker.pipeline import token_hash
 from worker.report import history_table, items_table
 from worker.runner import run_worker
@@ -83,8 +82,6 @@ def sandbox_public_token(api: plaid_api.PlaidApi, username: str, webhook: str) -
 async def run_demo(
     base: Settings, *, keep: bool = False, console: Console | None = None, timeout: float = 60
 ) -> int:
-    from worker.cli import ensure_database
-
     console = console or Console(width=None if Console().is_terminal else 150)
     run = uuid.uuid4().hex[:8]
     receiver_port = free_port()
@@ -109,12 +106,7 @@ async def run_demo(
         exchange=f"paw-demo-{run}.events",
         queue_prefix=f"paw-demo-{run}",
     )
-    await ensure_database(s.database_url)
-    conn = await asyncpg.connect(s.database_url)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
+    await migrate_database(s.database_url)
     console.print(
         f"[bold]paw demo[/bold]  sandbox {sandbox_url}  receiver {receiver_url}  exchange {s.exchange}"
     )

@@ -18,10 +18,6 @@ class IllegalTransition(PawError):
     """The state machine does not allow this transition."""
 
 
-class InvalidMessage(PawError):
-    """The message is not valid against its schema."""
-
-
 class TokenSealError(PawError):
     """A sealed token could not be opened with any configured key."""
 

@@ -15,7 +15,7 @@ import structlog
 
 import schemas
 from worker.consumer import Poison, parse_json
-from worker.errors import Deferred, UpstreamError
+from worker.errors import Deferred
 from worker.lifecycle import Decision, decide
 from worker.pipeline import Cause, Pipeline, token_hash
 from worker.states import State, Trigger
@@ -239,11 +239,5 @@ class Handlers:
             log.info("atomic.funding_source_refreshed", funding_source_id=item.atomic_funding_source_id)
         if item.state in (State.EXCHANGED, State.PROCESSOR_TOKEN_ISSUED):
             await self.pipeline.drive(item.id, public_token=None, cause=Cause(cause, event_id))
-        elif item.state is State.REVOKED and item.atomic_funding_source_id and item.atomic_removed_at is None:
-            try:
-                await self.pipeline.atomic.remove_funding_source(item.atomic_funding_source_id)
-            except UpstreamError as e:
-                if e.status != 404:
-                    raise
-            await self.store.mark_atomic_removed(item.id)
-            log.info("atomic.funding_source_removed", funding_source_id=item.atomic_funding_source_id)
+        elif item.state is State.REVOKED:
+            await self.pipeline.remove_funding_source(item)

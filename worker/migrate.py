@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit, urlunsplit
+
 import asyncpg
 import structlog
 
@@ -43,3 +45,31 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_ID)
     return applied_now
+
+
+async def ensure_database(dsn: str) -> None:
+    """Creates the database named in ``dsn`` if it does not exist (local set-ups)."""
+    try:
+        conn = await asyncpg.connect(dsn)
+    except asyncpg.InvalidCatalogNameError:
+        parts = urlsplit(dsn)
+        name = parts.path.lstrip("/")
+        admin = await asyncpg.connect(urlunsplit(parts._replace(path="/postgres")))
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        except asyncpg.DuplicateDatabaseError:
+            pass
+        finally:
+            await admin.close()
+        return
+    await conn.close()
+
+
+async def migrate_database(dsn: str) -> list[int]:
+    """Creates the database if missing and applies what is missing; returns the versions applied now."""
+    await ensure_database(dsn)
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()

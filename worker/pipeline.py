@@ -25,15 +25,10 @@ from worker.errors import Deferred, UpstreamError
 from worker.failures import Kind, classify, needs_login
 from worker.plaid_api import PlaidClient
 from worker.sealing import Sealed, Sealer
-from worker.states import State, Trigger, next_state
+from worker.states import STEPPING, State, Trigger, next_state
 from worker.store import Changes, Item, Store
 
 log = structlog.get_logger(__name__)
-
-# How long a worker may hold an Item between two steps. Renewed before every upstream call, so it
-# only has to outlast one call (bounded by PAW_HTTP_TIMEOUT); a killed worker's Items are free again
-# within this time.
-LEASE_S = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +51,6 @@ DATABASE_UNAVAILABLE = (
     asyncpg.TooManyConnectionsError,
 )
 StepFn = Callable[[Item, str | None], Awaitable[Step]]
-# States the pipeline steps on from by itself.
-STEPPING = frozenset({State.LINK, State.EXCHANGED, State.PROCESSOR_TOKEN_ISSUED})
 
 
 class ItemBusy(Deferred):
@@ -88,8 +81,11 @@ class Pipeline:
         sealer: Sealer,
         plaid: PlaidClient,
         atomic: AtomicClient,
-        lease_s: float = LEASE_S,
+        lease_s: float,
     ) -> None:
+        """``lease_s``: how long this worker may hold an Item between two steps (PAW_ITEM_LEASE_S).
+        Renewed before every upstream call, so it only has to outlast one call; a killed worker's
+        Items are free again within this time."""
         self.lease_s = lease_s
         self.store = store
         self.sealer = sealer
@@ -219,13 +215,7 @@ class Pipeline:
         """``paw item forget``: remove the Item at Plaid and at Atomic, destroy its tokens, keep its
         history for the audit."""
         await self.release_access(item)
-        if item.atomic_funding_source_id and item.atomic_removed_at is None:
-            try:
-                await self.atomic.remove_funding_source(item.atomic_funding_source_id)
-            except UpstreamError as e:
-                if e.status != 404:
-                    raise
-            await self.store.mark_atomic_removed(item.id)
+        await self.remove_funding_source(item)
         if item.state is State.REVOKED:
             return await self.store.get(item.id)
         return await self.store.transition(
@@ -235,6 +225,18 @@ class Pipeline:
             event_id=cause.event_id,
             changes=Changes(destroy_tokens=True),
         )
+
+    async def remove_funding_source(self, item: Item) -> None:
+        """Removes the Item's funding source at Atomic, once (404: gone already) and marks it so."""
+        if not item.atomic_funding_source_id or item.atomic_removed_at is not None:
+            return
+        try:
+            await self.atomic.remove_funding_source(item.atomic_funding_source_id)
+        except UpstreamError as e:
+            if e.status != 404:
+                raise
+        await self.store.mark_atomic_removed(item.id)
+        log.info("atomic.funding_source_removed", funding_source_id=item.atomic_funding_source_id)
 
     async def _fail(self, item: Item, trigger: Trigger, err: UpstreamError, cause: Cause) -> Item | None:
         return await self.store.transition(

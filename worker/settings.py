@@ -202,10 +202,6 @@ REQUIRED_IN_PRODUCTION = (
 )
 
 
-def env_var_for(field: str) -> str:
-    return next(var for var, (f, _) in ENV.items() if f == field)
-
-
 def load(environ: Mapping[str, str], **overrides: object) -> Settings:
     values: dict[str, object] = {}
     for var, (field, parse) in ENV.items():

@@ -11,6 +11,7 @@ from rich.console import Group
 from rich.table import Table
 
 from worker.bus import Topology, declare, queue_depth
+from worker.dlq import human_age
 from worker.queries import query
 from worker.store import Store
 
@@ -77,22 +78,13 @@ def render(status: Status, now: datetime) -> Group:
     for col in ("item id", "state", "waiting", "error"):
         stuck.add_column(col)
     for s in status.stuck:
-        stuck.add_row(str(s["id"]), s["state"], _age(now - s["updated_at"]), s["error_code"] or "")
+        stuck.add_row(str(s["id"]), s["state"], human_age(now - s["updated_at"]), s["error_code"] or "")
     if not status.stuck:
         stuck.add_row("none", "", "", "")
     last = status.last_webhook
     footer = (
-        f"Last webhook: {last['routing_key']} ({last['outcome']}) {_age(now - last['received_at'])} ago"
+        f"Last webhook: {last['routing_key']} ({last['outcome']}) {human_age(now - last['received_at'])} ago"
         if last
         else "Last webhook: none received yet"
     )
     return Group(queues, items, stuck, footer)
-
-
-def _age(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
