@@ -27,8 +27,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from sandbox.app import SandboxConfig
-from tests.conftest import Sandbox, eventually, services_for
-from tests.test_pipeline import new_public_token, submit_amqp
+from tests.helpers import Sandbox, eventually, new_public_token, services_for, submit_amqp
 from worker.bus import PublishFailed
 from worker.runner import run_worker
 from worker.services import Services

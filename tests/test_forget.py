@@ -10,9 +10,16 @@ import pytest
 from plaid.model.accounts_get_request import AccountsGetRequest
 
 from sandbox.app import SandboxConfig
-from tests.conftest import RunningWorker, Sandbox, run_paw
-from tests.test_lifecycle import access_token_of
-from tests.test_pipeline import new_public_token, plaid_api_for, settled, submit_amqp
+from tests.helpers import (
+    RunningWorker,
+    Sandbox,
+    access_token_of,
+    new_public_token,
+    plaid_api_for,
+    run_paw,
+    settled,
+    submit_amqp,
+)
 from worker.services import Services
 from worker.settings import Settings
 from worker.states import State
@@ -69,7 +76,7 @@ async def test_an_item_that_fails_after_exchange_keeps_no_live_access(
         got = await services.store.get(item.id)
         return got is not None and got.access_token is None
 
-    from tests.conftest import eventually
+    from tests.helpers import eventually
 
     await eventually(tokens_gone)
     assert "INVALID_ACCESS_TOKEN" in await access_revoked_at_plaid(

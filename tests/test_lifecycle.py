@@ -19,8 +19,18 @@ import asyncpg
 import pytest
 
 from sandbox.app import SandboxConfig
-from tests.conftest import RunningWorker, Sandbox, eventually, queue_messages
-from tests.test_pipeline import TOKEN_PATTERNS, all_cells, new_public_token, settled, submit_amqp
+from tests.helpers import (
+    TOKEN_PATTERNS,
+    RunningWorker,
+    Sandbox,
+    access_token_of,
+    all_cells,
+    eventually,
+    new_public_token,
+    queue_messages,
+    settled,
+    submit_amqp,
+)
 from worker.lifecycle import decide
 from worker.runner import run_worker
 from worker.services import Services
@@ -160,11 +170,6 @@ async def verified_item(
         State.AWAITING_VERIFICATION if username == "user_automated_microdeposits" else State.ATOMIC_VERIFIED
     )
     return await settled(services, token, want)
-
-
-def access_token_of(sandbox: Sandbox, plaid_item_id: str) -> str:
-    ledger = sandbox.state.plaid
-    return next(t for t, it in ledger._access.items() if it.item_id == plaid_item_id)
 
 
 async def state_of(services: Services, item: Item, *states: State) -> Item:

@@ -96,7 +96,7 @@ async def test_requests_in_flight_beyond_the_bound_get_503(limited: tuple[str, R
     async def both_held() -> bool:
         return rx.in_flight is not None and rx.in_flight.now == 2
 
-    from tests.conftest import eventually
+    from tests.helpers import eventually
 
     await eventually(both_held)
     async with aiohttp.ClientSession() as http, http.get(f"{url}/healthz") as r:

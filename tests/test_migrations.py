@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 import schemas
-from tests.conftest import _drop, _with_db
+from tests.helpers import drop_database, with_database
 from worker.migrate import migrate
 from worker.queries import queries
 
@@ -24,8 +24,8 @@ async def empty_db(service_urls: tuple[str, str]) -> AsyncIterator[str]:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
-    yield _with_db(admin_dsn, name)
-    await _drop(admin_dsn, name)
+    yield with_database(admin_dsn, name)
+    await drop_database(admin_dsn, name)
 
 
 def test_versions_are_unique_and_every_file_is_a_migration() -> None:

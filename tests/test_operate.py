@@ -13,8 +13,16 @@ import aiohttp
 import pytest
 
 from sandbox.app import SandboxConfig
-from tests.conftest import Sandbox, eventually, free_port, paw_env, run_paw
-from tests.test_pipeline import new_public_token, settled, submit_amqp
+from tests.helpers import (
+    Sandbox,
+    eventually,
+    free_port,
+    new_public_token,
+    paw_env,
+    run_paw,
+    settled,
+    submit_amqp,
+)
 from worker.runner import run_worker
 from worker.services import Services
 from worker.settings import Settings

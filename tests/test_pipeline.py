@@ -11,16 +11,25 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-import plaid
 import pytest
-from plaid.api import plaid_api
 from structlog.testing import capture_logs
 
 from sandbox.app import SandboxConfig
-from tests.conftest import RunningWorker, Sandbox, eventually, queue_messages
+from tests.helpers import (
+    TOKEN_PATTERNS,
+    RunningWorker,
+    Sandbox,
+    all_cells,
+    eventually,
+    new_public_token,
+    plaid_api_for,
+    queue_messages,
+    settled,
+    submit_amqp,
+    submit_http,
+)
 from worker.atomic_api import AtomicClient, FundingSource
 from worker.consumer import H_ATTEMPTS, H_ERROR_CLASS, H_ERROR_MESSAGE, H_ROUTING_KEY
-from worker.demo import sandbox_public_token
 from worker.pipeline import token_hash
 from worker.runner import run_worker
 from worker.services import Services, open_services
@@ -28,54 +37,10 @@ from worker.settings import Settings
 from worker.states import State
 from worker.store import Item
 
-TOKEN_PATTERNS = (b"access-sandbox-", b"processor-sandbox-", b"public-sandbox-")
-
 
 @pytest.fixture
 def sandbox_config(sandbox_config_for_receiver: SandboxConfig) -> SandboxConfig:
     return sandbox_config_for_receiver
-
-
-def plaid_api_for(sandbox: Sandbox) -> plaid_api.PlaidApi:
-    config = plaid.Configuration(
-        host=sandbox.url,
-        api_key={
-            "clientId": sandbox.config.client_id,
-            "secret": sandbox.config.secret,
-            "plaidVersion": "2020-09-14",
-        },
-    )
-    return plaid_api.PlaidApi(plaid.ApiClient(config))
-
-
-async def new_public_token(
-    sandbox: Sandbox, username: str = "user_good", webhook: str = "http://127.0.0.1:9/x"
-) -> str:
-    return await asyncio.to_thread(sandbox_public_token, plaid_api_for(sandbox), username, webhook)
-
-
-async def submit_http(
-    url: str, settings: Settings, body: Any, *, raw: bytes | None = None, auth: bool = True
-) -> tuple[int, dict[str, Any]]:
-    headers = {"Authorization": f"Bearer {settings.api_keys[0]}"} if auth else {}
-    async with aiohttp.ClientSession() as http:
-        data = raw if raw is not None else json.dumps(body).encode()
-        async with http.post(f"{url}/v1/items", data=data, headers=headers) as resp:
-            return resp.status, await resp.json(content_type=None)
-
-
-async def submit_amqp(services: Services, body: dict[str, Any] | bytes) -> None:
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    await services.publisher.publish("item.link", raw, message_id=str(uuid.uuid4()))
-
-
-async def settled(services: Services, public_token: str, *states: State) -> Item:
-    async def check() -> Item | None:
-        item = await services.store.get_by_token_hash(token_hash(public_token))
-        return item if item is not None and item.state in states else None
-
-    result: Item = await eventually(check)
-    return result
 
 
 async def test_happy_path_over_http_reaches_atomic_verified(
@@ -213,22 +178,6 @@ async def test_redelivery_after_a_crash_creates_no_second_funding_source(
         await task2
     assert sandbox.state.atomic_submissions(str(done.id)) == 2  # the redelivery really called Atomic again
     assert sandbox.state.atomic_funding_sources(str(done.id)) == 1
-
-
-async def all_cells(database_url: str) -> list[tuple[str, str, Any]]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        tables = [
-            r["tablename"]
-            for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname='public'")
-        ]
-        cells = []
-        for t in tables:
-            for row in await conn.fetch(f'SELECT * FROM "{t}"'):
-                cells += [(t, k, v) for k, v in row.items()]
-        return cells
-    finally:
-        await conn.close()
 
 
 async def test_database_holds_no_plaintext_token(

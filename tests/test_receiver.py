@@ -25,7 +25,7 @@ from structlog.testing import capture_logs
 import schemas
 from sandbox import webhook_bodies
 from sandbox.signing import SigningKey, new_signing_key, plaid_verification_jwt
-from tests.conftest import BrokerControl, Sandbox, eventually, queue_messages
+from tests.helpers import BrokerControl, Sandbox, eventually, queue_messages
 from webhooks.app import RECEIVER, Receiver
 from webhooks.server import start_receiver
 from worker.services import Services

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from sandbox.app import SandboxConfig
-from tests.conftest import RunningWorker, Sandbox
-from tests.test_pipeline import new_public_token, settled, submit_amqp
+from tests.helpers import RunningWorker, Sandbox, new_public_token, settled, submit_amqp
 from worker.services import Services
 from worker.states import State
 

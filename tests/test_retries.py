@@ -14,8 +14,15 @@ from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from sandbox.app import SandboxConfig
-from tests.conftest import RunningWorker, Sandbox, eventually, queue_messages
-from tests.test_pipeline import new_public_token, settled, submit_amqp
+from tests.helpers import (
+    RunningWorker,
+    Sandbox,
+    eventually,
+    new_public_token,
+    queue_messages,
+    settled,
+    submit_amqp,
+)
 from worker.consumer import (
     H_ATTEMPTS,
     H_ERROR_CLASS,

@@ -12,8 +12,7 @@ import plaid
 import pytest
 import structlog
 
-from tests.conftest import paw_env, queue_messages
-from tests.test_pipeline import all_cells
+from tests.helpers import all_cells, paw_env, queue_messages
 from worker import logs
 from worker.settings import Settings
 

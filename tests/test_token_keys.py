@@ -10,8 +10,7 @@ import os
 import pytest
 
 from sandbox.app import SandboxConfig
-from tests.conftest import Sandbox, run_paw
-from tests.test_pipeline import new_public_token, settled, submit_amqp
+from tests.helpers import Sandbox, new_public_token, run_paw, settled, submit_amqp
 from worker.errors import TokenSealError
 from worker.pipeline import aad
 from worker.runner import run_worker

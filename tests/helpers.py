@@ -1,0 +1,265 @@
+"""Plain helpers the tests share (fixtures live in conftest.py): polling with a deadline, reading
+queues, running ``paw`` as a subprocess, driving the sandbox, submitting Items."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import socket
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aio_pika
+import aiohttp
+import asyncpg
+import plaid
+from plaid.api import plaid_api
+
+from sandbox.app import SandboxConfig
+from sandbox.state import SandboxState
+from worker.bus import undeclare
+from worker.demo import sandbox_public_token
+from worker.pipeline import token_hash
+from worker.services import Services, open_services
+from worker.settings import Settings
+from worker.states import State
+from worker.store import Item
+
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def service_answers(url: str, default_port: int) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def with_database(dsn: str, name: str) -> str:
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+
+
+async def drop_database(admin_dsn: str, name: str) -> None:
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@dataclasses.dataclass
+class Sandbox:
+    url: str
+    state: SandboxState
+    config: SandboxConfig
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.asynccontextmanager
+async def services_for(settings: Settings, name: str) -> AsyncIterator[Services]:
+    """Services for a test; the test's queues and exchange are deleted afterwards."""
+    async with open_services(settings, name) as svc:
+        try:
+            yield svc
+        finally:
+            channel = await svc.connection.channel()
+            await undeclare(channel, svc.topo)
+            await channel.close()
+
+
+@dataclasses.dataclass
+class RunningWorker:
+    stop: asyncio.Event
+    task: asyncio.Task[dict[str, int]]
+
+    async def shutdown(self) -> dict[str, int]:
+        self.stop.set()
+        return await self.task
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any]], *, timeout: float = 15.0, interval: float = 0.02
+) -> Any:
+    """Polls ``check`` until it returns something truthy, or fails the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
+        await asyncio.sleep(interval)
+
+
+async def queue_messages(amqp_url: str, queue: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Takes every message currently on ``queue`` (acking them)."""
+    conn = await aio_pika.connect(amqp_url)
+    try:
+        channel = await conn.channel()
+        q = await channel.get_queue(queue, ensure=False)
+        out = []
+        while True:
+            msg = await q.get(fail=False, no_ack=True)
+            if msg is None:
+                return out
+            out.append(msg)
+    finally:
+        await conn.close()
+
+
+@dataclasses.dataclass
+class BrokerControl:
+    """Stops and starts the local RabbitMQ application (``rabbitmqctl stop_app``/``start_app``)."""
+
+    amqp_url: str
+    stopped: bool = False
+
+    async def _ctl(self, *args: str) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            "rabbitmqctl", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {out.decode(errors='replace')[-500:]}")
+
+    async def stop(self) -> None:
+        self.stopped = True
+        await self._ctl("stop_app")
+
+    async def start(self) -> None:
+        """Starts the broker and returns once it accepts AMQP connections again."""
+        await self._ctl("start_app")
+        await self._ctl("await_startup")
+
+        async def amqp_answers() -> bool:
+            if not await asyncio.to_thread(service_answers, self.amqp_url, 5672):
+                return False
+            try:
+                conn = await aio_pika.connect(self.amqp_url, timeout=5)
+            except Exception:
+                return False
+            await conn.close()
+            return True
+
+        await eventually(amqp_answers, timeout=60, interval=0.2)
+        self.stopped = False
+
+
+def paw_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment a ``paw`` subprocess needs to work on this test's database, broker names and
+    sandbox."""
+    return {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "AMQP_URL": settings.amqp_url,
+        "PLAID_BASE_URL": settings.plaid_base_url,
+        "ATOMIC_BASE_URL": settings.atomic_base_url,
+        "PAW_EXCHANGE": settings.exchange,
+        "PAW_QUEUE_PREFIX": settings.queue_prefix,
+        "PAW_RETRY_BASE_MS": str(settings.retry_base_ms),
+        "PAW_RETRY_BUDGET": str(settings.retry_budget),
+        "PAW_LOG_FORMAT": "json",
+        **extra,
+    }
+
+
+async def run_paw(
+    settings: Settings, *args: str, timeout: float = 60, **env: str
+) -> tuple[int, bytes, bytes]:
+    """Runs ``paw <args>`` to completion; returns (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker.cli",
+        *args,
+        env=paw_env(settings, **env),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out, err
+
+
+TOKEN_PATTERNS = (b"access-sandbox-", b"processor-sandbox-", b"public-sandbox-")
+
+
+def plaid_api_for(sandbox: Sandbox) -> plaid_api.PlaidApi:
+    config = plaid.Configuration(
+        host=sandbox.url,
+        api_key={
+            "clientId": sandbox.config.client_id,
+            "secret": sandbox.config.secret,
+            "plaidVersion": "2020-09-14",
+        },
+    )
+    return plaid_api.PlaidApi(plaid.ApiClient(config))
+
+
+async def new_public_token(
+    sandbox: Sandbox, username: str = "user_good", webhook: str = "http://127.0.0.1:9/x"
+) -> str:
+    return await asyncio.to_thread(sandbox_public_token, plaid_api_for(sandbox), username, webhook)
+
+
+async def submit_http(
+    url: str, settings: Settings, body: Any, *, raw: bytes | None = None, auth: bool = True
+) -> tuple[int, dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {settings.api_keys[0]}"} if auth else {}
+    async with aiohttp.ClientSession() as http:
+        data = raw if raw is not None else json.dumps(body).encode()
+        async with http.post(f"{url}/v1/items", data=data, headers=headers) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+
+async def submit_amqp(services: Services, body: dict[str, Any] | bytes) -> None:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    await services.publisher.publish("item.link", raw, message_id=str(uuid.uuid4()))
+
+
+async def settled(services: Services, public_token: str, *states: State) -> Item:
+    async def check() -> Item | None:
+        item = await services.store.get_by_token_hash(token_hash(public_token))
+        return item if item is not None and item.state in states else None
+
+    result: Item = await eventually(check)
+    return result
+
+
+async def all_cells(database_url: str) -> list[tuple[str, str, Any]]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        tables = [
+            r["tablename"]
+            for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname='public'")
+        ]
+        cells = []
+        for t in tables:
+            for row in await conn.fetch(f'SELECT * FROM "{t}"'):
+                cells += [(t, k, v) for k, v in row.items()]
+        return cells
+    finally:
+        await conn.close()
+
+
+def access_token_of(sandbox: Sandbox, plaid_item_id: str) -> str:
+    ledger = sandbox.state.plaid
+    return next(t for t, it in ledger._access.items() if it.item_id == plaid_item_id)
