@@ -26,11 +26,10 @@ from sandbox.app import SandboxConfig
 from sandbox.state import SandboxState
 from worker.bus import undeclare
 from worker.demo import sandbox_public_token
-from worker.pipeline import token_hash
+from worker.items.model import Item, token_hash
 from worker.services import Services, open_services
 from worker.settings import Settings
 from worker.states import State
-from worker.store import Item
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 

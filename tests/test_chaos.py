@@ -28,7 +28,7 @@ from structlog.testing import capture_logs
 
 from sandbox.app import SandboxConfig
 from tests.helpers import Sandbox, eventually, new_public_token, services_for, submit_amqp
-from worker.bus import PublishFailed
+from worker.errors import PublishFailed
 from worker.runner import run_worker
 from worker.services import Services
 from worker.settings import Settings

@@ -7,7 +7,7 @@ import pytest
 from worker.accounts import choose_account
 from worker.errors import SettingsError, TokenSealError, UpstreamError
 from worker.failures import Kind, classify, needs_login
-from worker.plaid_api import Account
+from worker.items.model import Account
 from worker.redact import redact, redact_text
 from worker.retry import retry_decision
 from worker.sealing import Sealer

@@ -32,7 +32,10 @@ from tests.helpers import (
 )
 from worker import dlq
 from worker.cli import build_parser, command_name
-from worker.consumer import (
+from worker.dlq import DeadLetter, Filters
+from worker.errors import DlqError
+from worker.items.model import token_hash
+from worker.messages import (
     H_ATTEMPTS,
     H_ERROR_CLASS,
     H_ERROR_CODE,
@@ -44,8 +47,6 @@ from worker.consumer import (
     H_REQUEST_ID,
     H_ROUTING_KEY,
 )
-from worker.dlq import DeadLetter, DlqError, Filters
-from worker.pipeline import token_hash
 from worker.runner import run_worker
 from worker.services import Services
 from worker.settings import Settings

@@ -11,8 +11,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.consumer import Poison, parse_json
-from worker.handlers import schema_for, validated
+from worker.errors import Poison
+from worker.messages import parse_json, schema_for, validated
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=50),

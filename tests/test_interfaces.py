@@ -23,9 +23,9 @@ from openapi_spec_validator import validate as validate_openapi
 
 import schemas
 from webhooks.app import Receiver, create_app
-from worker import consumer
+from worker import messages as message_contract
 from worker.bus import Topology
-from worker.handlers import schema_for
+from worker.messages import schema_for
 from worker.settings import Settings
 from worker.states import State
 
@@ -335,8 +335,8 @@ def test_asyncapi_channels_match_the_topology_and_the_handlers() -> None:
     assert concrete <= set(topo.all_queues())
 
 
-def test_dead_letter_headers_are_the_consumers_constants() -> None:
-    constants = {v for k, v in vars(consumer).items() if k.startswith("H_") and isinstance(v, str)}
+def test_dead_letter_headers_are_the_message_constants() -> None:
+    constants = {v for k, v in vars(message_contract).items() if k.startswith("H_") and isinstance(v, str)}
     assert len(constants) >= 9
     messages = asyncapi()["components"]["messages"]
     for key in ("deadLetter", "retry"):

@@ -31,12 +31,12 @@ from tests.helpers import (
     settled,
     submit_amqp,
 )
+from worker.items.model import Item
 from worker.lifecycle import decide
 from worker.runner import run_worker
 from worker.services import Services
 from worker.settings import Settings
 from worker.states import LINKED, TRANSITIONS, State, Trigger, next_state
-from worker.store import Item
 
 NOW = 1_800_000_000
 

@@ -29,13 +29,12 @@ from tests.helpers import (
     submit_http,
 )
 from worker.atomic_api import AtomicClient, FundingSource
-from worker.consumer import H_ATTEMPTS, H_ERROR_CLASS, H_ERROR_MESSAGE, H_ROUTING_KEY
-from worker.pipeline import token_hash
+from worker.items.model import Item, token_hash
+from worker.messages import H_ATTEMPTS, H_ERROR_CLASS, H_ERROR_MESSAGE, H_ROUTING_KEY
 from worker.runner import run_worker
 from worker.services import Services, open_services
 from worker.settings import Settings
 from worker.states import State
-from worker.store import Item
 
 
 @pytest.fixture

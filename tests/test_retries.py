@@ -23,7 +23,9 @@ from tests.helpers import (
     settled,
     submit_amqp,
 )
-from worker.consumer import (
+from worker.dlq import DeadLetter
+from worker.items.model import token_hash
+from worker.messages import (
     H_ATTEMPTS,
     H_ERROR_CLASS,
     H_ERROR_CODE,
@@ -34,8 +36,6 @@ from worker.consumer import (
     H_REQUEST_ID,
     H_ROUTING_KEY,
 )
-from worker.dlq import DeadLetter
-from worker.pipeline import token_hash
 from worker.services import Services
 from worker.settings import Settings
 from worker.states import State

@@ -12,7 +12,7 @@ import pytest
 from sandbox.app import SandboxConfig
 from tests.helpers import Sandbox, new_public_token, run_paw, settled, submit_amqp
 from worker.errors import TokenSealError
-from worker.pipeline import aad
+from worker.items.model import aad
 from worker.runner import run_worker
 from worker.sealing import Sealer
 from worker.services import Services, open_services

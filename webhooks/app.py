@@ -26,11 +26,10 @@ from webhooks.limits import InFlight, TokenBuckets
 from webhooks.verification import VerificationError, VerifiedWebhook, unverified_kid, verify
 from worker import metrics
 from worker.atomic_api import SIGNATURE_HEADER, signature_valid
-from worker.bus import Publisher, PublishFailed
-from worker.consumer import MAX_JSON_DEPTH, Poison, json_depth
-from worker.errors import PawError
-from worker.handlers import validated
-from worker.pipeline import token_hash
+from worker.bus import Publisher
+from worker.errors import PawError, Poison, PublishFailed
+from worker.items.model import token_hash
+from worker.messages import MAX_JSON_DEPTH, json_depth, validated
 from worker.settings import Settings
 from worker.store import Store
 

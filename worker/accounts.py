@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from worker.plaid_api import Account
+from worker.items.model import Account
 
 PENDING_VERIFICATION = frozenset({"pending_automatic_verification", "pending_manual_verification"})
 UNUSABLE_VERIFICATION = frozenset({"verification_expired", "verification_failed"})

@@ -26,14 +26,10 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from worker.errors import PawError
+from worker.errors import PublishFailed
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-
-class PublishFailed(PawError):
-    """The broker did not confirm the message."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -135,7 +135,7 @@ async def cmd_item_expiring(s: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_item_forget(s: Settings, args: argparse.Namespace) -> int:
-    from worker.pipeline import Cause
+    from worker.items.model import Cause
     from worker.services import open_services
 
     item_id = uuid.UUID(args.id)

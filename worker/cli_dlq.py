@@ -27,7 +27,8 @@ from rich.table import Table
 import schemas
 from worker import dlq
 from worker.bus import Publisher, Topology, connect
-from worker.dlq import DeadLetter, DlqError, Filters, Held
+from worker.dlq import DeadLetter, Filters, Held
+from worker.errors import DlqError
 from worker.settings import Settings
 from worker.store import Store, create_pool
 

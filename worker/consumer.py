@@ -14,7 +14,6 @@ confirmed; if that publish fails the message is nacked back onto its queue, so n
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -24,31 +23,28 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from worker import metrics
-from worker.bus import Publisher, PublishFailed, Topology
-from worker.errors import Deferred, PawError, UpstreamError
+from worker.bus import Publisher, Topology
+from worker.errors import Deferred, PawError, Poison, PublishFailed, UpstreamError
 from worker.failures import Kind, classify
+from worker.messages import (
+    H_ATTEMPTS,
+    H_DEFERRALS,
+    H_ERROR_CLASS,
+    H_ERROR_CODE,
+    H_ERROR_MESSAGE,
+    H_FIRST_FAILURE,
+    H_LAST_FAILURE,
+    H_QUEUE,
+    H_REQUEST_ID,
+    H_ROUTING_KEY,
+)
 from worker.redact import redact_text
 from worker.retry import retry_decision
 
 log = structlog.get_logger(__name__)
 
-H_ROUTING_KEY = "x-paw-routing-key"
-H_ATTEMPTS = "x-paw-attempts"
-H_FIRST_FAILURE = "x-paw-first-failure"
-H_LAST_FAILURE = "x-paw-last-failure"
-H_ERROR_CLASS = "x-paw-error-class"
-H_ERROR_MESSAGE = "x-paw-error-message"
-H_ERROR_CODE = "x-paw-error-code"
-H_REQUEST_ID = "x-paw-request-id"
-H_QUEUE = "x-paw-queue"
-H_REPLAYS = "x-paw-replays"
-H_DEFERRALS = "x-paw-deferrals"
 # A message deferred this often (Item busy, event ahead of its Item) is dead-lettered after all.
 MAX_DEFERRALS = 100
-
-
-class Poison(PawError):
-    """The message can never be processed as it is."""
 
 
 Handler = Callable[[str, bytes, str | None], Awaitable[None]]
@@ -72,35 +68,6 @@ def original_routing_key(message: AbstractIncomingMessage) -> str:
 def _int_header(message: AbstractIncomingMessage, name: str) -> int:
     value = (message.headers or {}).get(name)
     return value if isinstance(value, int) and value >= 0 else 0
-
-
-MAX_JSON_DEPTH = 32
-
-
-def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
-    """How deeply ``value`` nests, counting up to ``limit + 1`` (iterative: no recursion to exhaust)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict | list):
-            deepest = max(deepest, depth)
-            if deepest > limit:
-                return deepest
-            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
-    return deepest
-
-
-def parse_json(body: bytes) -> Any:
-    """Parses untrusted JSON; anything unparseable or nested deeper than ``MAX_JSON_DEPTH`` is poison."""
-    try:
-        data = json.loads(body)
-    except RecursionError:
-        raise Poison(f"body nests deeper than {MAX_JSON_DEPTH} levels") from None
-    except (UnicodeDecodeError, ValueError) as e:
-        raise Poison(f"body is not JSON: {e}") from None
-    if json_depth(data) > MAX_JSON_DEPTH:
-        raise Poison(f"body nests deeper than {MAX_JSON_DEPTH} levels")
-    return data
 
 
 class Consumer:

@@ -25,14 +25,14 @@ from rich.console import Console
 from sandbox.app import SANDBOX, SandboxConfig, SandboxState, serve
 from webhooks.server import start_receiver
 from worker.bus import undeclare
+from worker.items.model import Item, token_hash
 from worker.migrate import migrate_database
-from worker.pipeline import token_hash
 from worker.report import history_table, items_table
 from worker.runner import run_worker
 from worker.services import open_services
 from worker.settings import Settings
 from worker.states import State
-from worker.store import Item, Store
+from worker.store import Store
 
 INSTITUTION = "ins_109508"
 

@@ -59,8 +59,9 @@ import asyncpg
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from worker.bus import Publisher, PublishFailed, Topology, queue_depth
-from worker.consumer import (
+from worker.bus import Publisher, Topology, queue_depth
+from worker.errors import DlqError, PublishFailed
+from worker.messages import (
     H_ATTEMPTS,
     H_ERROR_CLASS,
     H_ERROR_CODE,
@@ -72,7 +73,6 @@ from worker.consumer import (
     H_REQUEST_ID,
     H_ROUTING_KEY,
 )
-from worker.errors import PawError
 from worker.queries import query
 from worker.redact import redact
 
@@ -100,10 +100,6 @@ FAILURE_HEADERS = frozenset(
     }
 )
 BROKER_HEADER_PREFIXES = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
-
-
-class DlqError(PawError):
-    """The dead-letter command could not do what was asked."""
 
 
 # -- Pure: what a dead letter is ---------------------------------------------------------------

@@ -50,3 +50,23 @@ class UpstreamError(PawError):
         self.error_type = error_type
         self.request_id = request_id
         self.retry_after = retry_after
+
+
+class PublishFailed(PawError):
+    """The broker did not confirm the message."""
+
+
+class EventTooEarly(Deferred):
+    """The event is about a step the Item has not committed yet; it is retried later."""
+
+
+class DlqError(PawError):
+    """The dead-letter command could not do what was asked."""
+
+
+class Poison(PawError):
+    """The message can never be processed as it is."""
+
+
+class ItemBusy(Deferred):
+    """Another worker is driving this Item right now; try again when its lease ends."""

@@ -13,13 +13,13 @@ from typing import Any
 import asyncpg
 import structlog
 
-import schemas
-from worker.consumer import Poison, parse_json
-from worker.errors import Deferred
+from worker.errors import EventTooEarly, Poison
+from worker.items.model import Cause, Changes, Item, token_hash
 from worker.lifecycle import Decision, decide
-from worker.pipeline import Cause, Pipeline, token_hash
+from worker.messages import schema_for, validated
+from worker.pipeline import Pipeline
 from worker.states import State, Trigger
-from worker.store import Changes, Item, Store
+from worker.store import Store
 
 FINAL_ERRORS = frozenset({Trigger.FAILED, Trigger.REVOKED})
 # States in which Atomic holds a funding source worth refreshing.
@@ -28,33 +28,8 @@ LIVE_SOURCE = frozenset({State.ATOMIC_PENDING, State.ATOMIC_VERIFIED})
 log = structlog.get_logger(__name__)
 
 
-class EventTooEarly(Deferred):
-    """The event is about a step the Item has not committed yet; it is retried later."""
-
-
 class Duplicate(Exception):
     """Raised inside a transaction to roll it back when the inbox already holds the event."""
-
-
-def validated(schema_name: str, body: bytes) -> dict[str, Any]:
-    data = parse_json(body)
-    violation = schemas.first_violation(schema_name, data)
-    if violation is not None:
-        raise Poison(f"{schema_name} schema: {violation.path}: {violation.message[:300]}")
-    assert isinstance(data, dict)
-    return data
-
-
-def schema_for(routing_key: str) -> str | None:
-    if routing_key == "item.link":
-        return "item.link"
-    if routing_key == "item.drive":
-        return "item.drive"
-    if routing_key.startswith("webhook.plaid."):
-        return "webhook.plaid"
-    if routing_key.startswith("webhook.atomic."):
-        return "webhook.atomic"
-    return None
 
 
 class Handlers:

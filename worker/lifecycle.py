@@ -11,8 +11,8 @@ import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from worker.items.model import Item
 from worker.states import LINKED, State, Trigger
-from worker.store import Item
 
 PENDING_DISCONNECT_NOTICE = timedelta(days=7)  # Plaid sends PENDING_DISCONNECT 7 days ahead
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -21,12 +20,13 @@ import structlog
 
 from worker.accounts import choose_account
 from worker.atomic_api import AtomicClient
-from worker.errors import Deferred, UpstreamError
+from worker.errors import ItemBusy, UpstreamError
 from worker.failures import Kind, classify, needs_login
+from worker.items.model import NO_CHANGES, Cause, Changes, Item, aad
 from worker.plaid_api import PlaidClient
 from worker.sealing import Sealed, Sealer
 from worker.states import STEPPING, State, Trigger, next_state
-from worker.store import Changes, Item, Store
+from worker.store import Store
 
 log = structlog.get_logger(__name__)
 
@@ -37,7 +37,7 @@ class Step:
 
     trigger: Trigger
     detail: dict[str, object]
-    changes: Changes = Changes()  # noqa: RUF009 - frozen, shared safely
+    changes: Changes = NO_CHANGES
 
 
 # How long a step waits for the database to commit what an upstream call already did.
@@ -51,26 +51,6 @@ DATABASE_UNAVAILABLE = (
     asyncpg.TooManyConnectionsError,
 )
 StepFn = Callable[[Item, str | None], Awaitable[Step]]
-
-
-class ItemBusy(Deferred):
-    """Another worker is driving this Item right now; try again when its lease ends."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Cause:
-    """Why a transition happened: the routing key and event that caused it."""
-
-    name: str
-    event_id: str | None = None
-
-
-def token_hash(public_token: str) -> str:
-    return hashlib.sha256(public_token.encode()).hexdigest()
-
-
-def aad(item_id: uuid.UUID, column: str) -> str:
-    return f"items/{item_id}/{column}"
 
 
 class Pipeline:

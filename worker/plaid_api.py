@@ -28,6 +28,7 @@ from plaid.model.webhook_verification_key_get_request import WebhookVerification
 
 from worker import metrics
 from worker.errors import UpstreamError
+from worker.items.model import Account
 
 log = structlog.get_logger(__name__)
 
@@ -40,15 +41,6 @@ class Exchange:
     access_token: str
     item_id: str
     request_id: str
-
-
-@dataclass(frozen=True)
-class Account:
-    account_id: str
-    type: str
-    subtype: str | None
-    verification_status: str | None
-    mask: str | None
 
 
 class MalformedResponse(Exception):

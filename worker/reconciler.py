@@ -11,8 +11,9 @@ import structlog
 
 from worker.atomic_api import AtomicClient
 from worker.errors import UpstreamError
+from worker.items.model import Item
 from worker.states import Trigger
-from worker.store import Item, Store
+from worker.store import Store
 
 log = structlog.get_logger(__name__)
 

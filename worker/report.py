@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from worker.store import HistoryEntry, Item
+from worker.items.model import HistoryEntry, Item
 
 
 def history_table(history: Sequence[HistoryEntry]) -> Table:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
-from worker.pipeline import aad
+from worker.items.model import aad
 from worker.queries import query
 from worker.sealing import Sealed, Sealer
 

@@ -1,0 +1,1 @@
+"""The Item: its states, rules, row and pipeline. No broker, no HTTP."""

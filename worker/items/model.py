@@ -1,0 +1,162 @@
+"""The Item as plain values: its row, the columns a transition sets, a history entry, and the keys
+derived from it (the public token's hash, the associated data that binds a sealed token to its row)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from worker.sealing import Sealed
+from worker.states import State
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    id: uuid.UUID
+    client_user_id: str
+    state: State
+    resume_state: State | None
+    requested_account_id: str | None
+    plaid_item_id: str | None
+    account_id: str | None
+    access_token: Sealed | None
+    processor_token: Sealed | None
+    atomic_funding_source_id: str | None
+    error_code: str | None
+    error_type: str | None
+    error_message: str | None
+    plaid_request_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    version: int
+    login_changed_at: int | None = None
+    consent_expires_at: datetime | None = None
+    disconnect_at: datetime | None = None
+    disconnect_reason: str | None = None
+    atomic_removed_at: datetime | None = None
+    atomic_refresh_needed_at: datetime | None = None
+
+    @classmethod
+    def from_record(cls, r: Mapping[str, Any]) -> Item:
+        def sealed(prefix: str) -> Sealed | None:
+            blob = r[f"{prefix}_sealed"]
+            return None if blob is None else Sealed(r[f"{prefix}_key_id"], bytes(blob))
+
+        return cls(
+            id=r["id"],
+            client_user_id=r["client_user_id"],
+            state=State(r["state"]),
+            resume_state=State(r["resume_state"]) if r["resume_state"] else None,
+            requested_account_id=r["requested_account_id"],
+            plaid_item_id=r["plaid_item_id"],
+            account_id=r["account_id"],
+            access_token=sealed("access_token"),
+            processor_token=sealed("processor_token"),
+            atomic_funding_source_id=r["atomic_funding_source_id"],
+            error_code=r["error_code"],
+            error_type=r["error_type"],
+            error_message=r["error_message"],
+            plaid_request_id=r["plaid_request_id"],
+            created_at=r["created_at"],
+            updated_at=r["updated_at"],
+            version=r["version"],
+            login_changed_at=r["login_changed_at"],
+            consent_expires_at=r["consent_expires_at"],
+            disconnect_at=r["disconnect_at"],
+            disconnect_reason=r["disconnect_reason"],
+            atomic_removed_at=r["atomic_removed_at"],
+            atomic_refresh_needed_at=r["atomic_refresh_needed_at"],
+        )
+
+    def public(self) -> dict[str, Any]:
+        """What the HTTP API and the CLI show: never a token, sealed or not."""
+        return {
+            "id": str(self.id),
+            "state": self.state.value,
+            "client_user_id": self.client_user_id,
+            "plaid_item_id": self.plaid_item_id,
+            "account_id": self.account_id,
+            "atomic_funding_source_id": self.atomic_funding_source_id,
+            "resume_state": self.resume_state.value if self.resume_state else None,
+            "error": (
+                {
+                    "error_code": self.error_code,
+                    "error_type": self.error_type,
+                    "error_message": self.error_message,
+                }
+                if self.error_code
+                else None
+            ),
+            "consent_expires_at": _iso(self.consent_expires_at),
+            "disconnect_at": _iso(self.disconnect_at),
+            "disconnect_reason": self.disconnect_reason,
+            "atomic_removed_at": _iso(self.atomic_removed_at),
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryEntry:
+    from_state: str | None
+    to_state: str
+    trigger: str
+    cause: str
+    event_id: str | None
+    detail: dict[str, Any]
+    at: datetime
+
+    def public(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "at": self.at.isoformat()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Changes:
+    """Columns a transition sets besides the state. ``None`` leaves a column as it is."""
+
+    plaid_item_id: str | None = None
+    account_id: str | None = None
+    access_token: Sealed | None = None
+    processor_token: Sealed | None = None
+    atomic_funding_source_id: str | None = None
+    error_code: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    plaid_request_id: str | None = None
+    destroy_tokens: bool = False
+
+
+NO_CHANGES = Changes()
+
+
+@dataclasses.dataclass(frozen=True)
+class Cause:
+    """Why a transition happened: the routing key and event that caused it."""
+
+    name: str
+    event_id: str | None = None
+
+
+def token_hash(public_token: str) -> str:
+    return hashlib.sha256(public_token.encode()).hexdigest()
+
+
+def aad(item_id: uuid.UUID, column: str) -> str:
+    return f"items/{item_id}/{column}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Account:
+    account_id: str
+    type: str
+    subtype: str | None
+    verification_status: str | None
+    mask: str | None
