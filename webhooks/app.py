@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import hmac
 import json
 import time
@@ -20,47 +19,20 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-import schemas
-from webhooks.keys import KeyCache, UnknownKey
+from webhooks.envelopes import Refused, atomic_envelope, parse_webhook_body, plaid_envelope
+from webhooks.keys import KeyCache, KeyFetchHealth, KeyFetchUnavailable, UnknownKey
 from webhooks.limits import InFlight, TokenBuckets
-from webhooks.verification import VerificationError, VerifiedWebhook, unverified_kid, verify
+from webhooks.verification import VerificationError, unverified_kid, verify
 from worker import metrics
 from worker.atomic_api import SIGNATURE_HEADER, signature_valid
 from worker.bus import Publisher
 from worker.errors import PawError, Poison, PublishFailed
 from worker.items.model import token_hash
-from worker.messages import MAX_JSON_DEPTH, json_depth, validated
+from worker.messages import validated
 from worker.settings import Settings
 from worker.store import Store
 
 log = structlog.get_logger(__name__)
-
-# After a failed key fetch, /readyz reports the key endpoint down for this long (or until a fetch
-# succeeds); then it is presumed back, so a receiver taken out of rotation gets to try again.
-KEY_FETCH_DOWN_S = 30.0
-
-
-@dataclasses.dataclass
-class KeyFetchHealth:
-    """Whether Plaid's key endpoint answered the last time a key was fetched.
-
-    An answer counts as success even when it is "no such key": Plaid was reachable. Only transient
-    failures (network, 5xx, 429) count as failure. Throttled fetches never reach Plaid and are not
-    recorded, so a flood of made-up kids cannot flip readiness.
-    """
-
-    clock: Callable[[], float] = time.monotonic
-    failed_at: float | None = None
-
-    def succeeded(self) -> None:
-        self.failed_at = None
-
-    def failed(self) -> None:
-        self.failed_at = self.clock()
-
-    @property
-    def ok(self) -> bool:
-        return self.failed_at is None or self.clock() - self.failed_at >= KEY_FETCH_DOWN_S
 
 
 class ReceiverCounts(collections.Counter[str]):
@@ -148,54 +120,6 @@ async def publish_or_503(
     return None
 
 
-class Refused(PawError):
-    """The webhook was refused."""
-
-    def __init__(self, status: int, reason: str, detail: str | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.detail = detail
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
-def parse_webhook_body(body: bytes) -> dict[str, Any]:
-    """The verified body as a JSON object; Refused(400, "malformed_json") for anything else."""
-    try:
-        hook = json.loads(body, parse_constant=_no_constants)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise Refused(400, "malformed_json", "body is not JSON") from None
-    if json_depth(hook) > MAX_JSON_DEPTH:
-        raise Refused(400, "malformed_json", f"body nests deeper than {MAX_JSON_DEPTH} levels")
-    if not isinstance(hook, dict):
-        raise Refused(400, "malformed_json", "body is not a JSON object")
-    return hook
-
-
-def plaid_envelope(
-    hook: dict[str, Any], verified: VerifiedWebhook, *, event_id: str, received_at: str
-) -> tuple[str, dict[str, Any]]:
-    """(routing key, envelope) for a verified webhook; Refused(400, "invalid_webhook") when the
-    envelope would not be valid against ``webhook.plaid`` (so every published one is)."""
-    envelope = {
-        "event_id": event_id,
-        "source": "plaid",
-        "received_at": received_at,
-        "body_sha256": verified.body_sha256,
-        "sent_at": verified.iat,
-        "kid": verified.kid,
-        "webhook": hook,
-    }
-    violation = schemas.first_violation("webhook.plaid", envelope)
-    if violation is not None:
-        # The path only: the schema's message quotes the offending value, which is body content.
-        raise Refused(400, "invalid_webhook", f"not a valid webhook at {violation.path}")
-    return f"webhook.plaid.{hook['webhook_type']}.{hook['webhook_code']}", envelope
-
-
 def refuse_plaid(
     rx: Receiver, status: int, reason: str, kid: str | None, detail: str | None = None
 ) -> web.Response:
@@ -259,10 +183,6 @@ async def plaid_webhook(request: web.Request) -> web.Response:
     return web.json_response({"event_id": event_id})
 
 
-class KeyFetchUnavailable(PawError):
-    """No way to fetch Plaid's webhook verification keys is configured."""
-
-
 async def atomic_webhook(request: web.Request) -> web.Response:
     rx = request.app[RECEIVER]
     rx.metrics["atomic_received"] += 1
@@ -272,19 +192,12 @@ async def atomic_webhook(request: web.Request) -> web.Response:
         log.warning("webhook.rejected", source="atomic", reason="bad_signature")
         return problem(401, "bad_signature")
     event_id = str(uuid.uuid4())
-    envelope: dict[str, Any] = {
-        "event_id": event_id,
-        "source": "atomic",
-        "received_at": now_iso(),
-        "body_sha256": hashlib.sha256(body).hexdigest(),
-        "webhook": None,
-    }
     try:
-        envelope["webhook"] = json.loads(body)
-        validated("webhook.atomic", json.dumps(envelope).encode())
-    except (UnicodeDecodeError, ValueError, Poison) as e:
-        return problem(400, "invalid_webhook", detail=str(e)[:300])
-    routing_key = f"webhook.atomic.{envelope['webhook']['status'].lower()}"
+        routing_key, envelope = atomic_envelope(body, event_id=event_id, received_at=now_iso())
+    except Refused as e:
+        rx.metrics["atomic_rejected.invalid_webhook"] += 1
+        log.warning("webhook.rejected", source="atomic", reason=e.reason)
+        return problem(e.status, e.reason, detail=e.detail)
     failed = await publish_or_503(rx, routing_key, envelope, event_id)
     if failed is not None:
         return failed

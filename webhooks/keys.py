@@ -1,4 +1,6 @@
-"""Plaid webhook verification keys by kid: cache, single-flight fetch, negative cache, fetch throttle.
+"""Plaid webhook verification keys by kid, the whole story: the cache (single-flight fetch, negative
+cache, fetch throttle), the fetcher over Plaid's ``/webhook_verification_key/get``, and whether that
+endpoint is answering.
 
 No I/O of its own: the caller supplies ``fetch(kid)``, which returns Plaid's JWK as a mapping or raises
 :class:`UnknownKey` when Plaid answers ``INVALID_WEBHOOK_VERIFICATION_KEY_ID``. Any other exception is
@@ -8,16 +10,20 @@ transient: every caller waiting on that fetch gets it, and nothing is cached.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from worker.errors import PawError
+import structlog
+
+from worker.errors import PawError, UpstreamError
+
+log = structlog.get_logger(__name__)
 
 # After a failed refresh of a cached key, keep serving the cached copy and try again this much later.
 _REFRESH_RETRY_S = 60.0
@@ -31,7 +37,7 @@ class KeyFetchThrottled(PawError):
     """Too many new webhook key ids at once; the key was not fetched."""
 
 
-@dataclass
+@dataclasses.dataclass
 class _Entry:
     key: Mapping[str, Any]
     refresh_at: float
@@ -197,3 +203,61 @@ class KeyCache:
             self._tokens -= 1.0
             return True
         return False
+
+
+# After a failed key fetch, /readyz reports the key endpoint down for this long (or until a fetch
+# succeeds); then it is presumed back, so a receiver taken out of rotation gets to try again.
+KEY_FETCH_DOWN_S = 30.0
+
+
+@dataclasses.dataclass
+class KeyFetchHealth:
+    """Whether Plaid's key endpoint answered the last time a key was fetched.
+
+    An answer counts as success even when it is "no such key": Plaid was reachable. Only transient
+    failures (network, 5xx, 429) count as failure. Throttled fetches never reach Plaid and are not
+    recorded, so a flood of made-up kids cannot flip readiness.
+    """
+
+    clock: Callable[[], float] = time.monotonic
+    failed_at: float | None = None
+
+    def succeeded(self) -> None:
+        self.failed_at = None
+
+    def failed(self) -> None:
+        self.failed_at = self.clock()
+
+    @property
+    def ok(self) -> bool:
+        return self.failed_at is None or self.clock() - self.failed_at >= KEY_FETCH_DOWN_S
+
+
+class KeyFetchUnavailable(PawError):
+    """No way to fetch Plaid's webhook verification keys is configured."""
+
+
+def plaid_key_fetcher(
+    fetch_jwk: Callable[[str], Awaitable[Mapping[str, Any]]], health: KeyFetchHealth
+) -> Callable[[str], Awaitable[Mapping[str, Any]]]:
+    """``fetch(kid)`` for :class:`KeyCache` over ``fetch_jwk`` (``/webhook_verification_key/get``):
+    Plaid's JWK, or UnknownKey when Plaid says no such key. Records in ``health`` whether Plaid
+    answered."""
+
+    async def fetch(kid: str) -> Mapping[str, Any]:
+        try:
+            key = await fetch_jwk(kid)
+        except UpstreamError as e:
+            if e.status == 400 and e.error_code in ("INVALID_WEBHOOK_VERIFICATION_KEY_ID", "INVALID_INPUT"):
+                health.succeeded()
+                raise UnknownKey(f"Plaid does not know key {kid!r}") from None
+            health.failed()
+            log.warning("plaid.key_fetch_failed", kid=kid, status=e.status, error_code=e.error_code)
+            raise
+        except Exception:
+            health.failed()
+            raise
+        health.succeeded()
+        return key
+
+    return fetch

@@ -3,47 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
 
 import structlog
 from aiohttp import web
 
-from webhooks.app import KeyFetchHealth, Receiver, create_app
-from webhooks.keys import KeyCache, UnknownKey
+from webhooks.app import Receiver, create_app
+from webhooks.keys import KeyCache, KeyFetchHealth, plaid_key_fetcher
 from webhooks.limits import InFlight, TokenBuckets
 from worker.admin import service_checks, start_admin
-from worker.errors import UpstreamError
-from worker.plaid_api import PlaidClient
 from worker.services import Services, open_services
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-
-def plaid_key_fetcher(
-    plaid: PlaidClient, health: KeyFetchHealth
-) -> Callable[[str], Awaitable[Mapping[str, Any]]]:
-    """``fetch(kid)`` for :class:`KeyCache`: Plaid's JWK, or UnknownKey when Plaid says no such key.
-    Records in ``health`` whether Plaid answered."""
-
-    async def fetch(kid: str) -> Mapping[str, Any]:
-        try:
-            key = await plaid.webhook_verification_key(kid)
-        except UpstreamError as e:
-            if e.status == 400 and e.error_code in ("INVALID_WEBHOOK_VERIFICATION_KEY_ID", "INVALID_INPUT"):
-                health.succeeded()
-                raise UnknownKey(f"Plaid does not know key {kid!r}") from None
-            health.failed()
-            log.warning("plaid.key_fetch_failed", kid=kid, status=e.status, error_code=e.error_code)
-            raise
-        except Exception:
-            health.failed()
-            raise
-        health.succeeded()
-        return key
-
-    return fetch
 
 
 def receiver_for(svc: Services) -> Receiver:
@@ -52,7 +23,7 @@ def receiver_for(svc: Services) -> Receiver:
         settings=svc.settings,
         publisher=svc.publisher,
         store=svc.store,
-        keys=KeyCache(plaid_key_fetcher(svc.plaid, health)),
+        keys=KeyCache(plaid_key_fetcher(svc.plaid.webhook_verification_key, health)),
         key_health=health,
         api_rate=TokenBuckets(svc.settings.api_rate_per_s, burst=max(1.0, 2 * svc.settings.api_rate_per_s)),
         in_flight=InFlight(svc.settings.max_in_flight),

@@ -39,10 +39,15 @@ def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
     return deepest
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
 def parse_json(body: bytes) -> Any:
-    """Parses untrusted JSON; anything unparseable or nested deeper than ``MAX_JSON_DEPTH`` is poison."""
+    """Parses untrusted JSON; anything unparseable, with NaN or Infinity, or nested deeper than
+    ``MAX_JSON_DEPTH`` is poison."""
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_constant=_no_constants)
     except RecursionError:
         raise Poison(f"body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except (UnicodeDecodeError, ValueError) as e:
@@ -52,13 +57,19 @@ def parse_json(body: bytes) -> Any:
     return data
 
 
-def validated(schema_name: str, body: bytes) -> dict[str, Any]:
-    data = parse_json(body)
+def checked(schema_name: str, data: Any) -> dict[str, Any]:
+    """``data`` if it is valid against ``schemas/messages/<schema_name>.json``; else :class:`Poison`
+    naming where it is not."""
     violation = schemas.first_violation(schema_name, data)
     if violation is not None:
         raise Poison(f"{schema_name} schema: {violation.path}: {violation.message[:300]}")
     assert isinstance(data, dict)
     return data
+
+
+def validated(schema_name: str, body: bytes) -> dict[str, Any]:
+    """The parsed body, if it is JSON valid against its schema; else :class:`Poison`."""
+    return checked(schema_name, parse_json(body))
 
 
 def schema_for(routing_key: str) -> str | None:
