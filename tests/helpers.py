@@ -27,9 +27,9 @@ from sandbox.state import SandboxState
 from worker.bus import undeclare
 from worker.demo import sandbox_public_token
 from worker.items.model import Item, token_hash
+from worker.items.states import State
 from worker.services import Services, open_services
 from worker.settings import Settings
-from worker.states import State
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 

@@ -35,6 +35,7 @@ from worker.cli import build_parser, command_name
 from worker.dlq import DeadLetter, Filters
 from worker.errors import DlqError
 from worker.items.model import token_hash
+from worker.items.states import State
 from worker.messages import (
     H_ATTEMPTS,
     H_ERROR_CLASS,
@@ -50,7 +51,6 @@ from worker.messages import (
 from worker.runner import run_worker
 from worker.services import Services
 from worker.settings import Settings
-from worker.states import State
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parents[1]

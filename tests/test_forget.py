@@ -20,9 +20,9 @@ from tests.helpers import (
     settled,
     submit_amqp,
 )
+from worker.items.states import State
 from worker.services import Services
 from worker.settings import Settings
-from worker.states import State
 
 
 @pytest.fixture

@@ -25,9 +25,9 @@ import schemas
 from webhooks.app import Receiver, create_app
 from worker import messages as message_contract
 from worker.bus import Topology
+from worker.items.states import State
 from worker.messages import schema_for
 from worker.settings import Settings
-from worker.states import State
 
 ROOT = Path(__file__).resolve().parent.parent
 OPENAPI_PATH = ROOT / "docs" / "openapi.yaml"

@@ -32,11 +32,11 @@ from tests.helpers import (
     submit_amqp,
 )
 from worker.items.model import Item
-from worker.lifecycle import decide
+from worker.items.rules import on_plaid_webhook
+from worker.items.states import LINKED, TRANSITIONS, State, Trigger, next_state
 from worker.runner import run_worker
 from worker.services import Services
 from worker.settings import Settings
-from worker.states import LINKED, TRANSITIONS, State, Trigger, next_state
 
 NOW = 1_800_000_000
 
@@ -83,7 +83,7 @@ LOGIN_ERROR = hook("ITEM", "ERROR", error={"error_code": "ITEM_LOGIN_REQUIRED", 
 
 @pytest.mark.parametrize("state", list(State))
 def test_login_error_from_every_state(state: State) -> None:
-    d = decide(item_in(state), LOGIN_ERROR, NOW)
+    d = on_plaid_webhook(item_in(state), LOGIN_ERROR, NOW)
     if state in LINKED:
         assert d.trigger is Trigger.LOGIN_REQUIRED and d.login_changed_at == NOW
     else:
@@ -92,7 +92,9 @@ def test_login_error_from_every_state(state: State) -> None:
 
 @pytest.mark.parametrize("state", list(State))
 def test_login_repaired_from_every_state(state: State) -> None:
-    d = decide(item_in(state, resume_state=State.ATOMIC_VERIFIED), hook("ITEM", "LOGIN_REPAIRED"), NOW)
+    d = on_plaid_webhook(
+        item_in(state, resume_state=State.ATOMIC_VERIFIED), hook("ITEM", "LOGIN_REPAIRED"), NOW
+    )
     assert (d.trigger is Trigger.LOGIN_REPAIRED) == (state is State.LOGIN_REQUIRED)
     assert d.login_changed_at == NOW
 
@@ -100,7 +102,7 @@ def test_login_repaired_from_every_state(state: State) -> None:
 @pytest.mark.parametrize("state", list(State))
 @pytest.mark.parametrize("code", ["USER_PERMISSION_REVOKED", "USER_ACCOUNT_REVOKED"])
 def test_revocation_from_every_state(state: State, code: str) -> None:
-    d = decide(item_in(state), hook("ITEM", code, account_id="acc"), NOW)
+    d = on_plaid_webhook(item_in(state), hook("ITEM", code, account_id="acc"), NOW)
     legal = state in TRANSITIONS[Trigger.REVOKED] and state is not State.FAILED
     assert (d.trigger is Trigger.REVOKED) == legal
     if d.trigger:
@@ -108,14 +110,16 @@ def test_revocation_from_every_state(state: State, code: str) -> None:
 
 
 def test_account_revoked_for_another_account_is_only_recorded() -> None:
-    d = decide(item_in(State.ATOMIC_VERIFIED), hook("ITEM", "USER_ACCOUNT_REVOKED", account_id="other"), NOW)
+    d = on_plaid_webhook(
+        item_in(State.ATOMIC_VERIFIED), hook("ITEM", "USER_ACCOUNT_REVOKED", account_id="other"), NOW
+    )
     assert d.trigger is None and d.outcome == "recorded"
 
 
 @pytest.mark.parametrize("state", list(State))
 @pytest.mark.parametrize("code", ["AUTOMATICALLY_VERIFIED", "VERIFICATION_EXPIRED"])
 def test_micro_deposit_outcome_from_every_state(state: State, code: str) -> None:
-    d = decide(item_in(state), hook("AUTH", code, account_id="acc"), NOW)
+    d = on_plaid_webhook(item_in(state), hook("AUTH", code, account_id="acc"), NOW)
     if state is State.AWAITING_VERIFICATION:
         assert d.trigger is (Trigger.ACCOUNT_VERIFIED if code == "AUTOMATICALLY_VERIFIED" else Trigger.FAILED)
     else:
@@ -124,11 +128,11 @@ def test_micro_deposit_outcome_from_every_state(state: State, code: str) -> None
 
 def test_older_event_does_not_undo_a_newer_condition() -> None:
     repaired_later = item_in(State.ATOMIC_VERIFIED, login_changed_at=NOW + 10)
-    assert decide(repaired_later, LOGIN_ERROR, NOW).outcome == "stale"
+    assert on_plaid_webhook(repaired_later, LOGIN_ERROR, NOW).outcome == "stale"
     broken_later = item_in(
         State.LOGIN_REQUIRED, resume_state=State.ATOMIC_VERIFIED, login_changed_at=NOW + 10
     )
-    assert decide(broken_later, hook("ITEM", "LOGIN_REPAIRED"), NOW).outcome == "stale"
+    assert on_plaid_webhook(broken_later, hook("ITEM", "LOGIN_REPAIRED"), NOW).outcome == "stale"
 
 
 @pytest.mark.parametrize(
@@ -145,15 +149,17 @@ def test_older_event_does_not_undo_a_newer_condition() -> None:
     ],
 )
 def test_recorded_events(webhook: dict[str, Any], outcome: str) -> None:
-    d = decide(item_in(State.ATOMIC_VERIFIED), webhook, NOW)
+    d = on_plaid_webhook(item_in(State.ATOMIC_VERIFIED), webhook, NOW)
     assert d.trigger is None and d.outcome == outcome
 
 
 def test_pending_expiration_and_disconnect_keep_their_deadline() -> None:
     item = item_in(State.ATOMIC_VERIFIED)
-    d = decide(item, hook("ITEM", "PENDING_EXPIRATION", consent_expiration_time="2030-01-02T03:04:05Z"), NOW)
+    d = on_plaid_webhook(
+        item, hook("ITEM", "PENDING_EXPIRATION", consent_expiration_time="2030-01-02T03:04:05Z"), NOW
+    )
     assert d.consent_expires_at == datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
-    d2 = decide(item, hook("ITEM", "PENDING_DISCONNECT", reason="INSTITUTION_MIGRATION"), NOW)
+    d2 = on_plaid_webhook(item, hook("ITEM", "PENDING_DISCONNECT", reason="INSTITUTION_MIGRATION"), NOW)
     assert d2.disconnect_at == datetime.fromtimestamp(NOW, UTC) + timedelta(days=7)
     assert d2.disconnect_reason == "INSTITUTION_MIGRATION"
 

@@ -23,10 +23,10 @@ from tests.helpers import (
     settled,
     submit_amqp,
 )
+from worker.items.states import State
 from worker.runner import run_worker
 from worker.services import Services
 from worker.settings import Settings
-from worker.states import State
 
 
 @pytest.fixture

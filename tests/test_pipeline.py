@@ -30,11 +30,11 @@ from tests.helpers import (
 )
 from worker.atomic_api import AtomicClient, FundingSource
 from worker.items.model import Item, token_hash
+from worker.items.states import State
 from worker.messages import H_ATTEMPTS, H_ERROR_CLASS, H_ERROR_MESSAGE, H_ROUTING_KEY
 from worker.runner import run_worker
 from worker.services import Services, open_services
 from worker.settings import Settings
-from worker.states import State
 
 
 @pytest.fixture

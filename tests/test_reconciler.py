@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sandbox.app import SandboxConfig
 from tests.helpers import RunningWorker, Sandbox, new_public_token, settled, submit_amqp
+from worker.items.states import State
 from worker.services import Services
-from worker.states import State
 
 
 def test_sandbox_sends_no_atomic_webhooks_here(sandbox_config: SandboxConfig) -> None:

@@ -25,6 +25,7 @@ from tests.helpers import (
 )
 from worker.dlq import DeadLetter
 from worker.items.model import token_hash
+from worker.items.states import State
 from worker.messages import (
     H_ATTEMPTS,
     H_ERROR_CLASS,
@@ -38,7 +39,6 @@ from worker.messages import (
 )
 from worker.services import Services
 from worker.settings import Settings
-from worker.states import State
 
 EXCHANGE = "/item/public_token/exchange"
 

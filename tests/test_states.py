@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from worker.errors import IllegalTransition
-from worker.states import LINKED, TERMINAL, TRANSITIONS, State, Trigger, allowed_from, next_state
+from worker.items.states import LINKED, TERMINAL, TRANSITIONS, State, Trigger, allowed_from, next_state
 
 S, T = State, Trigger
 

@@ -12,13 +12,11 @@ import pytest
 from sandbox.app import SandboxConfig
 from tests.helpers import Sandbox, new_public_token, run_paw, settled, submit_amqp
 from worker.errors import TokenSealError
-from worker.items.model import aad
+from worker.items.sealing import Sealer, aad, check_keys, remaining, rotate
+from worker.items.states import State
 from worker.runner import run_worker
-from worker.sealing import Sealer
 from worker.services import Services, open_services
 from worker.settings import Settings
-from worker.states import State
-from worker.token_keys import check_keys, remaining, rotate
 
 
 @pytest.fixture
@@ -41,7 +39,7 @@ async def all_open_with(services: Services, sealer: Sealer) -> int:
     opened = 0
     async with services.pool.acquire() as conn:
         for r in await conn.fetch("SELECT * FROM items WHERE access_token_sealed IS NOT NULL"):
-            from worker.sealing import Sealed
+            from worker.items.model import Sealed
 
             sealer.open(
                 Sealed(r["access_token_key_id"], bytes(r["access_token_sealed"])),

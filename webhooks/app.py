@@ -28,9 +28,9 @@ from worker.atomic_api import SIGNATURE_HEADER, signature_valid
 from worker.bus import Publisher
 from worker.errors import PawError, Poison, PublishFailed
 from worker.items.model import token_hash
+from worker.items.store import Store
 from worker.messages import validated
 from worker.settings import Settings
-from worker.store import Store
 
 log = structlog.get_logger(__name__)
 

@@ -88,7 +88,7 @@ async def cmd_sandbox(s: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_item_show(s: Settings, args: argparse.Namespace) -> int:
-    from worker.store import Store, create_pool
+    from worker.items.store import Store, create_pool
 
     try:
         item_id = uuid.UUID(args.id)
@@ -117,8 +117,8 @@ async def cmd_item_show(s: Settings, args: argparse.Namespace) -> int:
 async def cmd_item_expiring(s: Settings, args: argparse.Namespace) -> int:
     from datetime import timedelta
 
+    from worker.items.store import Store, create_pool
     from worker.report import expiring_table
-    from worker.store import Store, create_pool
 
     pool = await create_pool(s.database_url, min_size=1, max_size=1)
     try:
@@ -160,8 +160,8 @@ async def cmd_status(s: Settings, args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from worker.bus import Topology, connect
+    from worker.items.store import Store, create_pool
     from worker.status import gather, render
-    from worker.store import Store, create_pool
 
     pool = await create_pool(s.database_url, min_size=1, max_size=2)
     connection = await connect(s.amqp_url, "paw-status")
@@ -178,9 +178,8 @@ async def cmd_status(s: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_keys_check(s: Settings, _: argparse.Namespace) -> int:
-    from worker.sealing import Sealer
-    from worker.store import create_pool
-    from worker.token_keys import check_keys, remaining
+    from worker.items.sealing import Sealer, check_keys, remaining
+    from worker.items.store import create_pool
 
     pool = await create_pool(s.database_url, min_size=1, max_size=2)
     try:
@@ -197,9 +196,8 @@ async def cmd_keys_check(s: Settings, _: argparse.Namespace) -> int:
 async def cmd_keys_rotate(s: Settings, args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from worker.sealing import Sealer
-    from worker.store import create_pool
-    from worker.token_keys import check_keys, remaining, rotate
+    from worker.items.sealing import Sealer, check_keys, remaining, rotate
+    from worker.items.store import create_pool
 
     pool = await create_pool(s.database_url, min_size=1, max_size=2)
     try:

@@ -29,8 +29,8 @@ from worker import dlq
 from worker.bus import Publisher, Topology, connect
 from worker.dlq import DeadLetter, Filters, Held
 from worker.errors import DlqError
+from worker.items.store import Store, create_pool
 from worker.settings import Settings
-from worker.store import Store, create_pool
 
 Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 

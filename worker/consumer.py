@@ -25,7 +25,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from worker import metrics
 from worker.bus import Publisher, Topology
 from worker.errors import Deferred, PawError, Poison, PublishFailed, UpstreamError
-from worker.failures import Kind, classify
+from worker.items.rules import Kind, classify
 from worker.messages import (
     H_ATTEMPTS,
     H_DEFERRALS,

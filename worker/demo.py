@@ -26,13 +26,13 @@ from sandbox.app import SANDBOX, SandboxConfig, SandboxState, serve
 from webhooks.server import start_receiver
 from worker.bus import undeclare
 from worker.items.model import Item, token_hash
+from worker.items.states import State
+from worker.items.store import Store
 from worker.migrate import migrate_database
 from worker.report import history_table, items_table
 from worker.runner import run_worker
 from worker.services import open_services
 from worker.settings import Settings
-from worker.states import State
-from worker.store import Store
 
 INSTITUTION = "ins_109508"
 
@@ -214,7 +214,7 @@ async def wait_for_state(store: Store, item: Item, state: State, timeout: float)
 
 
 async def history_of(s: Settings, item: Item) -> list:  # type: ignore[type-arg]
-    from worker.store import Store, create_pool
+    from worker.items.store import Store, create_pool
 
     pool = await create_pool(s.database_url, min_size=1, max_size=1)
     try:

@@ -11,8 +11,8 @@ from aio_pika.abc import AbstractChannel
 
 from worker import metrics
 from worker.bus import queue_depth
+from worker.items.states import State
 from worker.services import Services
-from worker.states import State
 
 log = structlog.get_logger(__name__)
 

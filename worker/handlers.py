@@ -13,17 +13,12 @@ from typing import Any
 import asyncpg
 import structlog
 
-from worker.errors import EventTooEarly, Poison
-from worker.items.model import Cause, Changes, Item, token_hash
-from worker.lifecycle import Decision, decide
+from worker.errors import Poison
+from worker.items.model import Cause, Item, token_hash
+from worker.items.pipeline import Pipeline
+from worker.items.rules import Decision, follow_ups, on_atomic_status, on_plaid_webhook
+from worker.items.store import Store
 from worker.messages import schema_for, validated
-from worker.pipeline import Pipeline
-from worker.states import State, Trigger
-from worker.store import Store
-
-FINAL_ERRORS = frozenset({Trigger.FAILED, Trigger.REVOKED})
-# States in which Atomic holds a funding source worth refreshing.
-LIVE_SOURCE = frozenset({State.ATOMIC_PENDING, State.ATOMIC_VERIFIED})
 
 log = structlog.get_logger(__name__)
 
@@ -91,22 +86,13 @@ class Handlers:
         async def lock(conn: asyncpg.Connection) -> Item | None:
             return await self.store.lock(conn, item_id) if item_id else None
 
-        def decide_atomic(item: Item | None) -> Decision:
-            trigger = {"VERIFIED": Trigger.ATOMIC_VERIFIED, "REJECTED": Trigger.ATOMIC_REJECTED}.get(
-                hook["status"]
-            )
-            if item is None:
-                return Decision("unknown_item")
-            if trigger is None or item.atomic_funding_source_id not in (None, hook["funding_source_id"]):
-                return Decision("ignored")
-            if item.state is State.PROCESSOR_TOKEN_ISSUED:
-                # Atomic answered faster than we committed its PENDING: apply it once we have.
-                raise EventTooEarly(f"item {item.id} has not recorded its Atomic submission yet")
-            if item.state is not State.ATOMIC_PENDING:
-                return Decision("ignored")
-            return Decision("applied", trigger)
-
-        await self._apply(f"atomic:{envelope['body_sha256']}", routing_key, envelope, lock, decide_atomic)
+        await self._apply(
+            f"atomic:{envelope['body_sha256']}",
+            routing_key,
+            envelope,
+            lock,
+            lambda item: on_atomic_status(item, hook["status"], hook["funding_source_id"]),
+        )
 
     async def plaid_webhook(self, routing_key: str, envelope: dict[str, Any]) -> None:
         hook = envelope["webhook"]
@@ -125,7 +111,7 @@ class Handlers:
             routing_key,
             envelope,
             lock,
-            lambda item: decide(item, hook, envelope["sent_at"]),
+            lambda item: on_plaid_webhook(item, hook, envelope["sent_at"]),
         )
         if item is not None:
             await self.follow_up(item.id, routing_key, envelope["event_id"])
@@ -163,16 +149,11 @@ class Handlers:
                             )
                             if v is not None
                         },
-                        changes=Changes(
-                            error_code=decision.error_code if decision.trigger in FINAL_ERRORS else None,
-                            destroy_tokens=decision.trigger is Trigger.REVOKED,
-                        ),
+                        changes=decision.changes(),
                         conn=conn,
                     )
                     outcome = "applied" if moved is not None else "refused"
-                if item is not None and (
-                    decision.login_changed_at or decision.consent_expires_at or decision.disconnect_at
-                ):
+                if item is not None and decision.sets_conditions:
                     await self.store.set_conditions(
                         conn,
                         item.id,
@@ -204,15 +185,13 @@ class Handlers:
         item = await self.store.get(item_id)
         if item is None:
             return
-        if (
-            item.atomic_refresh_needed_at is not None
-            and item.atomic_funding_source_id
-            and item.state in LIVE_SOURCE
-        ):
+        todo = follow_ups(item)
+        if todo.refresh_atomic:
+            assert item.atomic_funding_source_id and item.atomic_refresh_needed_at
             await self.pipeline.atomic.refresh_funding_source(item.atomic_funding_source_id)
             await self.store.atomic_refreshed(item.id, item.atomic_refresh_needed_at)
             log.info("atomic.funding_source_refreshed", funding_source_id=item.atomic_funding_source_id)
-        if item.state in (State.EXCHANGED, State.PROCESSOR_TOKEN_ISSUED):
+        if todo.drive:
             await self.pipeline.drive(item.id, public_token=None, cause=Cause(cause, event_id))
-        elif item.state is State.REVOKED:
+        elif todo.remove_funding_source:
             await self.pipeline.remove_funding_source(item)

@@ -8,6 +8,7 @@ event loop. Its errors become :class:`UpstreamError` carrying Plaid's ``error_co
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -28,7 +29,6 @@ from plaid.model.webhook_verification_key_get_request import WebhookVerification
 
 from worker import metrics
 from worker.errors import UpstreamError
-from worker.items.model import Account
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +41,15 @@ class Exchange:
     access_token: str
     item_id: str
     request_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Account:
+    account_id: str
+    type: str
+    subtype: str | None
+    verification_status: str | None
+    mask: str | None
 
 
 class MalformedResponse(Exception):

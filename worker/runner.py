@@ -11,7 +11,7 @@ from aio_pika.abc import AbstractQueue
 from worker.consumer import Consumer
 from worker.gauges import run_gauges
 from worker.handlers import Handlers
-from worker.reconciler import run_reconciler
+from worker.items.reconciler import run_reconciler
 from worker.services import Services
 
 log = structlog.get_logger(__name__)

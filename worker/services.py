@@ -12,12 +12,11 @@ from aio_pika.abc import AbstractRobustConnection
 
 from worker.atomic_api import AtomicClient
 from worker.bus import Publisher, Topology, connect, declare
-from worker.pipeline import Pipeline
+from worker.items.pipeline import Pipeline
+from worker.items.sealing import Sealer, check_keys
+from worker.items.store import Store, create_pool
 from worker.plaid_api import PlaidClient
-from worker.sealing import Sealer
 from worker.settings import Settings
-from worker.store import Store, create_pool
-from worker.token_keys import check_keys
 
 
 @dataclasses.dataclass

@@ -12,8 +12,8 @@ from rich.table import Table
 
 from worker.bus import Topology, declare, queue_depth
 from worker.dlq import human_age
+from worker.items.store import Store
 from worker.queries import query
-from worker.store import Store
 
 STUCK_AFTER = timedelta(minutes=15)
 

@@ -10,8 +10,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from worker.sealing import Sealed
-from worker.states import State
+from worker.items.states import State
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -149,14 +148,9 @@ def token_hash(public_token: str) -> str:
     return hashlib.sha256(public_token.encode()).hexdigest()
 
 
-def aad(item_id: uuid.UUID, column: str) -> str:
-    return f"items/{item_id}/{column}"
-
-
 @dataclasses.dataclass(frozen=True)
-class Account:
-    account_id: str
-    type: str
-    subtype: str | None
-    verification_status: str | None
-    mask: str | None
+class Sealed:
+    """A token at rest: which key sealed it, and nonce || ciphertext+tag."""
+
+    key_id: str
+    blob: bytes  # nonce || ciphertext+tag

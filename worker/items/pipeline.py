@@ -18,21 +18,20 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import structlog
 
-from worker.accounts import choose_account
 from worker.atomic_api import AtomicClient
 from worker.errors import ItemBusy, UpstreamError
-from worker.failures import Kind, classify, needs_login
-from worker.items.model import NO_CHANGES, Cause, Changes, Item, aad
+from worker.items.model import NO_CHANGES, Cause, Changes, Item, Sealed
+from worker.items.rules import STEPPING, Kind, Step, choose_account, classify, failure_trigger, next_step
+from worker.items.sealing import Sealer, aad
+from worker.items.states import State, Trigger, next_state
+from worker.items.store import Store
 from worker.plaid_api import PlaidClient
-from worker.sealing import Sealed, Sealer
-from worker.states import STEPPING, State, Trigger, next_state
-from worker.store import Store
 
 log = structlog.get_logger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class Step:
+class Done:
     """What an upstream call leads to: the transition, its history detail and the columns it sets."""
 
     trigger: Trigger
@@ -50,7 +49,7 @@ DATABASE_UNAVAILABLE = (
     asyncpg.OperatorInterventionError,
     asyncpg.TooManyConnectionsError,
 )
-StepFn = Callable[[Item, str | None], Awaitable[Step]]
+StepFn = Callable[[Item, str | None], Awaitable[Done]]
 
 
 class Pipeline:
@@ -72,6 +71,11 @@ class Pipeline:
         self.plaid = plaid
         self.atomic = atomic
         self.owner = uuid.uuid4()
+        self._calls: dict[Step, StepFn] = {
+            Step.EXCHANGE: self._exchange,
+            Step.ISSUE_PROCESSOR_TOKEN: self._issue_processor_token,
+            Step.SUBMIT_TO_ATOMIC: self._submit_to_atomic,
+        }
 
     async def drive(
         self, item_id: uuid.UUID, *, public_token: str | None, cause: Cause, leased: Item | None = None
@@ -103,13 +107,8 @@ class Pipeline:
                 await self.store.release(item_id, self.owner)
 
     def _step_for(self, item: Item, public_token: str | None) -> StepFn | None:
-        if item.state is State.LINK and public_token is None:
-            return None  # only the item.link message carries the public token
-        return {
-            State.LINK: self._exchange,
-            State.EXCHANGED: self._issue_processor_token,
-            State.PROCESSOR_TOKEN_ISSUED: self._submit_to_atomic,
-        }.get(item.state)
+        step = next_step(item.state, has_public_token=public_token is not None)
+        return None if step is None else self._calls[step]
 
     async def _take(
         self, item: Item, step: StepFn, public_token: str | None, cause: Cause
@@ -129,7 +128,7 @@ class Pipeline:
         return moved, release and moved is not None
 
     async def _commit(
-        self, item: Item, done: Step, cause: Cause, *, lease: tuple[uuid.UUID, float | None]
+        self, item: Item, done: Done, cause: Cause, *, lease: tuple[uuid.UUID, float | None]
     ) -> Item | None:
         """Commits what an upstream call did, retrying through a database blip for up to
         ``COMMIT_PATIENCE_S``: the call has happened and may not be repeatable (a public token is
@@ -172,7 +171,7 @@ class Pipeline:
     async def fail(self, item: Item, err: UpstreamError, cause: Cause) -> Item | None:
         """Moves the Item to where a permanent upstream error leaves it. A failed Item keeps no live
         access: its Item is removed at Plaid and its tokens destroyed."""
-        trigger = Trigger.LOGIN_REQUIRED if needs_login(err) and item.state != State.LINK else Trigger.FAILED
+        trigger = failure_trigger(item.state, err)
         log.warning(
             "item.upstream_failed", item_id=str(item.id), error_code=err.error_code, request_id=err.request_id
         )
@@ -233,10 +232,10 @@ class Pipeline:
             ),
         )
 
-    async def _exchange(self, item: Item, public_token: str | None) -> Step:
+    async def _exchange(self, item: Item, public_token: str | None) -> Done:
         assert public_token is not None
         ex = await self.plaid.exchange_public_token(public_token)
-        return Step(
+        return Done(
             Trigger.EXCHANGED,
             {"request_id": ex.request_id, "plaid_item_id": ex.item_id},
             Changes(
@@ -250,7 +249,7 @@ class Pipeline:
         assert item.access_token is not None, f"item {item.id} in {item.state} has no access token"
         return self.sealer.open(item.access_token, aad=aad(item.id, "access_token"))
 
-    async def _issue_processor_token(self, item: Item, _: str | None) -> Step:
+    async def _issue_processor_token(self, item: Item, _: str | None) -> Done:
         access_token = self.access_token(item)
         wanted = [item.requested_account_id] if item.requested_account_id else None
         accounts, request_id = await self.plaid.accounts(access_token, wanted)
@@ -263,13 +262,13 @@ class Pipeline:
                 error_code="NO_USABLE_ACCOUNT",
             )
         if choice.awaiting_verification:
-            return Step(
+            return Done(
                 Trigger.AWAITING_VERIFICATION,
                 {"account_id": choice.account_id, "request_id": request_id},
                 Changes(account_id=choice.account_id),
             )
         processor_token, request_id = await self.plaid.create_processor_token(access_token, choice.account_id)
-        return Step(
+        return Done(
             Trigger.PROCESSOR_TOKEN_CREATED,
             {"account_id": choice.account_id, "request_id": request_id},
             Changes(
@@ -279,7 +278,7 @@ class Pipeline:
             ),
         )
 
-    async def _submit_to_atomic(self, item: Item, _: str | None) -> Step:
+    async def _submit_to_atomic(self, item: Item, _: str | None) -> Done:
         assert item.processor_token is not None
         processor_token = self.sealer.open(item.processor_token, aad=aad(item.id, "processor_token"))
         source = await self.atomic.submit_funding_source(
@@ -288,7 +287,7 @@ class Pipeline:
             customer_ref=item.client_user_id,
             idempotency_key=str(item.id),
         )
-        return Step(
+        return Done(
             Trigger.ATOMIC_SUBMITTED,
             {"funding_source_id": source.id, "status": source.status},
             Changes(atomic_funding_source_id=source.id),

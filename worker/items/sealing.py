@@ -1,24 +1,63 @@
-"""The token keys in use: a start-up check that every sealed row opens, and online rotation.
+"""Tokens at rest: AES-GCM with a key id stored beside each ciphertext; the check that every key in
+use opens its rows, and online rotation to a new key.
 
-Rotation: deploy ``PAW_TOKEN_KEYS`` with the new key first and the old ones after (every process
-then seals with the new key and still opens the old), then run ``paw keys rotate``. It re-seals rows
-in batches, each batch one transaction over rows it locked with ``SKIP LOCKED`` (a worker mid-Item
-is never blocked; its row is taken in a later batch), so it can run while the worker works, be
-killed at any point, and be run again to finish. When it reports zero rows left, drop the old key.
+The associated data binds a ciphertext to its row and column, so a sealed access token cannot be
+copied into another Item's row (or into the processor-token column) and still open.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import Callable
 
 import asyncpg
 import structlog
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from worker.items.model import aad
+from worker.errors import TokenSealError
+from worker.items.model import Sealed
 from worker.queries import query
-from worker.sealing import Sealed, Sealer
+
+NONCE_BYTES = 12
+
+
+class Sealer:
+    def __init__(self, keys: tuple[tuple[str, bytes], ...]) -> None:
+        if not keys:
+            raise TokenSealError("no token keys configured")
+        self._active = keys[0][0]
+        self._keys = {kid: AESGCM(key) for kid, key in keys}
+
+    @property
+    def active_key_id(self) -> str:
+        return self._active
+
+    def seal(self, plaintext: str, *, aad: str) -> Sealed:
+        nonce = os.urandom(NONCE_BYTES)
+        blob = nonce + self._keys[self._active].encrypt(nonce, plaintext.encode(), aad.encode())
+        return Sealed(self._active, blob)
+
+    def open(self, sealed: Sealed, *, aad: str) -> str:
+        aead = self._keys.get(sealed.key_id)
+        if aead is None:
+            raise TokenSealError(f"token sealed with key {sealed.key_id!r}, which is not configured")
+        nonce, ciphertext = sealed.blob[:NONCE_BYTES], sealed.blob[NONCE_BYTES:]
+        try:
+            return aead.decrypt(nonce, ciphertext, aad.encode()).decode()
+        except InvalidTag:
+            raise TokenSealError(f"token does not open with key {sealed.key_id!r}") from None
+
+
+# -- The keys in use: a start-up check that every sealed row opens, and online rotation ----------
+#
+# Rotation: deploy ``PAW_TOKEN_KEYS`` with the new key first and the old ones after (every process
+# then seals with the new key and still opens the old), then run ``paw keys rotate``. It re-seals rows
+# in batches, each batch one transaction over rows it locked with ``SKIP LOCKED`` (a worker mid-Item
+# is never blocked; its row is taken in a later batch), so it can run while the worker works, be
+# killed at any point, and be run again to finish. When it reports zero rows left, drop the old key.
 
 log = structlog.get_logger(__name__)
 
@@ -90,3 +129,7 @@ async def rotate(
                 log.info("keys.rotated", rows=done, key_id=sealer.active_key_id)
                 return done
             await asyncio.sleep(0.05)  # only rows a worker holds right now are left: they free up soon
+
+
+def aad(item_id: uuid.UUID, column: str) -> str:
+    return f"items/{item_id}/{column}"

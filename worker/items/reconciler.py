@@ -12,12 +12,10 @@ import structlog
 from worker.atomic_api import AtomicClient
 from worker.errors import UpstreamError
 from worker.items.model import Item
-from worker.states import Trigger
-from worker.store import Store
+from worker.items.rules import ATOMIC_OUTCOMES
+from worker.items.store import Store
 
 log = structlog.get_logger(__name__)
-
-TRIGGERS = {"VERIFIED": Trigger.ATOMIC_VERIFIED, "REJECTED": Trigger.ATOMIC_REJECTED}
 
 
 async def reconcile_once(store: Store, atomic: AtomicClient, *, older_than_s: float, limit: int = 200) -> int:
@@ -36,7 +34,7 @@ async def _reconcile(store: Store, atomic: AtomicClient, item: Item) -> int:
     except UpstreamError as e:
         log.warning("reconcile.atomic_error", item_id=str(item.id), error_code=e.error_code)
         return 0
-    trigger = TRIGGERS.get(source.status)
+    trigger = ATOMIC_OUTCOMES.get(source.status)
     if trigger is None:
         await store.touch(item.id)  # still pending: ask again after another full wait
         return 0

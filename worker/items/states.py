@@ -52,8 +52,6 @@ LINKED = frozenset(
 )
 # Nothing more happens on its own from these.
 TERMINAL = frozenset({S.ATOMIC_REJECTED, S.FAILED, S.REVOKED})
-# The pipeline steps on from these by itself (``paw item retry`` re-drives them).
-STEPPING = frozenset({S.LINK, S.EXCHANGED, S.PROCESSOR_TOKEN_ISSUED})
 
 TRANSITIONS: Mapping[Trigger, Mapping[State, State]] = {
     Trigger.EXCHANGED: {S.LINK: S.EXCHANGED},

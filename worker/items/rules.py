@@ -1,0 +1,303 @@
+"""Every "what happens next to an Item", as pure functions over plain values. The handlers, the
+pipeline and the reconciler only carry out what these return.
+
+- :func:`on_plaid_webhook` / :func:`on_atomic_status`: what an event does to the Item as locked in
+  Postgres (and :func:`follow_ups`: what it leaves to do after the commit);
+- :func:`next_step` / :func:`failure_trigger`: where the pipeline goes from a state, and where a
+  permanent upstream error leaves the Item;
+- :func:`classify`: whether an upstream error is worth retrying;
+- :func:`choose_account`: which account funds the Atomic account.
+
+Plaid does not guarantee order, so events that set a condition (the bank login broken or repaired)
+carry Plaid's send time (the verified JWT ``iat``). An event older than the one that last set the
+login condition is recorded but changes nothing: the later truth wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, Protocol
+
+from worker.errors import EventTooEarly, UpstreamError
+from worker.items.model import Changes, Item
+from worker.items.states import LINKED, State, Trigger
+
+PENDING_DISCONNECT_NOTICE = timedelta(days=7)  # Plaid sends PENDING_DISCONNECT 7 days ahead
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    outcome: str  # recorded in the inbox: applied, recorded, stale, ignored, unknown_item, ...
+    trigger: Trigger | None = None
+    error_code: str | None = None
+    login_changed_at: int | None = None  # set items.login_changed_at to this send time
+    consent_expires_at: datetime | None = None
+    disconnect_at: datetime | None = None
+    disconnect_reason: str | None = None
+    atomic_refresh: bool = False  # the funding account's numbers changed: Atomic must re-pull them
+
+    def changes(self) -> Changes:
+        """The columns the transition sets: an Item that ends failed or revoked keeps the code why;
+        a revoked one loses its tokens."""
+        return Changes(
+            error_code=self.error_code if self.trigger in ENDING_IN_ERROR else None,
+            destroy_tokens=self.trigger is Trigger.REVOKED,
+        )
+
+    @property
+    def sets_conditions(self) -> bool:
+        return bool(self.login_changed_at or self.consent_expires_at or self.disconnect_at)
+
+
+# Triggers after which the Item keeps the error code that caused them.
+ENDING_IN_ERROR = frozenset({Trigger.FAILED, Trigger.REVOKED})
+# States in which Atomic holds a funding source worth refreshing.
+LIVE_SOURCE = frozenset({State.ATOMIC_PENDING, State.ATOMIC_VERIFIED})
+
+
+def parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _login_event(item: Item, sent_at: int, trigger: Trigger) -> Decision:
+    if item.login_changed_at is not None and sent_at < item.login_changed_at:
+        return Decision("stale")
+    wanted = State.LOGIN_REQUIRED if trigger is Trigger.LOGIN_REQUIRED else None
+    if trigger is Trigger.LOGIN_REQUIRED and item.state in LINKED:
+        return Decision("applied", trigger, error_code="ITEM_LOGIN_REQUIRED", login_changed_at=sent_at)
+    if trigger is Trigger.LOGIN_REPAIRED and item.state is State.LOGIN_REQUIRED:
+        return Decision("applied", trigger, login_changed_at=sent_at)
+    # Nothing to move (already there, or the opposite event has not arrived yet): remember when the
+    # condition was last set, so an older opposite event arriving later does not undo it.
+    already = wanted is not None and item.state is wanted
+    return Decision("recorded" if already else "noted", login_changed_at=sent_at)
+
+
+def on_plaid_webhook(item: Item | None, webhook: dict[str, Any], sent_at: int) -> Decision:
+    """What a verified Plaid webhook, sent at ``sent_at`` (JWT ``iat``), does to the Item."""
+    if item is None:
+        return Decision("unknown_item")
+    wtype, code = webhook.get("webhook_type"), webhook.get("webhook_code")
+    if wtype == "ITEM":
+        if code == "ERROR":
+            error = webhook.get("error") or {}
+            if isinstance(error, dict) and error.get("error_code") == "ITEM_LOGIN_REQUIRED":
+                return _login_event(item, sent_at, Trigger.LOGIN_REQUIRED)
+            return Decision("recorded")
+        if code == "LOGIN_REPAIRED":
+            return _login_event(item, sent_at, Trigger.LOGIN_REPAIRED)
+        if code == "PENDING_EXPIRATION":
+            return Decision("recorded", consent_expires_at=parse_time(webhook.get("consent_expiration_time")))
+        if code == "PENDING_DISCONNECT":
+            at = parse_time(webhook.get("disconnect_time")) or (
+                datetime.fromtimestamp(sent_at, UTC) + PENDING_DISCONNECT_NOTICE
+            )
+            reason = webhook.get("reason")
+            return Decision("recorded", disconnect_at=at, disconnect_reason=str(reason) if reason else None)
+        if code == "USER_PERMISSION_REVOKED":
+            return _revoke(item, "USER_PERMISSION_REVOKED")
+        if code == "USER_ACCOUNT_REVOKED":
+            if item.account_id is not None and webhook.get("account_id") == item.account_id:
+                return _revoke(item, "USER_ACCOUNT_REVOKED")
+            return Decision("recorded")
+        if code in ("NEW_ACCOUNTS_AVAILABLE", "WEBHOOK_UPDATE_ACKNOWLEDGED"):
+            return Decision("recorded")
+        return Decision("unknown_code")
+    if wtype == "AUTH":
+        if code in ("AUTOMATICALLY_VERIFIED", "VERIFICATION_EXPIRED"):
+            if item.state is not State.AWAITING_VERIFICATION or webhook.get("account_id") != item.account_id:
+                return Decision("ignored")
+            if code == "AUTOMATICALLY_VERIFIED":
+                return Decision("applied", Trigger.ACCOUNT_VERIFIED)
+            return Decision("applied", Trigger.FAILED, error_code="VERIFICATION_EXPIRED")
+        if code == "DEFAULT_UPDATE":
+            updated = webhook.get("account_ids_with_updated_auth") or {}
+            if item.account_id is not None and isinstance(updated, dict) and item.account_id in updated:
+                return Decision("numbers_changed", atomic_refresh=item.atomic_funding_source_id is not None)
+            return Decision("recorded")
+        return Decision("unknown_code")
+    return Decision("unknown_type")
+
+
+def _revoke(item: Item, code: str) -> Decision:
+    if item.state in (State.REVOKED, State.LINK, State.FAILED):
+        return Decision("ignored")
+    return Decision("applied", Trigger.REVOKED, error_code=code)
+
+
+# -- What Atomic says -------------------------------------------------------------------------
+
+# Atomic's final answers about a funding source (its webhook, or the reconciler asking).
+ATOMIC_OUTCOMES = {"VERIFIED": Trigger.ATOMIC_VERIFIED, "REJECTED": Trigger.ATOMIC_REJECTED}
+
+
+def on_atomic_status(item: Item | None, status: str, funding_source_id: str) -> Decision:
+    """What Atomic's status for a funding source does to the Item. Raises :class:`EventTooEarly` when
+    Atomic answered before the Item committed its submission: the event is applied once it has."""
+    trigger = ATOMIC_OUTCOMES.get(status)
+    if item is None:
+        return Decision("unknown_item")
+    if trigger is None or item.atomic_funding_source_id not in (None, funding_source_id):
+        return Decision("ignored")
+    if item.state is State.PROCESSOR_TOKEN_ISSUED:
+        raise EventTooEarly(f"item {item.id} has not recorded its Atomic submission yet")
+    if item.state is not State.ATOMIC_PENDING:
+        return Decision("ignored")
+    return Decision("applied", trigger)
+
+
+# -- After an event is committed --------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class FollowUps:
+    """What a committed event leaves to do outside its transaction."""
+
+    refresh_atomic: bool = False  # Atomic must re-pull the account numbers
+    drive: bool = False  # the pipeline has a step to take
+    remove_funding_source: bool = False  # the Item is revoked: Atomic's funding source goes
+
+
+def follow_ups(item: Item) -> FollowUps:
+    return FollowUps(
+        refresh_atomic=item.atomic_refresh_needed_at is not None
+        and bool(item.atomic_funding_source_id)
+        and item.state in LIVE_SOURCE,
+        drive=item.state in (State.EXCHANGED, State.PROCESSOR_TOKEN_ISSUED),
+        remove_funding_source=item.state is State.REVOKED
+        and bool(item.atomic_funding_source_id)
+        and item.atomic_removed_at is None,
+    )
+
+
+# -- The pipeline's way forward ---------------------------------------------------------------
+
+
+class Step(StrEnum):
+    """The upstream call the pipeline makes next."""
+
+    EXCHANGE = "exchange"  # /item/public_token/exchange
+    ISSUE_PROCESSOR_TOKEN = "issue_processor_token"  # noqa: S105 - /accounts/get, /processor/token/create
+    SUBMIT_TO_ATOMIC = "submit_to_atomic"  # Atomic's funding source
+
+
+_STEPS = {
+    State.LINK: Step.EXCHANGE,
+    State.EXCHANGED: Step.ISSUE_PROCESSOR_TOKEN,
+    State.PROCESSOR_TOKEN_ISSUED: Step.SUBMIT_TO_ATOMIC,
+}
+
+
+# The pipeline steps on from these by itself (``paw item retry`` re-drives them).
+STEPPING = frozenset(_STEPS)
+
+
+def next_step(state: State, *, has_public_token: bool) -> Step | None:
+    """The pipeline's next call from ``state``; ``None``: the Item waits for someone else. Only the
+    ``item.link`` message carries the public token, so only it can exchange."""
+    if state is State.LINK and not has_public_token:
+        return None
+    return _STEPS.get(state)
+
+
+def failure_trigger(state: State, err: UpstreamError) -> Trigger:
+    """Where a permanent upstream error leaves an Item: waiting for the user where a login can be
+    repaired, else failed."""
+    return Trigger.LOGIN_REQUIRED if needs_login(err) and state is not State.LINK else Trigger.FAILED
+
+
+# -- Upstream failures: worth retrying, or not ------------------------------------------------
+
+
+class Kind(StrEnum):
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+
+TRANSIENT_CODES = frozenset(
+    {
+        "RATE_LIMIT_EXCEEDED",
+        "ADDITION_LIMIT",
+        "INSTITUTION_DOWN",
+        "INSTITUTION_NOT_RESPONDING",
+        "INSTITUTION_NOT_AVAILABLE",
+        "PRODUCT_NOT_READY",
+        "INTERNAL_SERVER_ERROR",
+        "PLANNED_MAINTENANCE",
+        "NETWORK_ERROR",
+    }
+)
+TRANSIENT_TYPES = frozenset({"API_ERROR", "RATE_LIMIT_EXCEEDED"})
+# Permanent, but the Item waits for the user rather than failing.
+LOGIN_REQUIRED_CODES = frozenset({"ITEM_LOGIN_REQUIRED", "PENDING_EXPIRATION"})
+
+
+def classify(err: UpstreamError) -> Kind:
+    if err.error_code in TRANSIENT_CODES or err.error_type in TRANSIENT_TYPES:
+        return Kind.TRANSIENT
+    if err.status is None or err.status == 429 or err.status >= 500:
+        return Kind.TRANSIENT
+    return Kind.PERMANENT
+
+
+def needs_login(err: UpstreamError) -> bool:
+    return err.error_code in LOGIN_REQUIRED_CODES
+
+
+# -- Which account funds the Atomic account --------------------------------------------------
+
+
+PENDING_VERIFICATION = frozenset({"pending_automatic_verification", "pending_manual_verification"})
+UNUSABLE_VERIFICATION = frozenset({"verification_expired", "verification_failed"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    account_id: str | None
+    awaiting_verification: bool = False
+    reason: str | None = None  # why nothing was chosen
+
+
+class Account(Protocol):
+    """What the choice needs to know of an account from ``/accounts/get``."""
+
+    @property
+    def account_id(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def subtype(self) -> str | None: ...
+    @property
+    def verification_status(self) -> str | None: ...
+
+
+def choose_account(accounts: Sequence[Account], requested: str | None) -> Choice:
+    """The requested account if it is a usable depository account; else the first checking, then
+    the first savings, depository account. An account still awaiting micro-deposit verification is
+    chosen but marked ``awaiting_verification``."""
+    depository = [a for a in accounts if a.type == "depository"]
+    if requested is not None:
+        candidates = [a for a in depository if a.account_id == requested]
+        if not candidates:
+            return Choice(None, reason="requested account is not a depository account of this Item")
+    else:
+        candidates = [a for a in depository if a.subtype == "checking"] or [
+            a for a in depository if a.subtype == "savings"
+        ]
+        if not candidates:
+            return Choice(None, reason="no checking or savings depository account")
+    account = candidates[0]
+    if account.verification_status in UNUSABLE_VERIFICATION:
+        return Choice(None, reason=f"account verification status is {account.verification_status}")
+    return Choice(
+        account.account_id, awaiting_verification=account.verification_status in PENDING_VERIFICATION
+    )
