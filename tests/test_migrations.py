@@ -12,7 +12,7 @@ import pytest
 import schemas
 from tests.helpers import drop_database, with_database
 from worker.migrate import migrate
-from worker.queries import queries
+from worker.sql import queries
 
 
 @pytest.fixture

@@ -73,8 +73,8 @@ from worker.messages import (
     H_REQUEST_ID,
     H_ROUTING_KEY,
 )
-from worker.queries import query
 from worker.redact import redact
+from worker.sql import query
 
 log = structlog.get_logger(__name__)
 

@@ -13,7 +13,7 @@ from rich.table import Table
 from worker.bus import Topology, declare, queue_depth
 from worker.dlq import human_age
 from worker.items.store import Store
-from worker.queries import query
+from worker.sql import query
 
 STUCK_AFTER = timedelta(minutes=15)
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from worker.errors import TokenSealError
 from worker.items.model import Sealed
-from worker.queries import query
+from worker.sql import query
 
 NONCE_BYTES = 12
 

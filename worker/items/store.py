@@ -14,7 +14,7 @@ import asyncpg
 from worker import metrics
 from worker.items.model import NO_CHANGES, Changes, HistoryEntry, Item
 from worker.items.states import Trigger, allowed_from, next_state
-from worker.queries import query
+from worker.sql import query
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

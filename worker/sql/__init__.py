@@ -1,4 +1,4 @@
-"""Named SQL queries, parsed once from the ``worker/sql/*.sql`` files.
+"""Named SQL queries, parsed once from the ``.sql`` files beside this loader.
 
 Each query starts with a ``-- name: <name>`` line; the comment lines under it give asyncpg's ``$n``
 order.
@@ -26,7 +26,7 @@ def parse(text: str) -> dict[str, str]:
 @functools.cache
 def queries() -> dict[str, str]:
     found: dict[str, str] = {}
-    folder = resources.files("worker").joinpath("sql")
+    folder = resources.files(__name__)
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if not entry.name.endswith(".sql"):
             continue
