@@ -360,7 +360,7 @@ async def delete_topology(amqp_url: str, exchange: str, prefix: str) -> None:
     """Deletes a run's exchange and queues, as the product names them."""
     import aio_pika
 
-    from worker.bus import Topology, undeclare
+    from worker.bus.topology import Topology, undeclare
     from worker.settings import Settings
 
     conn = await aio_pika.connect(amqp_url)

@@ -24,7 +24,7 @@ from plaid.api import plaid_api
 
 from sandbox.app import SandboxConfig
 from sandbox.state import SandboxState
-from worker.bus import undeclare
+from worker.bus.topology import undeclare
 from worker.demo import sandbox_public_token
 from worker.items.model import Item, token_hash
 from worker.items.states import State

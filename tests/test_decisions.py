@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from worker.bus.retry import retry_decision
 from worker.errors import SettingsError, TokenSealError, UpstreamError
 from worker.items.rules import Kind, choose_account, classify, needs_login
 from worker.items.sealing import Sealer
 from worker.plaid_api import Account
 from worker.redact import redact, redact_text
-from worker.retry import retry_decision
 from worker.settings import load, parse_token_keys
 
 TIERS = (100, 400, 1600)

@@ -30,9 +30,9 @@ from tests.helpers import (
     settled,
     submit_amqp,
 )
-from worker import dlq
+from worker.bus import dead_queue, dlq
+from worker.bus.dlq import DeadLetter, Filters
 from worker.cli import build_parser, command_name
-from worker.dlq import DeadLetter, Filters
 from worker.errors import DlqError
 from worker.items.model import token_hash
 from worker.items.states import State
@@ -372,7 +372,7 @@ async def test_list_shows_every_dead_letter_and_gives_them_all_back_in_order(
     assert [r["key"] for r in (await paw(settings, capsys, "dlq", "list", "--json")).json()] == [
         x.key for x in letters
     ]
-    assert await dlq.dlq_depth(services.connection, services.topo) == 30
+    assert await dead_queue.dlq_depth(services.connection, services.topo) == 30
     left = await queue_messages(settings.amqp_url, services.topo.dead_queue)
     assert [m.body for m in left] == [x.body for x in letters]
 
@@ -556,7 +556,11 @@ async def test_replay_by_filter_and_a_recorded_one_is_only_acked(
     )
     left = await queue_messages(settings.amqp_url, services.topo.dead_queue)
     assert [m.body for m in left] == [old.body, atomic.body]
-    assert {e["event"] for e in ran.logs} >= {"dlq.replay_started", "dlq.replayed", "dlq.already_replayed"}
+    assert {e["event"] for e in ran.logs} >= {
+        "dlq.replay_started",
+        "dlq.replayed",
+        "dlq.already_replayed",
+    }
 
 
 async def test_replay_needs_a_selection_and_known_ids(
@@ -606,9 +610,13 @@ async def test_two_replayers_of_one_dead_letter_publish_it_once(
         await b.execute(
             "INSERT INTO dlq_replayed (message_key, routing_key) VALUES ($1, 'item.drive')", letter.key
         )
-        action_id = await dlq.start_action(services.pool, "replay", actor="a", filters={}, dry_run=False)
-        async with dlq.held_dead_letters(services.connection, services.topo) as (held, _):
-            replaying = dlq.replay(services.pool, services.publisher, held, action_id=action_id, actor="a")
+        action_id = await dead_queue.start_action(
+            services.pool, "replay", actor="a", filters={}, dry_run=False
+        )
+        async with dead_queue.held_dead_letters(services.connection, services.topo) as (held, _):
+            replaying = dead_queue.replay(
+                services.pool, services.publisher, held, action_id=action_id, actor="a"
+            )
             a = asyncio.create_task(replaying)
 
             async def a_waits() -> bool:
@@ -859,7 +867,7 @@ async def test_bulk_replay_killed_midway_and_run_again_loses_nothing(
     bodies = [m.body for m in published]
     assert set(bodies) == {x.body for x in letters}  # none lost
     # none twice, except at most the one message in flight when the CLI was killed: published and
-    # confirmed, but its record not committed yet (see worker/dlq.py)
+    # confirmed, but its record not committed yet (see worker/bus/dlq.py)
     assert len(bodies) - 1000 in (0, 1), len(bodies)
     assert all(m.routing_key == "item.drive" and m.headers[H_REPLAYS] == 1 for m in published)
     assert await depth(settings) == 0
@@ -916,12 +924,12 @@ async def test_a_replay_that_loses_its_channel_after_the_record_stops_and_reruns
     next run only acks it."""
     letters = [drive_letter(i) for i in range(3)]
     await put_dead(settings, letters)
-    action_id = await dlq.start_action(services.pool, "replay", actor="t", filters={}, dry_run=False)
-    result = dlq.ReplayResult()
+    action_id = await dead_queue.start_action(services.pool, "replay", actor="t", filters={}, dry_run=False)
+    result = dead_queue.ReplayResult()
     with pytest.raises(DlqError, match="run the same command again"):
-        async with dlq.held_dead_letters(services.connection, services.topo) as (held, _):
+        async with dead_queue.held_dead_letters(services.connection, services.topo) as (held, _):
             await held[0].message.channel.close()
-            await dlq.replay(
+            await dead_queue.replay(
                 services.pool, services.publisher, held, action_id=action_id, actor="t", result=result
             )
     assert result.replayed == 0 and await depth(settings) == 3  # nothing lost

@@ -24,7 +24,7 @@ from openapi_spec_validator import validate as validate_openapi
 import schemas
 from webhooks.app import Receiver, create_app
 from worker import messages as message_contract
-from worker.bus import Topology
+from worker.bus.topology import Topology
 from worker.items.states import State
 from worker.messages import schema_for
 from worker.settings import Settings

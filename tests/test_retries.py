@@ -23,7 +23,7 @@ from tests.helpers import (
     settled,
     submit_amqp,
 )
-from worker.dlq import DeadLetter
+from worker.bus.dlq import DeadLetter
 from worker.items.model import token_hash
 from worker.items.states import State
 from worker.messages import (

@@ -25,7 +25,7 @@ from webhooks.limits import InFlight, TokenBuckets
 from webhooks.verification import VerificationError, unverified_kid, verify
 from worker import metrics
 from worker.atomic_api import SIGNATURE_HEADER, signature_valid
-from worker.bus import Publisher
+from worker.bus.publisher import Publisher
 from worker.errors import PawError, Poison, PublishFailed
 from worker.items.model import token_hash
 from worker.items.store import Store

@@ -159,7 +159,8 @@ async def cmd_status(s: Settings, args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from worker.bus import Topology, connect
+    from worker.bus.publisher import connect
+    from worker.bus.topology import Topology
     from worker.items.store import Store, create_pool
     from worker.status import gather, render
 

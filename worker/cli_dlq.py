@@ -1,6 +1,6 @@
 """``paw dlq ...`` and ``paw item retry``: the on-call commands.
 
-The decisions live in :mod:`worker.dlq`; this module parses arguments, opens the database and the
+The decisions live in :mod:`worker.bus.dlq`, the I/O in :mod:`worker.bus.dead_queue`; this module parses arguments, opens the database and the
 broker, asks for confirmation and prints (rich tables for people, ``--json`` for scripts).
 """
 
@@ -25,9 +25,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 import schemas
-from worker import dlq
-from worker.bus import Publisher, Topology, connect
-from worker.dlq import DeadLetter, Filters, Held
+from worker.bus import dead_queue, dlq
+from worker.bus.dead_queue import Held
+from worker.bus.dlq import DeadLetter, Filters
+from worker.bus.publisher import Publisher, connect
+from worker.bus.topology import Topology
 from worker.errors import DlqError
 from worker.items.store import Store, create_pool
 from worker.settings import Settings
@@ -182,7 +184,7 @@ async def _database(s: Settings) -> AsyncIterator[asyncpg.Pool]:
 
 async def _read(s: Settings, topo: Topology) -> tuple[list[DeadLetter], int]:
     """A snapshot of the dead queue; every message is back on it when this returns."""
-    async with _broker(s) as connection, dlq.held_dead_letters(connection, topo) as (held, depth):
+    async with _broker(s) as connection, dead_queue.held_dead_letters(connection, topo) as (held, depth):
         return [h.letter for h in held], depth
 
 
@@ -191,7 +193,7 @@ async def _resolve_best_effort(s: Settings, letters: Sequence[DeadLetter]) -> li
     database outage)."""
     try:
         async with _database(s) as pool:
-            return await dlq.resolve_items(pool, letters)
+            return await dead_queue.resolve_items(pool, letters)
     except (OSError, asyncpg.PostgresError, TimeoutError) as e:
         print(
             f"paw: database unavailable, Item ids of item.link messages not looked up ({e})", file=sys.stderr
@@ -397,14 +399,14 @@ async def cmd_dlq_replay(s: Settings, args: argparse.Namespace) -> int:
         return 2
     topo = Topology.from_settings(s)
     audit = _audit(args, filters, rate=args.rate)
-    result = dlq.ReplayResult()
+    result = dead_queue.ReplayResult()
     async with _database(s) as pool, _broker(s) as connection:
-        action_id = await dlq.start_action(
+        action_id = await dead_queue.start_action(
             pool, "replay", actor=args.actor, filters=audit, dry_run=args.dry_run
         )
         try:
-            async with dlq.held_dead_letters(connection, topo) as (held, depth):
-                letters = await dlq.resolve_items(pool, [h.letter for h in held])
+            async with dead_queue.held_dead_letters(connection, topo) as (held, depth):
+                letters = await dead_queue.resolve_items(pool, [h.letter for h in held])
                 _check_ids(filters.ids, letters)
                 chosen = _select(held, letters, filters, args.limit)
                 if not chosen:
@@ -412,7 +414,9 @@ async def cmd_dlq_replay(s: Settings, args: argparse.Namespace) -> int:
                     return 0
                 picked = [h.letter for h in chosen]
                 if args.dry_run:
-                    plan = dlq.replay_plan(picked, await dlq.already_replayed(pool, (d.key for d in picked)))
+                    plan = dlq.replay_plan(
+                        picked, await dead_queue.already_replayed(pool, (d.key for d in picked))
+                    )
                     result.replayed = plan.count("publish")
                     will = [
                         f"publish {d.routing_key} (replay #{d.replays + 1})" if p == "publish" else WILL[p]
@@ -431,7 +435,7 @@ async def cmd_dlq_replay(s: Settings, args: argparse.Namespace) -> int:
                 )
                 with _progress(len(chosen), "replaying") as bar:
                     task = bar.add_task("replay", total=len(chosen))
-                    await dlq.replay(
+                    await dead_queue.replay(
                         pool,
                         Publisher(connection, topo, timeout=s.publish_timeout),
                         chosen,
@@ -442,7 +446,7 @@ async def cmd_dlq_replay(s: Settings, args: argparse.Namespace) -> int:
                         result=result,
                     )
         finally:
-            await dlq.finish_action(pool, action_id, result.replayed)
+            await dead_queue.finish_action(pool, action_id, result.replayed)
     log.info(
         "dlq.replay_finished",
         action_id=action_id,
@@ -500,7 +504,7 @@ async def cmd_dlq_purge(s: Settings, args: argparse.Namespace) -> int:
     topo = Topology.from_settings(s)
     letters, depth = await _read(s, topo)
     async with _database(s) as pool:
-        letters = await dlq.resolve_items(pool, letters)
+        letters = await dead_queue.resolve_items(pool, letters)
     _check_ids(filters.ids, letters)
     picked = [letters[i] for i in dlq.select(letters, filters, args.limit)]
     if not picked:
@@ -515,19 +519,19 @@ async def cmd_dlq_purge(s: Settings, args: argparse.Namespace) -> int:
     async with (
         _database(s) as pool,
         _broker(s) as connection,
-        dlq.held_dead_letters(connection, topo) as (held, _),
+        dead_queue.held_dead_letters(connection, topo) as (held, _),
     ):
         chosen = [h for h in held if h.letter.key in confirmed]
-        action_id = await dlq.start_action(
+        action_id = await dead_queue.start_action(
             pool, "purge", actor=args.actor, filters=_audit(args, filters), dry_run=False
         )
         purged = 0
         try:
             with _progress(len(chosen), "purging") as bar:
                 task = bar.add_task("purge", total=len(chosen))
-                purged = await dlq.purge(chosen, actor=args.actor, progress=lambda: bar.advance(task))
+                purged = await dead_queue.purge(chosen, actor=args.actor, progress=lambda: bar.advance(task))
         finally:
-            await dlq.finish_action(pool, action_id, purged)
+            await dead_queue.finish_action(pool, action_id, purged)
     gone = f" ({len(picked) - purged} were gone meanwhile)" if purged < len(picked) else ""
     print(f"purged {purged} dead letters{gone} (each logged as dlq.purged); audit: dlq_actions #{action_id}")
     return 0

@@ -24,7 +24,7 @@ from rich.console import Console
 
 from sandbox.app import SANDBOX, SandboxConfig, SandboxState, serve
 from webhooks.server import start_receiver
-from worker.bus import undeclare
+from worker.bus.topology import undeclare
 from worker.items.model import Item, token_hash
 from worker.items.states import State
 from worker.items.store import Store

@@ -10,7 +10,7 @@ import structlog
 from aio_pika.abc import AbstractChannel
 
 from worker import metrics
-from worker.bus import queue_depth
+from worker.bus.topology import queue_depth
 from worker.items.states import State
 from worker.services import Services
 

@@ -8,7 +8,7 @@ import contextlib
 import structlog
 from aio_pika.abc import AbstractQueue
 
-from worker.consumer import Consumer
+from worker.bus.consumer import Consumer
 from worker.gauges import run_gauges
 from worker.handlers import Handlers
 from worker.items.reconciler import run_reconciler

@@ -11,7 +11,8 @@ import asyncpg
 from aio_pika.abc import AbstractRobustConnection
 
 from worker.atomic_api import AtomicClient
-from worker.bus import Publisher, Topology, connect, declare
+from worker.bus.publisher import Publisher, connect
+from worker.bus.topology import Topology, declare
 from worker.items.pipeline import Pipeline
 from worker.items.sealing import Sealer, check_keys
 from worker.items.store import Store, create_pool

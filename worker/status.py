@@ -10,8 +10,8 @@ from aio_pika.abc import AbstractRobustConnection
 from rich.console import Group
 from rich.table import Table
 
-from worker.bus import Topology, declare, queue_depth
-from worker.dlq import human_age
+from worker.bus.dlq import human_age
+from worker.bus.topology import Topology, declare, queue_depth
 from worker.items.store import Store
 from worker.sql import query
 

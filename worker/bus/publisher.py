@@ -1,18 +1,8 @@
-"""RabbitMQ: the topology, and a publisher that only returns once the broker confirmed.
-
-Topology (names derive from ``PAW_EXCHANGE`` and ``PAW_QUEUE_PREFIX``):
-
-- topic exchange ``paw.events`` (durable);
-- quorum queues ``<prefix>.items`` (``item.#``) and ``<prefix>.webhooks`` (``webhook.#``);
-- per work queue, delay queues ``<queue>.retry.<ms>`` (message TTL, dead-lettered back to the work
-  queue through the default exchange) for retries with backoff;
-- quorum queue ``<prefix>.dead`` for dead letters, with the reason in headers.
-"""
+"""A connection to RabbitMQ, and a publisher that only returns once the broker confirmed."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,91 +10,15 @@ import aio_pika
 import aiormq
 import structlog
 from aio_pika.abc import (
-    AbstractChannel,
     AbstractExchange,
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
 
+from worker.bus.topology import Topology
 from worker.errors import PublishFailed
-from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class Topology:
-    """Every broker name, derived from the settings (their defaults are the only ones)."""
-
-    exchange: str
-    prefix: str
-    retry_delays_ms: tuple[int, ...]
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Topology:
-        return cls(
-            exchange=settings.exchange, prefix=settings.queue_prefix, retry_delays_ms=settings.retry_delays_ms
-        )
-
-    @property
-    def items_queue(self) -> str:
-        return f"{self.prefix}.items"
-
-    @property
-    def webhooks_queue(self) -> str:
-        return f"{self.prefix}.webhooks"
-
-    @property
-    def dead_queue(self) -> str:
-        return f"{self.prefix}.dead"
-
-    @property
-    def work_queues(self) -> dict[str, str]:
-        """Work queue -> the binding key that feeds it."""
-        return {self.items_queue: "item.#", self.webhooks_queue: "webhook.#"}
-
-    def retry_queue(self, work_queue: str, delay_ms: int) -> str:
-        return f"{work_queue}.retry.{delay_ms}"
-
-    def all_queues(self) -> list[str]:
-        names = [*self.work_queues, self.dead_queue]
-        names += [self.retry_queue(q, d) for q in self.work_queues for d in self.retry_delays_ms]
-        return names
-
-
-async def declare(channel: AbstractChannel, topo: Topology) -> AbstractExchange:
-    """Declares everything (idempotent); returns the events exchange."""
-    exchange = await channel.declare_exchange(topo.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
-    quorum: dict[str, Any] = {"x-queue-type": "quorum"}
-    for name, binding in topo.work_queues.items():
-        queue = await channel.declare_queue(name, durable=True, arguments=quorum)
-        await queue.bind(exchange, binding)
-        for delay in topo.retry_delays_ms:
-            await channel.declare_queue(
-                topo.retry_queue(name, delay),
-                durable=True,
-                arguments={
-                    "x-message-ttl": delay,
-                    "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": name,
-                },
-            )
-    await channel.declare_queue(topo.dead_queue, durable=True, arguments=quorum)
-    return exchange
-
-
-async def undeclare(channel: AbstractChannel, topo: Topology) -> None:
-    """Deletes every queue and the exchange of ``topo`` (the demo's, a test's or a benchmark's own)."""
-    for name in topo.all_queues():
-        await channel.queue_delete(name)
-    await channel.exchange_delete(topo.exchange)
-
-
-async def queue_depth(channel: AbstractChannel, name: str) -> int:
-    """Messages ready on ``name`` (a passive declare: changes nothing; a missing queue raises
-    ``aiormq.exceptions.ChannelNotFoundEntity`` and closes the channel)."""
-    declared = await channel.declare_queue(name, passive=True)
-    return int(declared.declaration_result.message_count or 0)
 
 
 async def connect(url: str, name: str) -> AbstractRobustConnection:

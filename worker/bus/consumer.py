@@ -23,7 +23,9 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from worker import metrics
-from worker.bus import Publisher, Topology
+from worker.bus.publisher import Publisher
+from worker.bus.retry import retry_decision
+from worker.bus.topology import Topology
 from worker.errors import Deferred, PawError, Poison, PublishFailed, UpstreamError
 from worker.items.rules import Kind, classify
 from worker.messages import (
@@ -39,7 +41,6 @@ from worker.messages import (
     H_ROUTING_KEY,
 )
 from worker.redact import redact_text
-from worker.retry import retry_decision
 
 log = structlog.get_logger(__name__)
 
