@@ -25,7 +25,7 @@ from plaid.api import plaid_api
 from sandbox.app import SandboxConfig
 from sandbox.state import SandboxState
 from worker.bus.topology import undeclare
-from worker.demo import sandbox_public_token
+from worker.cli.demo import sandbox_public_token
 from worker.items.model import Item, token_hash
 from worker.items.states import State
 from worker.services import Services, open_services

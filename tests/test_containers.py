@@ -175,10 +175,9 @@ def test_paw_environment_is_real_settings_that_parse(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["migrate", "sandbox", "receiver", "worker"])
 def test_paw_commands_are_real_subcommands(name: str) -> None:
-    parser, commands = cli.build_parser()
     argv = command(paw_services()[name])
-    args = parser.parse_args(argv)  # exits (SystemExit) on an unknown command or option
-    assert cli.command_name(args) in commands
+    args = cli.build_parser().parse_args(argv)  # exits (SystemExit) on an unknown command or option
+    assert callable(args.func)
 
 
 def test_services_point_at_each_other() -> None:

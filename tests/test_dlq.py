@@ -32,7 +32,8 @@ from tests.helpers import (
 )
 from worker.bus import dead_queue, dlq
 from worker.bus.dlq import DeadLetter, Filters
-from worker.cli import build_parser, command_name
+from worker.cli import build_parser
+from worker.cli.render import human_age
 from worker.errors import DlqError
 from worker.items.model import token_hash
 from worker.items.states import State
@@ -153,11 +154,10 @@ class Ran:
 
 async def paw(settings: Settings, capsys: pytest.CaptureFixture[str], *argv: str) -> Ran:
     """Runs one `paw ...` command in-process (the parser and the command function main() would use)."""
-    parser, commands = build_parser()
-    args = parser.parse_args(list(argv))
+    args = build_parser().parse_args(list(argv))
     capsys.readouterr()
     with capture_logs() as logs:
-        code = await commands[command_name(args)](settings, args)
+        code = await args.func(settings, args)
     return Ran(code, capsys.readouterr().out, logs)
 
 
@@ -310,13 +310,13 @@ def test_pace_and_age() -> None:
     assert dlq.pace_delay(5, 10, 0.2) == pytest.approx(0.3)
     assert dlq.pace_delay(5, 10, 0.9) == 0.0
     assert dlq.pace_delay(500, None, 0.0) == 0.0
-    assert [dlq.human_age(timedelta(seconds=s)) for s in (5, 125, 7300, 90000)] == [
+    assert [human_age(timedelta(seconds=s)) for s in (5, 125, 7300, 90000)] == [
         "5s",
         "2m05s",
         "2h01m",
         "1d01h",
     ]
-    assert dlq.human_age(None) == "?"
+    assert human_age(None) == "?"
 
 
 def test_summary_and_detail_are_redacted() -> None:
@@ -572,7 +572,7 @@ async def test_replay_needs_a_selection_and_known_ids(
     with pytest.raises(DlqError, match="no such dead letter"):
         await paw(settings, capsys, "dlq", "replay", letter.key[:8], "abcdef0123")
     with pytest.raises(SystemExit):  # not an id at all
-        build_parser()[0].parse_args(["dlq", "replay", "xyz"])
+        build_parser().parse_args(["dlq", "replay", "xyz"])
     assert (await paw(settings, capsys, "dlq", "replay", "--code", "NOPE")).out.startswith(
         "nothing to replay"
     )
@@ -641,10 +641,10 @@ async def test_two_engineers_replaying_everything_at_once(
     letters = [drive_letter(i) for i in range(150)]
     copies = letters[::10]  # a dead letter twice (the worker died between its DLQ confirm and its ack)
     await put_dead(settings, [*letters, *copies])
-    parser, commands = build_parser()
+    parser = build_parser()
     runs = [parser.parse_args(["dlq", "replay", "--all", "--actor", who]) for who in ("ann", "ben")]
     with capture_logs():
-        codes = await asyncio.gather(*(commands["dlq_replay"](settings, args) for args in runs))
+        codes = await asyncio.gather(*(args.func(settings, args) for args in runs))
     assert codes == [0, 0]
     published = [m.body for m in await queue_messages(settings.amqp_url, target)]
     assert sorted(published) == sorted(x.body for x in letters)  # each once
@@ -799,7 +799,10 @@ async def test_item_retry_redrives_an_item_from_its_state(
     (requested,) = [e for e in ran.logs if e["event"] == "item.retry_requested"]
     assert requested["actor"] == "dana" and requested["reason"] == "paw item retry by dana"
     assert (await paw(settings, capsys, "item", "retry", str(uuid.uuid4()))).code == 1
-    assert (await paw(settings, capsys, "item", "retry", "not-a-uuid")).code == 2
+    with pytest.raises(SystemExit) as refused:  # argparse refuses it, as `paw` exits: 2 and the reason
+        await paw(settings, capsys, "item", "retry", "not-a-uuid")
+    assert refused.value.code == 2
+    assert "not an Item id" in capsys.readouterr().err
 
 
 # -- a bulk replay, killed midway --------------------------------------------------------------
@@ -910,7 +913,7 @@ async def test_purge_takes_only_what_was_confirmed(
         await put_dead(settings, [late])
         return True
 
-    monkeypatch.setattr("worker.cli_dlq.confirm", confirm_while_another_arrives)
+    monkeypatch.setattr("worker.cli.dlq.confirm", confirm_while_another_arrives)
     ran = await paw(settings, capsys, "dlq", "purge", "--code", "INVALID_FIELD")
     assert ran.code == 0 and "purged 2 dead letters" in ran.out
     assert [m.body for m in await queue_messages(settings.amqp_url, services.topo.dead_queue)] == [late.body]

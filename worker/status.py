@@ -1,4 +1,4 @@
-"""``paw status``: one screen for on-call. Gathering is separate from rendering."""
+"""``paw status``: what on-call sees first, gathered (rendering is :func:`worker.cli.render.status_view`)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from aio_pika.abc import AbstractRobustConnection
-from rich.console import Group
-from rich.table import Table
 
-from worker.bus.dlq import human_age
 from worker.bus.topology import Topology, declare, queue_depth
 from worker.items.store import Store
 from worker.sql import query
@@ -58,33 +55,3 @@ async def gather(store: Store, connection: AbstractRobustConnection, topo: Topol
     stuck = [dict(r) for r in await store.pool.fetch(query("oldest_stuck_items"), STUCK_AFTER, 5)]
     last = await store.pool.fetchrow(query("last_webhook"))
     return Status(queues, dead, await store.count_by_state(), stuck, dict(last) if last else None)
-
-
-def render(status: Status, now: datetime) -> Group:
-    queues = Table(title="Queues", box=None)
-    queues.add_column("queue")
-    queues.add_column("ready", justify="right")
-    for name, depth in status.queues.items():
-        queues.add_row(name, str(depth))
-    queues.add_row(
-        "[bold]dead letters[/bold]", f"[bold red]{status.dead_letters}[/]" if status.dead_letters else "0"
-    )
-    items = Table(title="Items per state", box=None)
-    items.add_column("state")
-    items.add_column("items", justify="right")
-    for state, n in sorted(status.items.items()):
-        items.add_row(state, str(n))
-    stuck = Table(title=f"Oldest stuck Items (no progress for {STUCK_AFTER})", box=None)
-    for col in ("item id", "state", "waiting", "error"):
-        stuck.add_column(col)
-    for s in status.stuck:
-        stuck.add_row(str(s["id"]), s["state"], human_age(now - s["updated_at"]), s["error_code"] or "")
-    if not status.stuck:
-        stuck.add_row("none", "", "", "")
-    last = status.last_webhook
-    footer = (
-        f"Last webhook: {last['routing_key']} ({last['outcome']}) {human_age(now - last['received_at'])} ago"
-        if last
-        else "Last webhook: none received yet"
-    )
-    return Group(queues, items, stuck, footer)

@@ -279,19 +279,6 @@ class DeadLetter:
         return out
 
 
-def human_age(age: timedelta | None) -> str:
-    if age is None:
-        return "?"
-    s = max(int(age.total_seconds()), 0)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
-
-
 def by_reason(letters: Iterable[DeadLetter]) -> list[tuple[str, int]]:
     """How many dead letters per reason, most first."""
     return collections.Counter(d.reason for d in letters).most_common()

@@ -6,6 +6,7 @@ end unless ``--keep``), and the emulator on free local ports.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import json
@@ -13,26 +14,27 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import aiohttp
-import plaid
-from plaid.api import plaid_api
-from plaid.model.products import Products
-from plaid.model.sandbox_public_token_create_request import SandboxPublicTokenCreateRequest
-from plaid.model.sandbox_public_token_create_request_options import SandboxPublicTokenCreateRequestOptions
 from rich.console import Console
 
-from sandbox.app import SANDBOX, SandboxConfig, SandboxState, serve
-from webhooks.server import start_receiver
 from worker.bus.topology import undeclare
-from worker.items.model import Item, token_hash
+from worker.cli.context import Subparsers, database
+from worker.cli.ops import sandbox_config
+from worker.cli.render import history_table, items_table
+from worker.items.model import HistoryEntry, Item, token_hash
 from worker.items.states import State
 from worker.items.store import Store
 from worker.migrate import migrate_database
-from worker.report import history_table, items_table
-from worker.runner import run_worker
-from worker.services import open_services
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from plaid.api import plaid_api
+
+    from sandbox.state import SandboxState
+
+# The emulator, the receiver, the worker and plaid-python are imported when the demo runs, not
+# whenever the CLI starts.
 
 INSTITUTION = "ins_109508"
 
@@ -71,6 +73,12 @@ def free_port() -> int:
 
 
 def sandbox_public_token(api: plaid_api.PlaidApi, username: str, webhook: str) -> str:
+    from plaid.model.products import Products
+    from plaid.model.sandbox_public_token_create_request import SandboxPublicTokenCreateRequest
+    from plaid.model.sandbox_public_token_create_request_options import (
+        SandboxPublicTokenCreateRequestOptions,
+    )
+
     req = SandboxPublicTokenCreateRequest(
         institution_id=INSTITUTION,
         initial_products=[Products("auth")],
@@ -79,21 +87,31 @@ def sandbox_public_token(api: plaid_api.PlaidApi, username: str, webhook: str) -
     return str(api.sandbox_public_token_create(req)["public_token"])
 
 
+def register(sub: Subparsers) -> None:
+    p = sub.add_parser("demo", help="drive sandbox Items through the whole flow in one process")
+    p.add_argument("--keep", action="store_true", help="keep the demo's queues afterwards")
+    p.set_defaults(func=cmd_demo)
+
+
 async def run_demo(
     base: Settings, *, keep: bool = False, console: Console | None = None, timeout: float = 60
 ) -> int:
+    import aiohttp
+    import plaid
+    from plaid.api import plaid_api
+
+    from sandbox.app import SANDBOX, serve
+    from webhooks.server import start_receiver
+    from worker.runner import run_worker
+    from worker.services import open_services
+
     console = console or Console(width=None if Console().is_terminal else 150)
     run = uuid.uuid4().hex[:8]
     receiver_port = free_port()
     receiver_url = f"http://127.0.0.1:{receiver_port}"
     sandbox_runner, sandbox_url = await serve(
-        SandboxConfig(
-            client_id=base.plaid_client_id,
-            secret=base.plaid_secret,
-            atomic_api_key=base.atomic_api_key,
-            atomic_webhook_secret=base.atomic_webhook_secret,
-            atomic_webhook_url=f"{receiver_url}/webhooks/atomic",
-            atomic_decision_delay_s=0.2,
+        sandbox_config(
+            base, atomic_webhook_url=f"{receiver_url}/webhooks/atomic", atomic_decision_delay_s=0.2
         ),
         "127.0.0.1",
         0,
@@ -213,17 +231,12 @@ async def wait_for_state(store: Store, item: Item, state: State, timeout: float)
         await asyncio.sleep(0.05)
 
 
-async def history_of(s: Settings, item: Item) -> list:  # type: ignore[type-arg]
-    from worker.items.store import Store, create_pool
-
-    pool = await create_pool(s.database_url, min_size=1, max_size=1)
-    try:
+async def history_of(s: Settings, item: Item) -> list[HistoryEntry]:
+    async with database(s) as pool:
         return await Store(pool).history(item.id)
-    finally:
-        await pool.close()
 
 
-async def wait_for_items(store, tokens: list[str], timeout: float) -> list[Item | None]:  # type: ignore[no-untyped-def]
+async def wait_for_items(store: Store, tokens: list[str], timeout: float) -> list[Item | None]:
     """Polls until every Item has settled (a state the demo does not move on from), or the deadline."""
     settled = {State.ATOMIC_VERIFIED, State.ATOMIC_REJECTED, State.FAILED, State.REVOKED}
     deadline = time.monotonic() + timeout
@@ -232,3 +245,7 @@ async def wait_for_items(store, tokens: list[str], timeout: float) -> list[Item 
         if all(i is not None and i.state in settled for i in items) or time.monotonic() > deadline:
             return items
         await asyncio.sleep(0.05)
+
+
+async def cmd_demo(s: Settings, args: argparse.Namespace) -> int:
+    return await run_demo(s, keep=args.keep)

@@ -1,40 +1,38 @@
-"""``paw dlq ...`` and ``paw item retry``: the on-call commands.
+"""``paw dlq list|show|replay|purge``: the dead-letter commands for on-call.
 
-The decisions live in :mod:`worker.bus.dlq`, the I/O in :mod:`worker.bus.dead_queue`; this module parses arguments, opens the database and the
-broker, asks for confirmation and prints (rich tables for people, ``--json`` for scripts).
+The decisions live in :mod:`worker.bus.dlq`, the I/O in :mod:`worker.bus.dead_queue`; this module
+parses arguments, opens the database and the broker, asks for confirmation and prints (through
+:mod:`worker.cli.render` for people, ``--json`` for scripts).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import getpass
 import json
 import sys
-import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import structlog
-from aio_pika.abc import AbstractRobustConnection
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-import schemas
 from worker.bus import dead_queue, dlq
 from worker.bus.dead_queue import Held
 from worker.bus.dlq import DeadLetter, Filters
-from worker.bus.publisher import Publisher, connect
+from worker.bus.publisher import Publisher
 from worker.bus.topology import Topology
+from worker.cli.context import Subparsers, add_actor, broker, database, default_actor
+from worker.cli.render import (
+    confirm,
+    dead_letters_table,
+    progress_bar,
+    reasons_line,
+    show_dead_letter,
+    wide_console,
+)
 from worker.errors import DlqError
-from worker.items.store import Store, create_pool
 from worker.settings import Settings
-
-Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
 log = structlog.get_logger(__name__)
 
@@ -44,13 +42,6 @@ WILL = {
     "replayed": "ack only: replayed before",
     "copy": "ack only: copy of one above",
 }
-
-
-def _default_actor() -> str:
-    try:
-        return getpass.getuser()  # $USER (then LOGNAME, then the account name)
-    except (OSError, KeyError):
-        return "unknown"
 
 
 def _dlq_id(text: str) -> str:
@@ -96,23 +87,15 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
     g.add_argument("--limit", type=_positive, help="at most N dead letters, oldest first")
 
 
-def _add_actor(p: argparse.ArgumentParser, actor: str) -> None:
-    p.add_argument("--actor", default=actor, help=f"who acts, for the audit (default: $USER, here {actor!r})")
-
-
 def _add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("ids", nargs="*", type=_dlq_id, metavar="ID", help="dead-letter ids (or filters)")
     _add_filters(p)
     p.add_argument("--all", action="store_true", help="every dead letter (required without ids or filters)")
 
 
-def register(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    *,
-    groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]],
-) -> dict[str, Command]:
-    """Adds ``paw dlq list|show|replay|purge`` and ``paw item retry``; returns name -> coroutine."""
-    actor = _default_actor()  # read once, while main() builds the parser
+def register(sub: Subparsers) -> None:
+    """Adds ``paw dlq list|show|replay|purge``."""
+    actor = default_actor()  # read once, while main() builds the parser
     group = sub.add_parser("dlq", help=f"dead letters: list, show, replay, purge {ENV_NOTE}").add_subparsers(
         dest="dlq_command", required=True
     )
@@ -122,10 +105,12 @@ def register(
     )
     _add_filters(p)
     p.add_argument("--json", action="store_true", help="a JSON array, for scripts")
+    p.set_defaults(func=cmd_dlq_list)
 
     p = group.add_parser("show", help="one dead letter: every header, the broker's hops, the body (redacted)")
     p.add_argument("id", type=_dlq_id, help="its id from `paw dlq list` (any unique prefix of 6 or more)")
     p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dlq_show)
 
     p = group.add_parser(
         "replay",
@@ -137,54 +122,25 @@ def register(
     _add_selection(p)
     p.add_argument("--dry-run", action="store_true", help="show what would happen; change nothing")
     p.add_argument("--rate", type=_rate, help="at most N messages per second (default: unpaced)")
-    _add_actor(p, actor)
+    add_actor(p, actor)
+    p.set_defaults(func=cmd_dlq_replay)
 
     p = group.add_parser("purge", help="delete dead letters for good (each one logged, redacted)")
     _add_selection(p)
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    _add_actor(p, actor)
-
-    p = groups["item"].add_parser(
-        "retry",
-        help="re-drive one Item from its current state: publishes item.drive (DATABASE_URL, AMQP_URL)",
-    )
-    p.add_argument("id", help="the Item id")
-    p.add_argument("--reason", help="why; kept in the Item's history (default: 'paw item retry by ACTOR')")
-    _add_actor(p, actor)
-
-    return {
-        "dlq_list": cmd_dlq_list,
-        "dlq_show": cmd_dlq_show,
-        "dlq_replay": cmd_dlq_replay,
-        "dlq_purge": cmd_dlq_purge,
-        "item_retry": cmd_item_retry,
-    }
+    add_actor(p, actor)
+    p.set_defaults(func=cmd_dlq_purge)
 
 
 # -- Plumbing ----------------------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def _broker(s: Settings) -> AsyncIterator[AbstractRobustConnection]:
-    connection = await connect(s.amqp_url, "paw-dlq-cli")
-    try:
-        yield connection
-    finally:
-        await connection.close()
-
-
-@contextlib.asynccontextmanager
-async def _database(s: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(s.database_url, min_size=1, max_size=2)
-    try:
-        yield pool
-    finally:
-        await pool.close()
-
-
 async def _read(s: Settings, topo: Topology) -> tuple[list[DeadLetter], int]:
     """A snapshot of the dead queue; every message is back on it when this returns."""
-    async with _broker(s) as connection, dead_queue.held_dead_letters(connection, topo) as (held, depth):
+    async with (
+        broker(s, "paw-dlq-cli") as connection,
+        dead_queue.held_dead_letters(connection, topo) as (held, depth),
+    ):
         return [h.letter for h in held], depth
 
 
@@ -192,7 +148,7 @@ async def _resolve_best_effort(s: Settings, letters: Sequence[DeadLetter]) -> li
     """Item ids from the database; list and show still work without it (the incident may be a
     database outage)."""
     try:
-        async with _database(s) as pool:
+        async with database(s) as pool:
             return await dead_queue.resolve_items(pool, letters)
     except (OSError, asyncpg.PostgresError, TimeoutError) as e:
         print(
@@ -247,66 +203,6 @@ def _nothing_selected(args: argparse.Namespace, filters: Filters) -> bool:
     return False
 
 
-def _console() -> Console:
-    """stdout; when it is not a terminal (a pipe, a file), wide enough for a whole table row."""
-    console = Console()
-    return console if console.is_terminal else Console(width=160)
-
-
-def _table(
-    title: str,
-    letters: Sequence[DeadLetter],
-    now: datetime,
-    will: Sequence[str] | None = None,
-    *,
-    width: int = 160,
-) -> Table:
-    """One line per dead letter; the error message gives way (ellipsis), and goes on a narrow
-    terminal, where the reason column still names it."""
-    table = Table(title=title, title_justify="left", expand=True)
-    table.add_column("id", no_wrap=True, min_width=dlq.SHORT_ID)
-    table.add_column("age", no_wrap=True, justify="right")
-    table.add_column("routing key", no_wrap=True)
-    table.add_column("item", no_wrap=True)
-    table.add_column("reason", no_wrap=True)
-    wide = width >= 140
-    if wide:
-        table.add_column("error", no_wrap=True, overflow="ellipsis", ratio=1, min_width=10)
-    table.add_column("tries", no_wrap=True, justify="right")
-    table.add_column("replays", no_wrap=True, justify="right")
-    if will is not None:
-        table.add_column("will", no_wrap=True)
-    for i, d in enumerate(letters):
-        row = d.summary(now)
-        cells = [
-            row["id"],
-            dlq.human_age(d.age(now)),
-            d.routing_key or "?",
-            row["item_id"] or row["plaid_item_id"] or "",
-            d.reason,
-            *([row["error"]] if wide else []),
-            str(d.attempts),
-            str(d.replays),
-        ]
-        table.add_row(*cells, *([will[i]] if will is not None else []))
-    return table
-
-
-def _reasons(letters: Sequence[DeadLetter]) -> str:
-    return ", ".join(f"{reason} {n}" for reason, n in dlq.by_reason(letters)) or "-"
-
-
-def _progress(total: int, what: str) -> Progress:
-    return Progress(
-        TextColumn(what),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=total < 2,
-    )
-
-
 # -- paw dlq list / show -----------------------------------------------------------------------
 
 
@@ -320,28 +216,15 @@ async def cmd_dlq_list(s: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([d.summary(now) for d in chosen], indent=2))
         return 0
-    console = _console()
+    console = wide_console()
     shown = f", {len(chosen)} shown" if len(chosen) != len(letters) else ""
-    console.print(_table(f"{topo.dead_queue}: {depth} dead letters{shown}", chosen, now, width=console.width))
-    console.print(f"by reason: {_reasons(chosen)}")
+    console.print(
+        dead_letters_table(
+            f"{topo.dead_queue}: {depth} dead letters{shown}", chosen, now, width=console.width
+        )
+    )
+    console.print(f"by reason: {reasons_line(chosen)}")
     return 0
-
-
-SHOW_FACTS = (
-    "routing_key",
-    "item_id",
-    "plaid_item_id",
-    "message_id",
-    "queue",
-    "error_class",
-    "error_code",
-    "error",
-    "request_id",
-    "attempts",
-    "replays",
-    "first_failure_at",
-    "dead_lettered_at",
-)
 
 
 async def cmd_dlq_show(s: Settings, args: argparse.Namespace) -> int:
@@ -354,38 +237,7 @@ async def cmd_dlq_show(s: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(detail, indent=2))
         return 0
-    console = _console()
-    console.print(f"[bold]{detail['key']}[/bold]  ({len(copies)} on the queue)", highlight=False)
-    facts = Table(show_header=False, box=None, pad_edge=False)
-    facts.add_column(style="bold", no_wrap=True)
-    facts.add_column(overflow="fold")
-    for name in SHOW_FACTS:
-        facts.add_row(name, "" if detail[name] is None else str(detail[name]))
-    console.print(facts)
-    if detail["history"]:
-        hops = Table(title="broker history (x-death: retry hops)", title_justify="left")
-        for col in ("queue", "reason", "count", "time", "routing keys"):
-            hops.add_column(col)
-        for hop in detail["history"]:
-            hop = hop if isinstance(hop, dict) else {}
-            keys = hop.get("routing-keys")
-            hops.add_row(
-                *(str(hop.get(k, "")) for k in ("queue", "reason", "count", "time")),
-                ", ".join(map(str, keys)) if isinstance(keys, list) else "",
-            )
-        console.print(hops)
-    headers = Table(title="headers", title_justify="left")
-    headers.add_column("name", no_wrap=True)
-    headers.add_column("value", overflow="fold")
-    for name, value in sorted(detail["headers"].items()):
-        if name != "x-death":
-            headers.add_row(name, value if isinstance(value, str) else json.dumps(value))
-    console.print(headers)
-    console.print("body:")
-    if isinstance(detail["body"], str):
-        console.print(detail["body"], markup=False, highlight=False)
-    else:
-        console.print_json(json.dumps(detail["body"]))
+    show_dead_letter(wide_console(), detail)
     return 0
 
 
@@ -400,7 +252,7 @@ async def cmd_dlq_replay(s: Settings, args: argparse.Namespace) -> int:
     topo = Topology.from_settings(s)
     audit = _audit(args, filters, rate=args.rate)
     result = dead_queue.ReplayResult()
-    async with _database(s) as pool, _broker(s) as connection:
+    async with database(s) as pool, broker(s, "paw-dlq-cli") as connection:
         action_id = await dead_queue.start_action(
             pool, "replay", actor=args.actor, filters=audit, dry_run=args.dry_run
         )
@@ -422,18 +274,18 @@ async def cmd_dlq_replay(s: Settings, args: argparse.Namespace) -> int:
                         f"publish {d.routing_key} (replay #{d.replays + 1})" if p == "publish" else WILL[p]
                         for d, p in zip(picked, plan, strict=True)
                     ]
-                    console = _console()
+                    console = wide_console()
                     title = f"dry run: replay to exchange {topo.exchange}"
-                    console.print(_table(title, picked, now, will, width=console.width))
+                    console.print(dead_letters_table(title, picked, now, will, width=console.width))
                     console.print(
                         f"dry run: would publish {result.replayed} and ack {len(plan) - result.replayed} "
-                        f"without publishing (by reason: {_reasons(picked)}); nothing changed"
+                        f"without publishing (by reason: {reasons_line(picked)}); nothing changed"
                     )
                     return 0
                 log.info(
                     "dlq.replay_started", action_id=action_id, actor=args.actor, selected=len(chosen), **audit
                 )
-                with _progress(len(chosen), "replaying") as bar:
+                with progress_bar(len(chosen), "replaying") as bar:
                     task = bar.add_task("replay", total=len(chosen))
                     await dead_queue.replay(
                         pool,
@@ -463,37 +315,6 @@ async def cmd_dlq_replay(s: Settings, args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
-def _yes(answer: str) -> bool:
-    return answer.strip().lower() in ("y", "yes")
-
-
-async def confirm(prompt: str) -> bool:
-    """Asks on the terminal. The event loop keeps running while the person thinks (Ctrl-C cancels
-    at once); where stdin cannot be watched (a file, or none), it is read directly."""
-    try:
-        fd = sys.stdin.fileno()
-    except (AttributeError, OSError, ValueError):
-        fd = -1
-    if fd >= 0:
-        loop = asyncio.get_running_loop()
-        ready = asyncio.Event()
-        try:
-            loop.add_reader(fd, ready.set)
-        except (OSError, ValueError, NotImplementedError):
-            pass  # a regular file: reading it does not block
-        else:
-            print(prompt, end="", flush=True)
-            try:
-                await ready.wait()
-            finally:
-                loop.remove_reader(fd)
-            return _yes(sys.stdin.readline())
-    try:
-        return _yes(input(prompt))  # noqa: ASYNC250 - a file (or no stdin): does not block
-    except EOFError:
-        return False
-
-
 async def cmd_dlq_purge(s: Settings, args: argparse.Namespace) -> int:
     """Two passes: pick and confirm (holding nothing while a person reads the table), then take the
     queue again and purge exactly the dead letters confirmed, those still there."""
@@ -503,22 +324,22 @@ async def cmd_dlq_purge(s: Settings, args: argparse.Namespace) -> int:
         return 2
     topo = Topology.from_settings(s)
     letters, depth = await _read(s, topo)
-    async with _database(s) as pool:
+    async with database(s) as pool:
         letters = await dead_queue.resolve_items(pool, letters)
     _check_ids(filters.ids, letters)
     picked = [letters[i] for i in dlq.select(letters, filters, args.limit)]
     if not picked:
         print(f"nothing to purge: none of {depth} dead letters match")
         return 0
-    console = _console()
-    console.print(_table(f"purge from {topo.dead_queue}", picked, now, width=console.width))
+    console = wide_console()
+    console.print(dead_letters_table(f"purge from {topo.dead_queue}", picked, now, width=console.width))
     if not args.yes and not await confirm(f"Delete these {len(picked)} dead letters for good? [y/N] "):
         print("nothing purged")
         return 1
     confirmed = {d.key for d in picked}
     async with (
-        _database(s) as pool,
-        _broker(s) as connection,
+        database(s) as pool,
+        broker(s, "paw-dlq-cli") as connection,
         dead_queue.held_dead_letters(connection, topo) as (held, _),
     ):
         chosen = [h for h in held if h.letter.key in confirmed]
@@ -527,7 +348,7 @@ async def cmd_dlq_purge(s: Settings, args: argparse.Namespace) -> int:
         )
         purged = 0
         try:
-            with _progress(len(chosen), "purging") as bar:
+            with progress_bar(len(chosen), "purging") as bar:
                 task = bar.add_task("purge", total=len(chosen))
                 purged = await dead_queue.purge(chosen, actor=args.actor, progress=lambda: bar.advance(task))
         finally:
@@ -538,38 +359,3 @@ async def cmd_dlq_purge(s: Settings, args: argparse.Namespace) -> int:
 
 
 # -- paw item retry ----------------------------------------------------------------------------
-
-
-async def cmd_item_retry(s: Settings, args: argparse.Namespace) -> int:
-    try:
-        item_id = uuid.UUID(args.id)
-    except ValueError:
-        print(f"paw: not an item id: {args.id!r}", file=sys.stderr)
-        return 2
-    async with _database(s) as pool:
-        item = await Store(pool).get(item_id)
-    if item is None:
-        print(f"paw: no item {item_id}", file=sys.stderr)
-        return 1
-    body = {"item_id": str(item_id), "reason": (args.reason or f"paw item retry by {args.actor}")[:200]}
-    problem = next(iter(schemas.validator("item.drive").iter_errors(body)), None)
-    if problem is not None:
-        print(f"paw: item.drive would be invalid: {problem.message}", file=sys.stderr)
-        return 2
-    message_id = str(uuid.uuid4())
-    async with _broker(s) as connection:
-        publisher = Publisher(connection, Topology.from_settings(s), timeout=s.publish_timeout)
-        await publisher.publish("item.drive", json.dumps(body).encode(), message_id=message_id)
-    log.info(
-        "item.retry_requested",
-        item_id=str(item_id),
-        state=item.state.value,
-        actor=args.actor,
-        reason=body["reason"],
-        message_id=message_id,
-    )
-    print(
-        f"item.drive sent for {item_id} (state {item.state.value}); the worker re-drives it from "
-        f"there: follow it with `paw item show {item_id}`"
-    )
-    return 0

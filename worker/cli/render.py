@@ -1,0 +1,266 @@
+"""Everything paw prints for people (rich): Items and their histories, dead letters, the status
+screen, progress bars, one age format, and the confirmation prompt."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from rich.console import Console, Group
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from worker.bus import dlq
+from worker.bus.dlq import DeadLetter
+from worker.items.model import HistoryEntry, Item
+from worker.status import STUCK_AFTER, Status
+
+
+def history_table(history: Sequence[HistoryEntry]) -> Table:
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    for col in ("at", "from", "to", "trigger", "cause", "detail"):
+        table.add_column(col)
+    for h in history:
+        detail = ", ".join(f"{k}={v}" for k, v in h.detail.items() if v is not None)
+        table.add_row(
+            h.at.strftime("%H:%M:%S.%f")[:-3], h.from_state or "-", h.to_state, h.trigger, h.cause, detail
+        )
+    return table
+
+
+def print_item(item: Item, history: Sequence[HistoryEntry], console: Console | None = None) -> None:
+    console = console or Console()
+    error = f"  error: {item.error_code} ({item.error_message})" if item.error_code else ""
+    console.print(f"[bold]{item.id}[/bold]  {item.state.value}  user={item.client_user_id}{error}")
+    if item.state.value == "login_required" and item.resume_state:
+        console.print(
+            f"  waiting for the user to repair the bank login; returns to {item.resume_state.value}"
+        )
+    if item.consent_expires_at:
+        console.print(f"  consent expires {item.consent_expires_at:%Y-%m-%d %H:%M} UTC (PENDING_EXPIRATION)")
+    if item.disconnect_at:
+        why = item.disconnect_reason or "PENDING_DISCONNECT"
+        console.print(f"  Plaid disconnects it {item.disconnect_at:%Y-%m-%d %H:%M} UTC ({why})")
+    console.print(history_table(history))
+
+
+def items_table(rows: Sequence[tuple[str, Item]]) -> Table:
+    table = Table(title="Items", show_lines=False)
+    for col in ("case", "item id", "state", "error_code", "account", "funding source"):
+        table.add_column(col)
+    for label, item in rows:
+        table.add_row(
+            label,
+            str(item.id),
+            item.state.value,
+            item.error_code or "",
+            item.account_id or "",
+            item.atomic_funding_source_id or "",
+        )
+    return table
+
+
+def expiring_table(items: Sequence[Item], days: int) -> Table:
+    table = Table(title=f"Items expiring or disconnecting within {days} days")
+    for col in ("item id", "state", "user", "consent expires", "disconnect at", "reason"):
+        table.add_column(col)
+    for item in items:
+        table.add_row(
+            str(item.id),
+            item.state.value,
+            item.client_user_id,
+            f"{item.consent_expires_at:%Y-%m-%d %H:%M}" if item.consent_expires_at else "",
+            f"{item.disconnect_at:%Y-%m-%d %H:%M}" if item.disconnect_at else "",
+            item.disconnect_reason or "",
+        )
+    return table
+
+
+def wide_console() -> Console:
+    """stdout; when it is not a terminal (a pipe, a file), wide enough for a whole table row."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+def dead_letters_table(
+    title: str,
+    letters: Sequence[DeadLetter],
+    now: datetime,
+    will: Sequence[str] | None = None,
+    *,
+    width: int = 160,
+) -> Table:
+    """One line per dead letter; the error message gives way (ellipsis), and goes on a narrow
+    terminal, where the reason column still names it."""
+    table = Table(title=title, title_justify="left", expand=True)
+    table.add_column("id", no_wrap=True, min_width=dlq.SHORT_ID)
+    table.add_column("age", no_wrap=True, justify="right")
+    table.add_column("routing key", no_wrap=True)
+    table.add_column("item", no_wrap=True)
+    table.add_column("reason", no_wrap=True)
+    wide = width >= 140
+    if wide:
+        table.add_column("error", no_wrap=True, overflow="ellipsis", ratio=1, min_width=10)
+    table.add_column("tries", no_wrap=True, justify="right")
+    table.add_column("replays", no_wrap=True, justify="right")
+    if will is not None:
+        table.add_column("will", no_wrap=True)
+    for i, d in enumerate(letters):
+        row = d.summary(now)
+        cells = [
+            row["id"],
+            human_age(d.age(now)),
+            d.routing_key or "?",
+            row["item_id"] or row["plaid_item_id"] or "",
+            d.reason,
+            *([row["error"]] if wide else []),
+            str(d.attempts),
+            str(d.replays),
+        ]
+        table.add_row(*cells, *([will[i]] if will is not None else []))
+    return table
+
+
+def reasons_line(letters: Sequence[DeadLetter]) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in dlq.by_reason(letters)) or "-"
+
+
+def progress_bar(total: int, what: str) -> Progress:
+    return Progress(
+        TextColumn(what),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=total < 2,
+    )
+
+
+def _yes(answer: str) -> bool:
+    return answer.strip().lower() in ("y", "yes")
+
+
+async def confirm(prompt: str) -> bool:
+    """Asks on the terminal. The event loop keeps running while the person thinks (Ctrl-C cancels
+    at once); where stdin cannot be watched (a file, or none), it is read directly."""
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = -1
+    if fd >= 0:
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        try:
+            loop.add_reader(fd, ready.set)
+        except (OSError, ValueError, NotImplementedError):
+            pass  # a regular file: reading it does not block
+        else:
+            print(prompt, end="", flush=True)
+            try:
+                await ready.wait()
+            finally:
+                loop.remove_reader(fd)
+            return _yes(sys.stdin.readline())
+    try:
+        return _yes(input(prompt))  # noqa: ASYNC250 - a file (or no stdin): does not block
+    except EOFError:
+        return False
+
+
+def human_age(age: timedelta | None) -> str:
+    if age is None:
+        return "?"
+    s = max(int(age.total_seconds()), 0)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def status_view(status: Status, now: datetime) -> Group:
+    queues = Table(title="Queues", box=None)
+    queues.add_column("queue")
+    queues.add_column("ready", justify="right")
+    for name, depth in status.queues.items():
+        queues.add_row(name, str(depth))
+    queues.add_row(
+        "[bold]dead letters[/bold]", f"[bold red]{status.dead_letters}[/]" if status.dead_letters else "0"
+    )
+    items = Table(title="Items per state", box=None)
+    items.add_column("state")
+    items.add_column("items", justify="right")
+    for state, n in sorted(status.items.items()):
+        items.add_row(state, str(n))
+    stuck = Table(title=f"Oldest stuck Items (no progress for {STUCK_AFTER})", box=None)
+    for col in ("item id", "state", "waiting", "error"):
+        stuck.add_column(col)
+    for s in status.stuck:
+        stuck.add_row(str(s["id"]), s["state"], human_age(now - s["updated_at"]), s["error_code"] or "")
+    if not status.stuck:
+        stuck.add_row("none", "", "", "")
+    last = status.last_webhook
+    footer = (
+        f"Last webhook: {last['routing_key']} ({last['outcome']}) {human_age(now - last['received_at'])} ago"
+        if last
+        else "Last webhook: none received yet"
+    )
+    return Group(queues, items, stuck, footer)
+
+
+SHOW_FACTS = (
+    "routing_key",
+    "item_id",
+    "plaid_item_id",
+    "message_id",
+    "queue",
+    "error_class",
+    "error_code",
+    "error",
+    "request_id",
+    "attempts",
+    "replays",
+    "first_failure_at",
+    "dead_lettered_at",
+)
+
+
+def show_dead_letter(console: Console, detail: dict[str, Any]) -> None:
+    """One dead letter in full: the facts, the broker's hops, every header, the body."""
+    console.print(f"[bold]{detail['key']}[/bold]  ({detail['copies']} on the queue)", highlight=False)
+    facts = Table(show_header=False, box=None, pad_edge=False)
+    facts.add_column(style="bold", no_wrap=True)
+    facts.add_column(overflow="fold")
+    for name in SHOW_FACTS:
+        facts.add_row(name, "" if detail[name] is None else str(detail[name]))
+    console.print(facts)
+    if detail["history"]:
+        hops = Table(title="broker history (x-death: retry hops)", title_justify="left")
+        for col in ("queue", "reason", "count", "time", "routing keys"):
+            hops.add_column(col)
+        for hop in detail["history"]:
+            hop = hop if isinstance(hop, dict) else {}
+            keys = hop.get("routing-keys")
+            hops.add_row(
+                *(str(hop.get(k, "")) for k in ("queue", "reason", "count", "time")),
+                ", ".join(map(str, keys)) if isinstance(keys, list) else "",
+            )
+        console.print(hops)
+    headers = Table(title="headers", title_justify="left")
+    headers.add_column("name", no_wrap=True)
+    headers.add_column("value", overflow="fold")
+    for name, value in sorted(detail["headers"].items()):
+        if name != "x-death":
+            headers.add_row(name, value if isinstance(value, str) else json.dumps(value))
+    console.print(headers)
+    console.print("body:")
+    if isinstance(detail["body"], str):
+        console.print(detail["body"], markup=False, highlight=False)
+    else:
+        console.print_json(json.dumps(detail["body"]))
