@@ -21,6 +21,7 @@ for _var in list(os.environ):
 
 import shutil
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -30,6 +31,7 @@ from tests.helpers import (
     DEFAULT_PG,
     BrokerControl,
     RunningWorker,
+    Rx,
     Sandbox,
     drop_database,
     free_port,
@@ -37,6 +39,7 @@ from tests.helpers import (
     services_for,
     with_database,
 )
+from webhooks.app import RECEIVER
 from webhooks.server import start_receiver
 from worker.migrate import migrate
 from worker.runner import run_worker
@@ -199,3 +202,15 @@ async def broker(service_urls: tuple[str, str]) -> AsyncIterator[BrokerControl]:
         yield control
     finally:
         await control.start()  # idempotent: start_app on a running broker is a no-op
+
+
+@pytest.fixture
+async def rx(services: Services, receiver_port: int) -> AsyncIterator[Rx]:
+    runner, url = await start_receiver(services, "127.0.0.1", receiver_port)
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=30)
+    try:
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+            yield Rx(url, runner.app[RECEIVER], http)
+    finally:
+        await runner.cleanup()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import socket
@@ -13,6 +14,8 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,18 +25,33 @@ import asyncpg
 import plaid
 from plaid.api import plaid_api
 
+from sandbox import webhook_bodies
 from sandbox.app import SandboxConfig
 from sandbox.state import SandboxState
+from webhooks.app import Receiver
+from worker.bus.dlq import DeadLetter
 from worker.bus.topology import undeclare
 from worker.cli.demo import sandbox_public_token
 from worker.items.model import Item, token_hash
 from worker.items.states import State
+from worker.messages import (
+    H_ATTEMPTS,
+    H_ERROR_CLASS,
+    H_ERROR_CODE,
+    H_ERROR_MESSAGE,
+    H_FIRST_FAILURE,
+    H_LAST_FAILURE,
+    H_QUEUE,
+    H_REPLAYS,
+    H_REQUEST_ID,
+    H_ROUTING_KEY,
+)
 from worker.services import Services, open_services
 from worker.settings import Settings
 
+# The repository, wherever a test file sits under tests/.
+ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
-
-
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 
 
@@ -262,3 +280,101 @@ async def all_cells(database_url: str) -> list[tuple[str, str, Any]]:
 def access_token_of(sandbox: Sandbox, plaid_item_id: str) -> str:
     ledger = sandbox.state.plaid
     return next(t for t, it in ledger._access.items() if it.item_id == plaid_item_id)
+
+
+def dead_headers(
+    routing_key: str,
+    *,
+    code: str = "INSTITUTION_DOWN",
+    error_class: str = "UpstreamError",
+    message: str = "the institution is down",
+    attempts: int = 5,
+    replays: int | None = None,
+    last: datetime | None = None,
+    queue: str = "paw.items",
+) -> dict[str, Any]:
+    """Headers as the consumer writes them on a dead letter."""
+    last = last or datetime.now(UTC)
+    headers: dict[str, Any] = {
+        H_ROUTING_KEY: routing_key,
+        H_ATTEMPTS: attempts,
+        H_FIRST_FAILURE: (last - timedelta(seconds=340)).isoformat(),
+        H_LAST_FAILURE: last.isoformat(),
+        H_ERROR_CLASS: error_class,
+        H_ERROR_MESSAGE: message,
+        H_QUEUE: queue,
+    }
+    if error_class == "UpstreamError":
+        headers[H_ERROR_CODE] = code
+        headers[H_REQUEST_ID] = f"req-{uuid.uuid4().hex[:8]}"
+    if replays is not None:
+        headers[H_REPLAYS] = replays
+    return headers
+
+
+@dataclasses.dataclass
+class Letter:
+    body: bytes
+    headers: dict[str, Any]
+    message_id: str  # aiormq gives every publish one anyway
+
+    @property
+    def key(self) -> str:
+        return DeadLetter.parse(self.body, self.headers, self.message_id).key
+
+
+def drive_letter(i: int = 0, **kw: Any) -> Letter:
+    body = json.dumps({"item_id": str(uuid.uuid4()), "reason": f"test {i}"}).encode()
+    return Letter(body, dead_headers("item.drive", **kw), str(uuid.uuid4()))
+
+
+def plaid_hook(wtype: str, code: str, **fields: Any) -> dict[str, Any]:
+    return {"webhook_type": wtype, "webhook_code": code, "item_id": "pi", "environment": "sandbox", **fields}
+
+
+LOGIN_ERROR = plaid_hook(
+    "ITEM", "ERROR", error={"error_code": "ITEM_LOGIN_REQUIRED", "error_type": "ITEM_ERROR"}
+)
+
+
+HEADER = "Plaid-Verification"
+
+
+@dataclasses.dataclass
+class Rx:
+    url: str
+    receiver: Receiver
+    http: aiohttp.ClientSession
+
+    async def post(self, body: bytes, token: str | None, *, chunked: bool = False) -> tuple[int, Any, float]:
+        """(status, JSON answer, seconds taken)."""
+        headers = {"Content-Type": "application/json"}
+        if token is not None:
+            headers[HEADER] = token
+        data: Any = io.BytesIO(body) if len(body) > 64 * 1024 else body  # aiohttp warns on big bytes
+        if chunked:
+
+            async def chunks() -> AsyncIterator[bytes]:
+                for start in range(0, len(body), 64 * 1024):
+                    yield body[start : start + 64 * 1024]
+
+            data = chunks()
+        started = time.monotonic()
+        async with self.http.post(f"{self.url}/webhooks/plaid", data=data, headers=headers) as resp:
+            answer = await resp.json(content_type=None)
+            return resp.status, answer, time.monotonic() - started
+
+    async def get(self, path: str) -> tuple[int, Any]:
+        async with self.http.get(f"{self.url}{path}") as resp:
+            return resp.status, await resp.json(content_type=None)
+
+
+def item_error_body(item_id: str | None = None) -> bytes:
+    """An ITEM ERROR webhook, as Plaid sends it (2-space indented JSON)."""
+    return webhook_bodies.encode(webhook_bodies.item_error(item_id or f"item-{uuid.uuid4().hex}"))
+
+
+async def take_envelopes(
+    settings: Settings, services: Services
+) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    return await queue_messages(settings.amqp_url, services.topo.webhooks_queue)

@@ -22,8 +22,12 @@ from structlog.testing import capture_logs
 
 from sandbox.app import SandboxConfig
 from tests.helpers import (
+    ROOT,
+    Letter,
     RunningWorker,
     Sandbox,
+    dead_headers,
+    drive_letter,
     eventually,
     new_public_token,
     queue_messages,
@@ -31,9 +35,7 @@ from tests.helpers import (
     submit_amqp,
 )
 from worker.bus import dead_queue, dlq
-from worker.bus.dlq import DeadLetter, Filters
 from worker.cli import build_parser
-from worker.cli.render import human_age
 from worker.errors import DlqError
 from worker.items.model import token_hash
 from worker.items.states import State
@@ -44,66 +46,14 @@ from worker.messages import (
     H_ERROR_MESSAGE,
     H_FIRST_FAILURE,
     H_LAST_FAILURE,
-    H_QUEUE,
     H_REPLAYS,
-    H_REQUEST_ID,
     H_ROUTING_KEY,
 )
 from worker.runner import run_worker
 from worker.services import Services
 from worker.settings import Settings
 
-NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
-ROOT = Path(__file__).resolve().parents[1]
-
-
 # -- Helpers -----------------------------------------------------------------------------------
-
-
-def dead_headers(
-    routing_key: str,
-    *,
-    code: str = "INSTITUTION_DOWN",
-    error_class: str = "UpstreamError",
-    message: str = "the institution is down",
-    attempts: int = 5,
-    replays: int | None = None,
-    last: datetime | None = None,
-    queue: str = "paw.items",
-) -> dict[str, Any]:
-    """Headers as the consumer writes them on a dead letter."""
-    last = last or datetime.now(UTC)
-    headers: dict[str, Any] = {
-        H_ROUTING_KEY: routing_key,
-        H_ATTEMPTS: attempts,
-        H_FIRST_FAILURE: (last - timedelta(seconds=340)).isoformat(),
-        H_LAST_FAILURE: last.isoformat(),
-        H_ERROR_CLASS: error_class,
-        H_ERROR_MESSAGE: message,
-        H_QUEUE: queue,
-    }
-    if error_class == "UpstreamError":
-        headers[H_ERROR_CODE] = code
-        headers[H_REQUEST_ID] = f"req-{uuid.uuid4().hex[:8]}"
-    if replays is not None:
-        headers[H_REPLAYS] = replays
-    return headers
-
-
-@dataclasses.dataclass
-class Letter:
-    body: bytes
-    headers: dict[str, Any]
-    message_id: str  # aiormq gives every publish one anyway
-
-    @property
-    def key(self) -> str:
-        return DeadLetter.parse(self.body, self.headers, self.message_id).key
-
-
-def drive_letter(i: int = 0, **kw: Any) -> Letter:
-    body = json.dumps({"item_id": str(uuid.uuid4()), "reason": f"test {i}"}).encode()
-    return Letter(body, dead_headers("item.drive", **kw), str(uuid.uuid4()))
 
 
 async def put_dead(settings: Settings, letters: Iterable[Letter]) -> None:
@@ -188,165 +138,6 @@ async def target(services: Services, settings: Settings) -> AsyncIterator[str]:
 
 
 # -- Pure --------------------------------------------------------------------------------------
-
-
-def test_id_depends_on_what_the_message_is_not_on_broker_bookkeeping() -> None:
-    letter = drive_letter()
-    first = DeadLetter.parse(letter.body, letter.headers, letter.message_id)
-    requeued = DeadLetter.parse(
-        letter.body,
-        {
-            **letter.headers,
-            "x-delivery-count": 3,
-            H_LAST_FAILURE: datetime.now(UTC).isoformat(),
-            "x-death": [{"queue": "q", "count": 1}],
-        },
-        letter.message_id,
-    )
-    assert requeued.key == first.key and len(first.key) == 64 and first.short_id == first.key[:12]
-    # replayed once and dead again: a new dead letter
-    assert DeadLetter.parse(letter.body, {**letter.headers, H_REPLAYS: 1}, letter.message_id).key != first.key
-    assert DeadLetter.parse(letter.body + b" ", letter.headers, letter.message_id).key != first.key
-    assert DeadLetter.parse(letter.body, letter.headers, "other").key != first.key
-    assert (
-        DeadLetter.parse(letter.body, {**letter.headers, H_ROUTING_KEY: "item.link"}, None).key != first.key
-    )
-    # no length-extension style collisions between the parts
-    assert dlq.message_key("a", "bc", 0, b"") != dlq.message_key("ab", "c", 0, b"")
-
-
-def test_item_refs_from_body_or_envelope() -> None:
-    item = str(uuid.uuid4())
-    assert dlq.item_refs("item.drive", {"item_id": item, "reason": "x"}).item_id == item
-    atomic = {"event_id": "e", "webhook": {"account_ref": item, "status": "VERIFIED"}}
-    assert dlq.item_refs("webhook.atomic.verified", atomic).item_id == item
-    plaid = {"event_id": "e", "webhook": {"item_id": "plaid-item-1", "webhook_type": "ITEM"}}
-    assert dlq.item_refs("webhook.plaid.ITEM.ERROR", plaid) == dlq.ItemRefs(plaid_item_id="plaid-item-1")
-    link = dlq.item_refs("item.link", {"public_token": "public-sandbox-x", "client_user_id": "u"})
-    assert link.public_token_sha256 == token_hash("public-sandbox-x") and link.item_id is None
-    assert dlq.item_refs("item.link", "not a dict") == dlq.ItemRefs()
-    poison = DeadLetter.parse(b"\xff not json", dead_headers("item.link", error_class="Poison"), None)
-    assert poison.refs == dlq.ItemRefs() and poison.reason == "Poison"
-
-
-def test_filters() -> None:
-    item = str(uuid.uuid4())
-    old = DeadLetter.parse(
-        json.dumps({"item_id": item, "reason": "r"}).encode(),
-        dead_headers("item.drive", code="INSTITUTION_DOWN", last=NOW - timedelta(hours=3)),
-        "m1",
-    )
-    new = DeadLetter.parse(
-        b'{"event_id": "e", "webhook": {"item_id": "pl-1"}}',
-        dead_headers("webhook.plaid.ITEM.ERROR", code="INTERNAL_SERVER_ERROR", message="Plaid 500", last=NOW),
-        "m2",
-    )
-    both = [old, new]
-
-    def picked(**kw: Any) -> list[DeadLetter]:
-        return [both[i] for i in dlq.select(both, Filters(**kw))]
-
-    assert picked() == both and Filters().empty
-    assert picked(code="institution_down") == [old]
-    assert picked(error="plaid 5") == [new]
-    assert picked(error="UpstreamError") == both
-    assert picked(since=NOW - timedelta(hours=1)) == [new]
-    assert picked(routing_key="webhook.#") == [new]
-    assert picked(routing_key="webhook.plaid.*") == []  # '*' is one word
-    assert picked(routing_key="webhook.plaid.*.*") == [new]
-    assert picked(routing_key="item.drive") == [old]
-    assert picked(item=item.upper()) == [old]
-    assert picked(item="pl-1") == [new]
-    assert picked(ids=(new.key[:8],)) == [new]
-    assert picked(ids=(new.key[:8],), code="INSTITUTION_DOWN") == []  # every criterion must hold
-    assert dlq.select(both, Filters(), limit=1) == [0]
-    assert Filters(code="X", since=NOW).public() == {"code": "X", "since": NOW.isoformat()}
-
-
-def test_topic_patterns_follow_amqp() -> None:
-    assert dlq.topic_matches("#", "a.b.c") and dlq.topic_matches("a.#", "a")
-    assert dlq.topic_matches("a.*.c", "a.b.c") and not dlq.topic_matches("a.*.c", "a.b.b.c")
-    assert dlq.topic_matches("a.#.c", "a.b.b.c") and not dlq.topic_matches("a.b", "a.b.c")
-
-
-def test_since_accepts_durations_and_times() -> None:
-    assert dlq.parse_since("90s", NOW) == NOW - timedelta(seconds=90)
-    assert dlq.parse_since("2h", NOW) == NOW - timedelta(hours=2)
-    assert dlq.parse_since("1d", NOW) == NOW - timedelta(days=1)
-    assert dlq.parse_since("2026-11-23T10:00:00", NOW) == datetime(2026, 11, 23, 10, tzinfo=UTC)
-    assert dlq.parse_since("2026-11-23T10:00:00+02:00", NOW) == datetime(2026, 11, 23, 8, tzinfo=UTC)
-    with pytest.raises(ValueError, match="30m"):
-        dlq.parse_since("yesterday", NOW)
-
-
-def test_replay_headers_reset_the_failure_and_count_the_replay() -> None:
-    headers = {
-        **dead_headers("item.link", replays=1),
-        "x-death": [{"queue": "paw.items.retry.50"}],
-        "x-first-death-queue": "paw.items.retry.50",
-        "x-delivery-count": 2,
-        "traceparent": "00-abc-def-01",
-    }
-    out = dlq.replay_headers(headers, actor="alice", now=NOW)
-    assert out == {
-        H_ROUTING_KEY: "item.link",
-        H_REPLAYS: 2,
-        dlq.H_REPLAYED_AT: NOW.isoformat(),
-        dlq.H_REPLAYED_BY: "alice",
-        "traceparent": "00-abc-def-01",
-    }
-    assert dlq.replay_headers({}, actor="a", now=NOW)[H_REPLAYS] == 1
-
-
-def test_replay_plan_publishes_each_message_once() -> None:
-    a, b = drive_letter(1), drive_letter(2)
-    letters = [DeadLetter.parse(x.body, x.headers, x.message_id) for x in (a, b, a)]
-    assert dlq.replay_plan(letters, set()) == ["publish", "publish", "copy"]
-    assert dlq.replay_plan(letters, {a.key}) == ["replayed", "publish", "replayed"]
-
-
-def test_pace_and_age() -> None:
-    assert dlq.pace_delay(0, 10, 0.0) == 0.0
-    assert dlq.pace_delay(5, 10, 0.2) == pytest.approx(0.3)
-    assert dlq.pace_delay(5, 10, 0.9) == 0.0
-    assert dlq.pace_delay(500, None, 0.0) == 0.0
-    assert [human_age(timedelta(seconds=s)) for s in (5, 125, 7300, 90000)] == [
-        "5s",
-        "2m05s",
-        "2h01m",
-        "1d01h",
-    ]
-    assert human_age(None) == "?"
-
-
-def test_summary_and_detail_are_redacted() -> None:
-    body = json.dumps({"public_token": "public-sandbox-0123abcd", "client_user_id": "u"}).encode()
-    headers = dead_headers("item.link", message="exchange of public-sandbox-0123abcd failed")
-    d = DeadLetter.parse(body, headers, "m")
-    text = json.dumps(d.detail(NOW)) + json.dumps(d.summary(NOW))
-    assert "0123abcd" not in text and "[redacted]" in text
-    assert d.detail(NOW)["body"] == {"public_token": "[redacted]", "client_user_id": "u"}
-    assert dlq.by_reason([d, d, DeadLetter.parse(b"x", dead_headers("a", error_class="Poison"), None)]) == [
-        ("INSTITUTION_DOWN", 2),
-        ("Poison", 1),
-    ]
-
-
-def test_unknown_or_ambiguous_ids() -> None:
-    letters: dict[str, DeadLetter] = {}
-    i = 0
-    while True:  # two dead letters whose ids share their first two characters
-        d = DeadLetter.parse(f"{i}".encode(), dead_headers("item.drive"), None)
-        i += 1
-        if d.key[:2] in letters:
-            a, b = letters[d.key[:2]], d
-            break
-        letters[d.key[:2]] = d
-    both = [a, b]
-    assert dlq.unknown_or_ambiguous_ids([a.key[:6], b.key[:10]], both) == {}
-    assert dlq.unknown_or_ambiguous_ids([a.key[:2]], both) == {a.key[:2]: sorted([a.short_id, b.short_id])}
-    missing = "f" * 12 if not a.key.startswith("f" * 12) else "0" * 12
-    assert dlq.unknown_or_ambiguous_ids([missing], both) == {missing: []}
 
 
 # -- list / show on the real broker ------------------------------------------------------------

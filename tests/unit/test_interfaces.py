@@ -22,6 +22,7 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_openapi
 
 import schemas
+from tests.helpers import ROOT
 from webhooks.app import Receiver, create_app
 from worker import messages as message_contract
 from worker.bus.topology import Topology
@@ -29,7 +30,6 @@ from worker.items.states import State
 from worker.messages import schema_for
 from worker.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
 OPENAPI_PATH = ROOT / "docs" / "openapi.yaml"
 ASYNCAPI_PATH = ROOT / "docs" / "asyncapi.yaml"
 MESSAGES_DIR = ROOT / "schemas" / "messages"

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 from prometheus_client import REGISTRY
 
+from tests.helpers import ROOT
 from worker import metrics
 
-DASHBOARD = Path(__file__).resolve().parent.parent / "docs" / "grafana-dashboard.json"
+DASHBOARD = ROOT / "docs" / "grafana-dashboard.json"
 
 
 def defined_metric_names() -> set[str]:

@@ -22,11 +22,11 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from tests.helpers import ROOT
 from webhooks.app import Receiver, create_app
 from worker import cli
 from worker.settings import ENV, REQUIRED_IN_PRODUCTION, load
 
-ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"

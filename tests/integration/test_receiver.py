@@ -8,15 +8,12 @@ import base64
 import dataclasses
 import hashlib
 import hmac
-import io
 import json
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
-import aiohttp
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -25,66 +22,17 @@ from structlog.testing import capture_logs
 import schemas
 from sandbox import webhook_bodies
 from sandbox.signing import SigningKey, new_signing_key, plaid_verification_jwt
-from tests.helpers import BrokerControl, Sandbox, eventually, queue_messages
-from webhooks.app import RECEIVER, Receiver
-from webhooks.server import start_receiver
+from tests.helpers import (
+    Rx,
+    Sandbox,
+    eventually,
+    item_error_body,
+    take_envelopes,
+)
 from worker.services import Services
 from worker.settings import Settings
 
 KEY_PATH = "/webhook_verification_key/get"
-HEADER = "Plaid-Verification"
-
-
-@dataclasses.dataclass
-class Rx:
-    url: str
-    receiver: Receiver
-    http: aiohttp.ClientSession
-
-    async def post(self, body: bytes, token: str | None, *, chunked: bool = False) -> tuple[int, Any, float]:
-        """(status, JSON answer, seconds taken)."""
-        headers = {"Content-Type": "application/json"}
-        if token is not None:
-            headers[HEADER] = token
-        data: Any = io.BytesIO(body) if len(body) > 64 * 1024 else body  # aiohttp warns on big bytes
-        if chunked:
-
-            async def chunks() -> AsyncIterator[bytes]:
-                for start in range(0, len(body), 64 * 1024):
-                    yield body[start : start + 64 * 1024]
-
-            data = chunks()
-        started = time.monotonic()
-        async with self.http.post(f"{self.url}/webhooks/plaid", data=data, headers=headers) as resp:
-            answer = await resp.json(content_type=None)
-            return resp.status, answer, time.monotonic() - started
-
-    async def get(self, path: str) -> tuple[int, Any]:
-        async with self.http.get(f"{self.url}{path}") as resp:
-            return resp.status, await resp.json(content_type=None)
-
-
-@pytest.fixture
-async def rx(services: Services, receiver_port: int) -> AsyncIterator[Rx]:
-    runner, url = await start_receiver(services, "127.0.0.1", receiver_port)
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=30)
-    try:
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-            yield Rx(url, runner.app[RECEIVER], http)
-    finally:
-        await runner.cleanup()
-
-
-def item_error_body(item_id: str | None = None) -> bytes:
-    """An ITEM ERROR webhook, as Plaid sends it (2-space indented JSON)."""
-    return webhook_bodies.encode(webhook_bodies.item_error(item_id or f"item-{uuid.uuid4().hex}"))
-
-
-async def take_envelopes(
-    settings: Settings, services: Services
-) -> list[aio_pika.abc.AbstractIncomingMessage]:
-    return await queue_messages(settings.amqp_url, services.topo.webhooks_queue)
 
 
 async def assert_nothing_published(rx: Rx, sandbox: Sandbox, settings: Settings, services: Services) -> None:
@@ -382,68 +330,3 @@ async def test_readyz_reports_when_plaid_keys_cannot_be_fetched(
 
 
 # -- broker outage ------------------------------------------------------------------------------
-
-
-@pytest.mark.chaos
-async def test_broker_outage_answers_503_and_recovers_without_restart_losing_nothing_acknowledged(
-    rx: Rx, sandbox: Sandbox, settings: Settings, services: Services, broker: BrokerControl
-) -> None:
-    accepted: list[str] = []
-    refused: list[float] = []
-    unexpected: list[Any] = []
-    stop = asyncio.Event()
-
-    async def stream() -> None:
-        while not stop.is_set():
-            body = item_error_body()
-            try:
-                status, answer, took = await rx.post(body, sandbox.state.sign(body))
-            except aiohttp.ClientError as e:  # the receiver must answer every request, outage or not
-                unexpected.append(e)
-                continue
-            if status == 200:
-                accepted.append(answer["event_id"])
-            elif status == 503 and answer["error"] == "broker_unavailable":
-                refused.append(took)
-            else:
-                unexpected.append((status, answer))
-            await asyncio.sleep(0.01)  # pacing: a steady stream, not a flood
-
-    streams = [asyncio.create_task(stream()) for _ in range(4)]
-    try:
-        await eventually(grown(accepted, 20))
-        await broker.stop()
-        await eventually(lambda: _status_is(rx, "/readyz", 503), timeout=20)
-        # once the receiver knows the broker is gone, it refuses at once instead of hanging
-        body = item_error_body()
-        status, answer, took = await rx.post(body, sandbox.state.sign(body))
-        assert (status, answer["error"]) == (503, "broker_unavailable")
-        assert took < 0.5
-        await eventually(grown(refused, 20))
-        accepted_before_recovery = len(accepted)
-        await broker.start()
-        await eventually(lambda: _status_is(rx, "/readyz", 200), timeout=30)
-        await eventually(grown(accepted, accepted_before_recovery + 20))
-    finally:
-        stop.set()
-        await asyncio.gather(*streams, return_exceptions=True)
-    assert unexpected == []
-    messages = await take_envelopes(settings, services)
-    queued = {json.loads(m.body)["event_id"] for m in messages}
-    missing = set(accepted) - queued
-    assert missing == set(), f"{len(missing)} of {len(accepted)} acknowledged webhooks were lost"
-    assert len(refused) >= 20
-    assert max(refused) <= settings.publish_timeout + 1.0  # never hangs beyond the publish bound
-    assert rx.receiver.metrics["publish_failed"] == len(refused) + 1
-
-
-def grown(items: list[Any], size: int) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        return len(items) >= size
-
-    return check
-
-
-async def _status_is(rx: Rx, path: str, status: int) -> bool:
-    got, _ = await rx.get(path)
-    return got == status

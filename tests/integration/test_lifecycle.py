@@ -11,7 +11,7 @@ import hashlib
 import json
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
@@ -20,6 +20,7 @@ import pytest
 
 from sandbox.app import SandboxConfig
 from tests.helpers import (
+    LOGIN_ERROR,
     TOKEN_PATTERNS,
     RunningWorker,
     Sandbox,
@@ -32,13 +33,10 @@ from tests.helpers import (
     submit_amqp,
 )
 from worker.items.model import Item
-from worker.items.rules import on_plaid_webhook
-from worker.items.states import LINKED, TRANSITIONS, State, Trigger, next_state
+from worker.items.states import State, Trigger, next_state
 from worker.runner import run_worker
 from worker.services import Services
 from worker.settings import Settings
-
-NOW = 1_800_000_000
 
 
 @pytest.fixture
@@ -47,121 +45,6 @@ def sandbox_config(sandbox_config_for_receiver: SandboxConfig) -> SandboxConfig:
 
 
 # -- the pure decision, from every state --------------------------------------------------------
-
-
-def item_in(state: State, **kw: Any) -> Item:
-    now = datetime.now(UTC)
-    base: dict[str, Any] = dict(
-        id=uuid.uuid4(),
-        client_user_id="u",
-        state=state,
-        resume_state=None,
-        requested_account_id=None,
-        plaid_item_id="pi",
-        account_id="acc",
-        access_token=None,
-        processor_token=None,
-        atomic_funding_source_id="fs",
-        error_code=None,
-        error_type=None,
-        error_message=None,
-        plaid_request_id=None,
-        created_at=now,
-        updated_at=now,
-        version=1,
-    )
-    base.update(kw)
-    return Item(**base)
-
-
-def hook(wtype: str, code: str, **fields: Any) -> dict[str, Any]:
-    return {"webhook_type": wtype, "webhook_code": code, "item_id": "pi", "environment": "sandbox", **fields}
-
-
-LOGIN_ERROR = hook("ITEM", "ERROR", error={"error_code": "ITEM_LOGIN_REQUIRED", "error_type": "ITEM_ERROR"})
-
-
-@pytest.mark.parametrize("state", list(State))
-def test_login_error_from_every_state(state: State) -> None:
-    d = on_plaid_webhook(item_in(state), LOGIN_ERROR, NOW)
-    if state in LINKED:
-        assert d.trigger is Trigger.LOGIN_REQUIRED and d.login_changed_at == NOW
-    else:
-        assert d.trigger is None
-
-
-@pytest.mark.parametrize("state", list(State))
-def test_login_repaired_from_every_state(state: State) -> None:
-    d = on_plaid_webhook(
-        item_in(state, resume_state=State.ATOMIC_VERIFIED), hook("ITEM", "LOGIN_REPAIRED"), NOW
-    )
-    assert (d.trigger is Trigger.LOGIN_REPAIRED) == (state is State.LOGIN_REQUIRED)
-    assert d.login_changed_at == NOW
-
-
-@pytest.mark.parametrize("state", list(State))
-@pytest.mark.parametrize("code", ["USER_PERMISSION_REVOKED", "USER_ACCOUNT_REVOKED"])
-def test_revocation_from_every_state(state: State, code: str) -> None:
-    d = on_plaid_webhook(item_in(state), hook("ITEM", code, account_id="acc"), NOW)
-    legal = state in TRANSITIONS[Trigger.REVOKED] and state is not State.FAILED
-    assert (d.trigger is Trigger.REVOKED) == legal
-    if d.trigger:
-        assert next_state(state, d.trigger) is State.REVOKED
-
-
-def test_account_revoked_for_another_account_is_only_recorded() -> None:
-    d = on_plaid_webhook(
-        item_in(State.ATOMIC_VERIFIED), hook("ITEM", "USER_ACCOUNT_REVOKED", account_id="other"), NOW
-    )
-    assert d.trigger is None and d.outcome == "recorded"
-
-
-@pytest.mark.parametrize("state", list(State))
-@pytest.mark.parametrize("code", ["AUTOMATICALLY_VERIFIED", "VERIFICATION_EXPIRED"])
-def test_micro_deposit_outcome_from_every_state(state: State, code: str) -> None:
-    d = on_plaid_webhook(item_in(state), hook("AUTH", code, account_id="acc"), NOW)
-    if state is State.AWAITING_VERIFICATION:
-        assert d.trigger is (Trigger.ACCOUNT_VERIFIED if code == "AUTOMATICALLY_VERIFIED" else Trigger.FAILED)
-    else:
-        assert d.trigger is None
-
-
-def test_older_event_does_not_undo_a_newer_condition() -> None:
-    repaired_later = item_in(State.ATOMIC_VERIFIED, login_changed_at=NOW + 10)
-    assert on_plaid_webhook(repaired_later, LOGIN_ERROR, NOW).outcome == "stale"
-    broken_later = item_in(
-        State.LOGIN_REQUIRED, resume_state=State.ATOMIC_VERIFIED, login_changed_at=NOW + 10
-    )
-    assert on_plaid_webhook(broken_later, hook("ITEM", "LOGIN_REPAIRED"), NOW).outcome == "stale"
-
-
-@pytest.mark.parametrize(
-    ("webhook", "outcome"),
-    [
-        (hook("ITEM", "NEW_ACCOUNTS_AVAILABLE"), "recorded"),
-        (hook("ITEM", "WEBHOOK_UPDATE_ACKNOWLEDGED", new_webhook_url="https://x"), "recorded"),
-        (hook("ITEM", "SOMETHING_NEW"), "unknown_code"),
-        (hook("TRANSACTIONS", "SYNC_UPDATES_AVAILABLE"), "unknown_type"),
-        (
-            hook("AUTH", "DEFAULT_UPDATE", account_ids_with_updated_auth={"acc": ["ACCOUNT_NUMBER"]}),
-            "numbers_changed",
-        ),
-    ],
-)
-def test_recorded_events(webhook: dict[str, Any], outcome: str) -> None:
-    d = on_plaid_webhook(item_in(State.ATOMIC_VERIFIED), webhook, NOW)
-    assert d.trigger is None and d.outcome == outcome
-
-
-def test_pending_expiration_and_disconnect_keep_their_deadline() -> None:
-    item = item_in(State.ATOMIC_VERIFIED)
-    d = on_plaid_webhook(
-        item, hook("ITEM", "PENDING_EXPIRATION", consent_expiration_time="2030-01-02T03:04:05Z"), NOW
-    )
-    assert d.consent_expires_at == datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
-    d2 = on_plaid_webhook(item, hook("ITEM", "PENDING_DISCONNECT", reason="INSTITUTION_MIGRATION"), NOW)
-    assert d2.disconnect_at == datetime.fromtimestamp(NOW, UTC) + timedelta(days=7)
-    assert d2.disconnect_reason == "INSTITUTION_MIGRATION"
 
 
 # -- end to end ---------------------------------------------------------------------------------

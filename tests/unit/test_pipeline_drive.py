@@ -1,0 +1,243 @@
+"""Pipeline.drive: the lease loop (claim, step, commit with lease renewal, release), refused
+transitions, a lease lost to another worker, and permanent vs transient upstream errors. Runs on
+FakeStore, FakePlaid and FakeAtomic with the real Sealer: needs no Postgres, RabbitMQ or HTTP."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from tests.fakes import (
+    TEST_SEALER,
+    FakeAtomic,
+    FakePlaid,
+    FakeStore,
+    Lease,
+    linked_item,
+    new_item,
+    permanent,
+    seal,
+    transient,
+    unseal,
+)
+from worker.errors import ItemBusy, UpstreamError
+from worker.items.model import Cause, Item
+from worker.items.pipeline import Pipeline
+from worker.items.states import State
+from worker.plaid_api import Account
+
+LEASE_S = 30.0
+CAUSE = Cause("item.link", "evt-1")
+PUBLIC = "public-sandbox-abc"
+ALL_CALLS = ["exchange_public_token", "accounts", "create_processor_token", "submit_funding_source"]
+
+
+class World:
+    """A pipeline wired to fakes, and the fakes to look at afterwards."""
+
+    def __init__(self, *, accounts: list[Account] | None = None) -> None:
+        self.store = FakeStore()
+        self.plaid = FakePlaid(accounts=accounts)
+        self.atomic = FakeAtomic()
+        self.pipeline = Pipeline(
+            store=self.store,
+            sealer=TEST_SEALER,
+            plaid=self.plaid,
+            atomic=self.atomic,
+            lease_s=LEASE_S,
+        )
+
+    def add(self, item: Item) -> Item:
+        return self.store.add(item)
+
+    async def drive(
+        self, item: Item, public_token: str | None = None, *, leased: Item | None = None
+    ) -> Item | None:
+        return await self.pipeline.drive(item.id, public_token=public_token, cause=CAUSE, leased=leased)
+
+    def calls(self) -> list[str]:
+        return self.plaid.names() + self.atomic.names()
+
+
+async def test_link_with_a_public_token_goes_all_the_way_to_atomic_pending() -> None:
+    w = World()
+    item = w.add(new_item(State.LINK))
+    done = await w.drive(item, PUBLIC)
+    assert done is not None and done.state is State.ATOMIC_PENDING
+    assert w.store.items[item.id] == done and done.version == 4
+    assert w.store.path(item.id) == ["link", "exchanged", "processor_token_issued", "atomic_pending"]
+    assert {(h.cause, h.event_id) for h in w.store.history[item.id][1:]} == {("item.link", "evt-1")}
+    assert w.calls() == ALL_CALLS
+    assert w.plaid.calls[0] == ("exchange_public_token", (PUBLIC,))
+    assert w.plaid.calls[2] == ("create_processor_token", ("access-sandbox-1", "acc-checking"))
+    processor = "processor-sandbox-acc-checking"
+    assert w.atomic.calls == [("submit_funding_source", (processor, str(item.id), "user-1", str(item.id)))]
+    assert done.atomic_funding_source_id == "fs-1" and done.plaid_item_id == "plaid-item-1"
+    # tokens are sealed at rest, bound to this Item and column
+    assert done.access_token is not None and done.processor_token is not None
+    assert b"access-sandbox-1" not in done.access_token.blob
+    assert unseal(item.id, "access_token", done.access_token) == "access-sandbox-1"
+    assert unseal(item.id, "processor_token", done.processor_token) == processor
+    assert w.store.lease_of(item.id) is None
+
+
+async def test_each_commit_renews_the_lease_and_the_last_one_releases_it() -> None:
+    w = World()
+    item = w.add(new_item(State.LINK))
+    leases: list[Lease | None] = []
+
+    def tick() -> None:  # each upstream call takes 10 s; note the lease while it is in flight
+        w.store.clock += 10
+        leases.append(w.store.lease_of(item.id))
+
+    for name in ALL_CALLS[:3]:
+        w.plaid.on_call(name, tick)
+    w.atomic.on_call("submit_funding_source", tick)
+    await w.drive(item, PUBLIC)
+    owner = w.pipeline.owner
+    # claimed at 0 s; renewed by the commits at 10 s and 30 s; released by the last commit itself
+    assert leases == [Lease(owner, 30), Lease(owner, 40), Lease(owner, 40), Lease(owner, 60)]
+    assert w.store.lease_of(item.id) is None and "release" not in w.store.calls
+
+
+async def test_link_without_a_public_token_waits_and_releases() -> None:
+    w = World()
+    item = w.add(new_item(State.LINK))
+    assert await w.drive(item) == item
+    assert w.calls() == [] and w.store.path(item.id) == ["link"]
+    assert w.store.lease_of(item.id) is None and w.store.calls == ["claim", "release"]
+
+
+async def test_another_workers_lease_makes_the_item_busy() -> None:
+    w = World()
+    item = w.add(new_item(State.LINK))
+    other = uuid.uuid4()
+    w.store.hold(item.id, other, LEASE_S)
+    with pytest.raises(ItemBusy):
+        await w.drive(item, PUBLIC)
+    assert w.calls() == [] and w.store.lease_of(item.id) == Lease(other, LEASE_S)
+
+
+async def test_an_expired_lease_is_taken_over() -> None:
+    w = World()
+    item = w.add(new_item(State.LINK))
+    w.store.hold(item.id, uuid.uuid4(), LEASE_S)
+    w.store.clock = LEASE_S + 1
+    done = await w.drive(item, PUBLIC)
+    assert done is not None and done.state is State.ATOMIC_PENDING
+
+
+async def test_unknown_item_is_none() -> None:
+    w = World()
+    assert await w.pipeline.drive(uuid.uuid4(), public_token=PUBLIC, cause=CAUSE) is None
+    assert w.calls() == [] and w.store.calls == ["claim", "get"]
+
+
+async def test_transient_error_leaves_the_last_committed_state_and_the_next_drive_resumes() -> None:
+    w = World()
+    item = w.add(new_item(State.LINK))
+    w.plaid.fail_on("accounts", transient(error_code="INSTITUTION_DOWN", status=400))
+    with pytest.raises(UpstreamError) as raised:
+        await w.drive(item, PUBLIC)
+    assert raised.value.error_code == "INSTITUTION_DOWN"
+    stuck = w.store.items[item.id]
+    assert stuck.state is State.EXCHANGED and stuck.access_token is not None and stuck.error_code is None
+    assert w.store.lease_of(item.id) is None
+    # redelivered as item.drive (no public token): it goes on from exchanged, never exchanging again
+    done = await w.drive(item)
+    assert done is not None and done.state is State.ATOMIC_PENDING
+    assert w.calls() == ["exchange_public_token", "accounts", *ALL_CALLS[1:]]
+
+
+async def test_permanent_error_at_exchange_fails_the_item() -> None:
+    w = World()
+    item = w.add(new_item(State.LINK))
+    w.plaid.fail_on("exchange_public_token", permanent("INVALID_PUBLIC_TOKEN", request_id="req-x"))
+    done = await w.drive(item, PUBLIC)
+    assert done is not None and done.state is State.FAILED
+    assert done.error_code == "INVALID_PUBLIC_TOKEN" and done.plaid_request_id == "req-x"
+    assert w.store.history[item.id][-1].detail["error_code"] == "INVALID_PUBLIC_TOKEN"
+    assert w.calls() == ["exchange_public_token"]  # no access token: nothing to remove
+    assert w.store.lease_of(item.id) is None
+
+
+async def test_permanent_error_after_exchange_removes_the_item_and_destroys_its_tokens() -> None:
+    w = World(accounts=[])  # no checking or savings account: NO_USABLE_ACCOUNT
+    item = w.add(linked_item(State.EXCHANGED, access="access-sandbox-9"))
+    done = await w.drive(item)
+    assert done is not None and done.state is State.FAILED and done.error_code == "NO_USABLE_ACCOUNT"
+    assert w.plaid.calls == [("accounts", ("access-sandbox-9", None)), ("remove_item", ("access-sandbox-9",))]
+    stored = w.store.items[item.id]
+    assert stored.state is State.FAILED and stored.access_token is None and stored.processor_token is None
+    assert w.store.path(item.id) == ["exchanged", "failed"] and w.store.lease_of(item.id) is None
+
+
+async def test_login_required_waits_for_the_user_and_keeps_the_tokens() -> None:
+    w = World()
+    item = w.add(linked_item(State.EXCHANGED))
+    w.plaid.fail_on("accounts", permanent("ITEM_LOGIN_REQUIRED"))
+    done = await w.drive(item)
+    assert done is not None and done.state is State.LOGIN_REQUIRED
+    assert done.resume_state is State.EXCHANGED and done.error_code == "ITEM_LOGIN_REQUIRED"
+    assert done.access_token == item.access_token and "remove_item" not in w.plaid.names()
+    assert w.store.lease_of(item.id) is None
+
+
+async def test_awaiting_verification_releases_the_lease_with_its_transition() -> None:
+    pending = Account("acc-md", "depository", "checking", "pending_manual_verification", "1111")
+    w = World(accounts=[pending])
+    item = w.add(linked_item(State.EXCHANGED))
+    done = await w.drive(item)
+    assert done is not None and done.state is State.AWAITING_VERIFICATION and done.account_id == "acc-md"
+    assert w.calls() == ["accounts"] and w.store.lease_of(item.id) is None
+
+
+def moved_on(w: World, item: Item, *, taken_by: uuid.UUID | None = None) -> Callable[[], None]:
+    """While our call is in flight, the row moves to processor_token_issued with another worker's
+    token (that worker having taken over our expired lease, if ``taken_by``)."""
+
+    def meanwhile() -> None:
+        if taken_by is not None:
+            w.store.clock += LEASE_S + 1
+            w.store.hold(item.id, taken_by, LEASE_S)
+        token = seal(item.id, "processor_token", "processor-sandbox-other")
+        w.store.move(item.id, State.PROCESSOR_TOKEN_ISSUED, processor_token=token, account_id="acc-other")
+
+    return meanwhile
+
+
+async def test_refused_transition_reclaims_and_goes_on_from_the_state_it_finds() -> None:
+    w = World()
+    item = w.add(linked_item(State.EXCHANGED))
+    w.store.refuse_next_transition(moved_on(w, item))
+    done = await w.drive(item)
+    assert done is not None and done.state is State.ATOMIC_PENDING
+    assert w.store.calls.count("claim") == 2
+    # it submitted the token it found, not the one its own refused step created
+    assert w.atomic.calls[0][1][0] == "processor-sandbox-other"
+    assert w.store.path(item.id) == ["exchanged", "processor_token_issued", "atomic_pending"]
+    assert w.store.lease_of(item.id) is None
+
+
+async def test_lease_lost_after_a_refusal_leaves_the_item_to_the_other_worker() -> None:
+    w = World()
+    item = w.add(linked_item(State.EXCHANGED))
+    other = uuid.uuid4()
+    # no forced refusal: the guard itself refuses, since the row is no longer exchanged
+    w.plaid.on_call("create_processor_token", moved_on(w, item, taken_by=other))
+    done = await w.drive(item)
+    assert done is not None and done.state is State.PROCESSOR_TOKEN_ISSUED
+    assert w.atomic.calls == [] and "release" not in w.store.calls
+    assert w.store.lease_of(item.id) == Lease(other, w.store.clock + LEASE_S)
+    assert w.store.path(item.id) == ["exchanged", "processor_token_issued"]
+
+
+async def test_a_leased_item_is_driven_without_claiming() -> None:
+    w = World()
+    item = w.store.add(new_item(State.LINK), lease=(w.pipeline.owner, LEASE_S))
+    done = await w.drive(item, PUBLIC, leased=item)
+    assert done is not None and done.state is State.ATOMIC_PENDING
+    assert "claim" not in w.store.calls and w.calls() == ALL_CALLS
+    assert w.store.lease_of(item.id) is None
