@@ -203,3 +203,15 @@ async def test_routing_key_header_wins_over_the_delivery_routing_key(header: byt
     message = FakeMessage(routing_key=TOPO.webhooks_queue, headers={H_ROUTING_KEY: header})
     await c(message)
     assert seen == ["webhook.plaid.ITEM.ERROR"] and message.acked
+
+
+async def test_a_later_failure_of_another_kind_does_not_keep_the_earlier_error_code() -> None:
+    """The copy describes its last failure: after INSTITUTION_DOWN (with Plaid's request id), a bug
+    (KeyError) leaves no error code or request id that would send on-call to the bank or to Plaid."""
+    down = transient(error_code="INSTITUTION_DOWN", request_id="req-1")
+    first = assert_retried(await deliver(raising(down), FakeMessage()), TIERS[0])
+    assert (first.headers[H_ERROR_CODE], first.headers[H_REQUEST_ID]) == ("INSTITUTION_DOWN", "req-1")
+    second = await deliver(raising(KeyError("item")), FakeMessage.back_from(first, QUEUE))
+    second = assert_retried(second, TIERS[1])
+    assert second.headers[H_ERROR_CLASS] == "KeyError"
+    assert H_ERROR_CODE not in second.headers and H_REQUEST_ID not in second.headers

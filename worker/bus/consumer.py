@@ -145,6 +145,9 @@ class Consumer:
         if isinstance(error, UpstreamError):
             headers[H_ERROR_CODE] = error.error_code or ""
             headers[H_REQUEST_ID] = error.request_id or ""
+        else:  # the copy describes its last failure, not an upstream error from an earlier hop
+            headers.pop(H_ERROR_CODE, None)
+            headers.pop(H_REQUEST_ID, None)
         decision = None
         if retry:
             decision = retry_decision(

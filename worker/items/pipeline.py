@@ -63,8 +63,9 @@ class Pipeline:
         lease_s: float,
     ) -> None:
         """``lease_s``: how long this worker may hold an Item between two steps (PAW_ITEM_LEASE_S).
-        Renewed before every upstream call, so it only has to outlast one call; a killed worker's
-        Items are free again within this time."""
+        Renewed by every step's commit, so it only has to outlast one step (at most two upstream
+        calls: ``/accounts/get`` and ``/processor/token/create``); a killed worker's Items are free
+        again within this time."""
         self.lease_s = lease_s
         self.store = store
         self.sealer = sealer
