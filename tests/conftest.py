@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+from tests.helpers import create_database
+
 # Strip the project's own settings so a developer's shell cannot leak into the tests.
 for _var in list(os.environ):
     if _var.startswith(("PAW_", "PLAID_", "ATOMIC_")) or _var in ("DATABASE_URL", "AMQP_URL"):
@@ -37,7 +39,6 @@ from tests.helpers import (
     free_port,
     service_answers,
     services_for,
-    with_database,
 )
 from webhooks.app import RECEIVER
 from webhooks.server import start_receiver
@@ -87,12 +88,7 @@ def template_db(service_urls: tuple[str, str]) -> Iterator[str]:
     name = f"paw_tmpl_{RUN}"
 
     async def create() -> None:
-        admin = await asyncpg.connect(admin_dsn)
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-        conn = await asyncpg.connect(with_database(admin_dsn, name))
+        conn = await asyncpg.connect(await create_database(admin_dsn, name))
         try:
             await migrate(conn)
         finally:
@@ -109,12 +105,7 @@ async def database_url(
 ) -> AsyncIterator[str]:
     admin_dsn, _ = service_urls
     name = f"paw_test_{RUN}_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
-    finally:
-        await admin.close()
-    yield with_database(admin_dsn, name)
+    yield await create_database(admin_dsn, name, template=template_db)
     await drop_database(admin_dsn, name)
 
 

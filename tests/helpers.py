@@ -68,6 +68,16 @@ def with_database(dsn: str, name: str) -> str:
     return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
 
 
+async def create_database(admin_dsn: str, name: str, *, template: str | None = None) -> str:
+    """A new database (a copy of ``template`` if given); returns its DSN."""
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+    finally:
+        await admin.close()
+    return with_database(admin_dsn, name)
+
+
 async def drop_database(admin_dsn: str, name: str) -> None:
     admin = await asyncpg.connect(admin_dsn)
     try:

@@ -1,17 +1,21 @@
-"""The worker process: consumes the work queues until told to stop, then drains."""
+"""The worker process: the consumers of the work queues, and two loops beside them (the Atomic
+reconciler, the gauges), until told to stop; then it drains."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 import structlog
-from aio_pika.abc import AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractQueue
 
+from worker import metrics
 from worker.bus.consumer import Consumer
-from worker.gauges import run_gauges
+from worker.bus.topology import queue_depth
 from worker.handlers import Handlers
-from worker.items.reconciler import run_reconciler
+from worker.items.reconciler import interval_for, reconcile_once
+from worker.items.states import State
 from worker.services import Services
 
 log = structlog.get_logger(__name__)
@@ -40,17 +44,26 @@ async def run_worker(
     log.info("worker.started", queues=list(svc.topo.work_queues), prefetch=svc.settings.prefetch)
     if ready is not None:
         ready.set()
+    older_than_s = svc.settings.atomic_pending_reconcile_s
     reconciler = asyncio.create_task(
-        run_reconciler(svc.store, svc.atomic, older_than_s=svc.settings.atomic_pending_reconcile_s, stop=stop)
+        every(
+            interval_for(older_than_s),
+            stop,
+            lambda: reconcile_once(svc.store, svc.atomic, older_than_s=older_than_s),
+            failed="reconcile.failed",
+            traceback=True,
+        )
     )
-    gauges = asyncio.create_task(run_gauges(svc, stop))
+    gauges = Gauges(svc)
+    gauges_loop = asyncio.create_task(every(5.0, stop, gauges.refresh, failed="gauges.refresh_failed"))
     try:
         await stop.wait()
     finally:
         await _drain(consumers, drain_timeout)
-        for task in (reconciler, gauges):
+        for task in (reconciler, gauges_loop):
             task.cancel()
-        await asyncio.gather(reconciler, gauges, return_exceptions=True)
+        await asyncio.gather(reconciler, gauges_loop, return_exceptions=True)
+        await gauges.close()
         with contextlib.suppress(Exception, TimeoutError):
             async with asyncio.timeout(5):
                 await channel.close()
@@ -83,3 +96,54 @@ async def _drain(consumers: list[tuple[Consumer, AbstractQueue, str]], timeout: 
         for t in stuck:
             t.cancel()
         await asyncio.gather(*stuck, return_exceptions=True)
+
+
+async def every(
+    interval: float,
+    stop: asyncio.Event,
+    tick: Callable[[], Awaitable[object]],
+    *,
+    failed: str,
+    traceback: bool = False,
+) -> None:
+    """Calls ``tick`` every ``interval`` seconds until ``stop``. A failing tick (a broker or database
+    blip) is logged as ``failed`` (an error with its traceback, or a warning) and the loop goes on."""
+    while not stop.is_set():
+        try:
+            await tick()
+        except Exception as e:
+            if traceback:
+                log.exception(failed)
+            else:
+                log.warning(failed, error=type(e).__name__)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval):
+                await stop.wait()
+
+
+class Gauges:
+    """Gauges that need a query: Items per state, queue and dead-letter depths. Cheap: one GROUP BY
+    and a passive declare per queue, on a channel of their own (opened again after a failure)."""
+
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+        self.channel: AbstractChannel | None = None
+
+    async def refresh(self) -> None:
+        try:
+            if self.channel is None or self.channel.is_closed:
+                self.channel = await self.svc.connection.channel()
+            counts = await self.svc.store.count_by_state()
+            for state in State:
+                metrics.ITEMS.labels(state.value).set(counts.get(state.value, 0))
+            for name in self.svc.topo.work_queues:
+                metrics.QUEUE_DEPTH.labels(name).set(await queue_depth(self.channel, name))
+            metrics.DLQ_DEPTH.set(await queue_depth(self.channel, self.svc.topo.dead_queue))
+        except Exception:
+            self.channel = None
+            raise
+
+    async def close(self) -> None:
+        if self.channel is not None and not self.channel.is_closed:
+            with contextlib.suppress(Exception):
+                await self.channel.close()

@@ -27,7 +27,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from sandbox.app import SandboxConfig
-from tests.helpers import Sandbox, eventually, new_public_token, services_for, submit_amqp
+from tests.helpers import Sandbox, eventually, new_public_token, paw_env, services_for, submit_amqp
 from worker.errors import PublishFailed
 from worker.runner import run_worker
 from worker.services import Services
@@ -269,23 +269,14 @@ class WorkerProcess:
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "AMQP_URL": settings.amqp_url,
-        "PLAID_BASE_URL": settings.plaid_base_url,
-        "ATOMIC_BASE_URL": settings.atomic_base_url,
-        "PAW_EXCHANGE": settings.exchange,
-        "PAW_QUEUE_PREFIX": settings.queue_prefix,
-        "PAW_RETRY_BASE_MS": str(settings.retry_base_ms),
-        "PAW_RETRY_BUDGET": str(settings.retry_budget),
-        "PAW_ATOMIC_PENDING_RECONCILE_S": str(settings.atomic_pending_reconcile_s),
-        "PAW_PLAID_THREADS": "16",
+    return paw_env(
+        settings,
+        PAW_ATOMIC_PENDING_RECONCILE_S=str(settings.atomic_pending_reconcile_s),
+        PAW_PLAID_THREADS="16",
         # a SIGKILLed worker's Items are free again once their lease runs out (30 s by default)
-        "PAW_ITEM_LEASE_S": str(settings.item_lease_s),
-        "PAW_ADMIN_PORT": "0",
-        "PAW_LOG_FORMAT": "json",
-    }
+        PAW_ITEM_LEASE_S=str(settings.item_lease_s),
+        PAW_ADMIN_PORT="0",
+    )
 
 
 async def delete_retry_queues(services: Services, settings: Settings) -> None:

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 import schemas
-from tests.helpers import drop_database, with_database
+from tests.helpers import create_database, drop_database
 from worker.migrate import migrate
 from worker.sql import queries
 
@@ -19,12 +19,7 @@ from worker.sql import queries
 async def empty_db(service_urls: tuple[str, str]) -> AsyncIterator[str]:
     admin_dsn, _ = service_urls
     name = f"paw_empty_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    yield with_database(admin_dsn, name)
+    yield await create_database(admin_dsn, name)
     await drop_database(admin_dsn, name)
 
 

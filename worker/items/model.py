@@ -132,6 +132,24 @@ class Changes:
     plaid_request_id: str | None = None
     destroy_tokens: bool = False
 
+    def sql_args(self) -> tuple[object, ...]:
+        """``$8`` to ``$19`` of the ``transition`` query, in the order its header gives."""
+        access, processor = self.access_token, self.processor_token
+        return (
+            self.plaid_item_id,
+            self.account_id,
+            access.key_id if access else None,
+            access.blob if access else None,
+            processor.key_id if processor else None,
+            processor.blob if processor else None,
+            self.atomic_funding_source_id,
+            self.error_code,
+            self.error_type,
+            self.error_message,
+            self.plaid_request_id,
+            self.destroy_tokens,
+        )
+
 
 NO_CHANGES = Changes()
 

@@ -3,8 +3,6 @@ waiting forever. Several workers may run it at once; the guarded transition appl
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from datetime import timedelta
 
 import structlog
@@ -46,15 +44,6 @@ async def _reconcile(store: Store, atomic: AtomicClient, item: Item) -> int:
     return int(done is not None)
 
 
-async def run_reconciler(
-    store: Store, atomic: AtomicClient, *, older_than_s: float, stop: asyncio.Event
-) -> None:
-    interval = min(max(older_than_s / 4, 0.2), 60.0)
-    while not stop.is_set():
-        try:
-            await reconcile_once(store, atomic, older_than_s=older_than_s)
-        except Exception:
-            log.exception("reconcile.failed")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(interval):
-                await stop.wait()
+def interval_for(older_than_s: float) -> float:
+    """How often to look: a quarter of the wait, between 0.2 s and a minute."""
+    return min(max(older_than_s / 4, 0.2), 60.0)

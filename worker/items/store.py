@@ -124,7 +124,6 @@ class Store:
         """
         to_state = next_state(item.state, trigger, resume=item.resume_state)
         allowed = [item.state.value] if trigger is Trigger.LOGIN_REPAIRED else sorted(allowed_from(trigger))
-        c = changes
         row = await (conn or self.pool).fetchrow(
             query("transition"),
             item.id,
@@ -134,20 +133,8 @@ class Store:
             cause,
             event_id,
             dict(detail or {}),
-            c.plaid_item_id,
-            c.account_id,
-            c.access_token.key_id if c.access_token else None,
-            c.access_token.blob if c.access_token else None,
-            c.processor_token.key_id if c.processor_token else None,
-            c.processor_token.blob if c.processor_token else None,
-            c.atomic_funding_source_id,
-            c.error_code,
-            c.error_type,
-            c.error_message,
-            c.plaid_request_id,
-            c.destroy_tokens,
-            lease[0] if lease else None,
-            lease[1] if lease else None,
+            *changes.sql_args(),
+            *(lease or (None, None)),
         )
         if row is None:
             return None
