@@ -14,6 +14,7 @@ from typing import Any
 ROUTING = "011401533"
 WIRE_ROUTING = "021000021"
 PENDING_AUTOMATIC_VERIFICATION = "pending_automatic_verification"
+PENDING_MANUAL_VERIFICATION = "pending_manual_verification"
 
 
 @dataclasses.dataclass

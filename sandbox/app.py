@@ -30,15 +30,27 @@ def _fault_response(state: SandboxState, path: str, fault: Fault) -> web.Respons
         error_code=fault.error_code,
         error_message=f"sandbox fault injected for {path}",
         request_id=plaid_routes.new_request_id(state),
-        status=fault.status,
     )
     return web.json_response(body, status=fault.status, headers=headers)
+
+
+def _not_found(request: web.Request) -> web.Response:
+    """Plaid answers an unknown path with its JSON error, not a text page."""
+    body = error_object(
+        error_type="INVALID_REQUEST",
+        error_code="NOT_FOUND",
+        error_message="not found",
+        request_id=plaid_routes.new_request_id(request.app[SANDBOX]),
+    )
+    return web.json_response(body, status=404)
 
 
 @web.middleware
 async def emulation(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Counts the call, waits the configured latency and serves any injected fault."""
     resource = request.match_info.route.resource
+    if resource is None and not request.path.startswith((atomic_routes.PREFIX + "/", control_routes.PREFIX)):
+        return _not_found(request)
     path = resource.canonical if resource is not None else request.path
     if path.startswith(control_routes.PREFIX + "/"):
         return await handler(request)

@@ -1,18 +1,32 @@
-"""``/sandbox/control/...``: the SandboxState controls, for a benchmark or CLI in another process.
+"""``/sandbox/control/...``: what Plaid's real Sandbox cannot do, said openly. A test or a demo in
+another process drives the emulator here; a test that uses one of these goes beyond Plaid.
 
-POST ``faults`` {path, status, error_code, error_type, times?, rate?, retry_after?}; POST
-``faults/clear``; POST ``latency`` {path: str|null, ms}; POST ``rotate_key`` → {kid}; GET ``stats``.
-These paths are never counted, delayed or faulted.
+- POST ``faults`` {path, status, error_code, error_type, times?, rate?, retry_after?}; POST
+  ``faults/clear``; POST ``latency`` {path: str|null, ms}; POST ``rotate_key`` → {kid}; GET ``stats``.
+- POST ``item/fire_webhook`` {item_id, webhook_type, webhook_code, account_id?}: any webhook the
+  emulator can build, also those ``/sandbox/item/fire_webhook`` refuses (ITEM PENDING_EXPIRATION,
+  WEBHOOK_UPDATE_ACKNOWLEDGED, ITEM ERROR with ITEM_LOGIN_REQUIRED, AUTH DEFAULT_UPDATE or
+  USER_ACCOUNT_REVOKED for a chosen account, ...), with the same side effects.
+- POST ``item/repair_login`` {item_id, elsewhere: bool}: the user repaired the bank login, in update
+  mode in your app (``elsewhere`` false: Plaid sends nothing) or elsewhere (Plaid sends ITEM
+  LOGIN_REPAIRED).
+- POST ``processors`` {processor, enabled: bool}: the processor integration turned off or on in the
+  Dashboard; while off, ``/processor/token/create`` for it answers INVALID_INPUT / INVALID_PRODUCT.
+
+Items are named by their ``item_id`` here (what an app stores), not by an access token. These paths
+are never counted, delayed or faulted.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
-from sandbox.state import SANDBOX
+from sandbox.plaid_errors import PlaidAPIError
+from sandbox.state import SANDBOX, SandboxState
 
 PREFIX = "/sandbox/control"
 
@@ -44,6 +58,13 @@ def _typed(body: dict[str, Any], name: str, kinds: tuple[type, ...], *, required
         return None
     if isinstance(value, bool) or not isinstance(value, kinds):
         raise _BadControl(f"{name} has the wrong type")
+    return value
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name)
+    if not isinstance(value, bool):
+        raise _BadControl(f"{name} is required: true or false")
     return value
 
 
@@ -89,9 +110,61 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[SANDBOX].stats())
 
 
+async def _item_control(
+    request: web.Request, act: Callable[[SandboxState, str, dict[str, Any]], None]
+) -> web.Response:
+    state = request.app[SANDBOX]
+    try:
+        body = await _body(request)
+        access_token = state.plaid.access_token_for(_typed(body, "item_id", (str,), required=True))
+        act(state, access_token, body)
+    except _BadControl as exc:
+        return _bad(str(exc))
+    except PlaidAPIError as exc:
+        return web.json_response(exc.body(""), status=exc.status)
+    return web.json_response({"ok": True})
+
+
+async def item_fire_webhook(request: web.Request) -> web.Response:
+    def act(state: SandboxState, access_token: str, body: dict[str, Any]) -> None:
+        state.plaid.emit_webhook(
+            access_token,
+            _typed(body, "webhook_type", (str,), required=True),
+            _typed(body, "webhook_code", (str,), required=True),
+            _typed(body, "account_id", (str,), required=False),
+        )
+
+    return await _item_control(request, act)
+
+
+async def item_repair_login(request: web.Request) -> web.Response:
+    def act(state: SandboxState, access_token: str, body: dict[str, Any]) -> None:
+        state.plaid.repair_login(access_token, elsewhere=_flag(body, "elsewhere"))
+
+    return await _item_control(request, act)
+
+
+async def set_processor(request: web.Request) -> web.Response:
+    ledger = request.app[SANDBOX].plaid
+    try:
+        body = await _body(request)
+        processor = _typed(body, "processor", (str,), required=True)
+        enabled = _flag(body, "enabled")
+    except _BadControl as exc:
+        return _bad(str(exc))
+    if enabled:
+        ledger.disabled_processors.discard(processor)
+    else:
+        ledger.disabled_processors.add(processor)
+    return web.json_response({"ok": True, "disabled": sorted(ledger.disabled_processors)})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{PREFIX}/faults", set_fault)
     app.router.add_post(f"{PREFIX}/faults/clear", clear_faults)
     app.router.add_post(f"{PREFIX}/latency", set_latency)
     app.router.add_post(f"{PREFIX}/rotate_key", rotate_key)
     app.router.add_get(f"{PREFIX}/stats", stats)
+    app.router.add_post(f"{PREFIX}/item/fire_webhook", item_fire_webhook)
+    app.router.add_post(f"{PREFIX}/item/repair_login", item_repair_login)
+    app.router.add_post(f"{PREFIX}/processors", set_processor)

@@ -1,7 +1,9 @@
 """Plaid's error object, and the errors the emulated endpoints raise.
 
 Every error answers with the HTTP status Plaid uses for its ``error_type`` and the body
-``{error_type, error_code, error_message, display_message, request_id, ...}``.
+``{error_type, error_code, error_message, display_message, request_id, documentation_url,
+suggested_action}``; the same object inside a webhook or an Item has ``status`` (and ``causes``,
+``error_code_reason``) instead of ``request_id``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ STATUS_BY_TYPE = {
     "INVALID_RESULT": 400,
     "ITEM_ERROR": 400,
     "INSTITUTION_ERROR": 400,
+    "SANDBOX_ERROR": 400,
     "RATE_LIMIT_EXCEEDED": 429,
     "API_ERROR": 500,
 }
@@ -25,7 +28,10 @@ ITEM_LOGIN_REQUIRED_MESSAGE = (
 
 
 def documentation_url(error_type: str, error_code: str) -> str:
-    return f"https://plaid.com/docs/errors/{error_type.lower().replace('_', '-')}/#{error_code.lower()}"
+    """Plaid's page for an error: ``ITEM_ERROR`` → ``/docs/errors/item/``, ``INVALID_INPUT`` →
+    ``/docs/errors/invalid-input/``, anchored at the code."""
+    page = error_type.removesuffix("_ERROR").lower().replace("_", "-")
+    return f"https://plaid.com/docs/errors/{page}/#{error_code.lower()}"
 
 
 def error_object(
@@ -34,23 +40,28 @@ def error_object(
     error_code: str,
     error_message: str,
     display_message: str | None = None,
-    request_id: str = "",
+    request_id: str | None = None,
     status: int | None = None,
     suggested_action: str | None = None,
 ) -> dict[str, Any]:
-    """Plaid's error object, as both error responses and webhook ``error`` fields carry it."""
-    return {
+    """Plaid's error object. An API error answer carries the ``request_id`` (its HTTP status is the
+    response's); an error inside a webhook or an Item carries the ``status`` and ``causes`` instead
+    and no ``request_id``: pass ``request_id`` for the first, leave it out for the second."""
+    error: dict[str, Any] = {
         "error_type": error_type,
         "error_code": error_code,
-        "error_code_reason": None,
         "error_message": error_message,
         "display_message": display_message,
-        "request_id": request_id,
-        "causes": [],
-        "status": status if status is not None else STATUS_BY_TYPE.get(error_type, 400),
-        "documentation_url": documentation_url(error_type, error_code),
-        "suggested_action": suggested_action,
     }
+    if request_id is not None:
+        error["request_id"] = request_id
+    else:
+        error["error_code_reason"] = None
+        error["status"] = status if status is not None else STATUS_BY_TYPE.get(error_type, 400)
+        error["causes"] = []
+    error["documentation_url"] = documentation_url(error_type, error_code)
+    error["suggested_action"] = suggested_action
+    return error
 
 
 class PlaidAPIError(Exception):
@@ -73,13 +84,13 @@ class PlaidAPIError(Exception):
         self.status = status if status is not None else STATUS_BY_TYPE.get(error_type, 400)
 
     def body(self, request_id: str) -> dict[str, Any]:
+        """The answer's body (its HTTP status is :attr:`status`)."""
         return error_object(
             error_type=self.error_type,
             error_code=self.error_code,
             error_message=self.error_message,
             display_message=self.display_message,
             request_id=request_id,
-            status=self.status,
         )
 
 
@@ -93,6 +104,19 @@ def invalid_input(code: str, message: str) -> PlaidAPIError:
 
 def item_error(code: str, message: str, display_message: str | None = None) -> PlaidAPIError:
     return PlaidAPIError("ITEM_ERROR", code, message, display_message=display_message)
+
+
+def sandbox_error(code: str, message: str) -> PlaidAPIError:
+    return PlaidAPIError("SANDBOX_ERROR", code, message)
+
+
+def item_not_found() -> PlaidAPIError:
+    """An access token of an Item removed with ``/item/remove``."""
+    return item_error(
+        "ITEM_NOT_FOUND",
+        "The Item you requested cannot be found. This Item does not exist, has been previously removed "
+        "via /item/remove, or has had access removed by the user.",
+    )
 
 
 def item_login_required() -> PlaidAPIError:

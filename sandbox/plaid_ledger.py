@@ -17,6 +17,7 @@ from sandbox import webhook_bodies
 from sandbox.accounts import (
     DEFAULT_USERNAME,
     PENDING_AUTOMATIC_VERIFICATION,
+    PENDING_MANUAL_VERIFICATION,
     SandboxAccount,
     account_number,
     build_accounts,
@@ -28,6 +29,8 @@ from sandbox.plaid_errors import (
     item_error,
     item_login_required,
     item_login_required_object,
+    item_not_found,
+    sandbox_error,
 )
 
 PUBLIC_TOKEN_TTL_S = 30 * 60
@@ -129,6 +132,8 @@ class PlaidLedger:
         self._public: dict[str, _PublicToken] = {}
         self._access: dict[str, SandboxItem] = {}
         self._processor: dict[str, _ProcessorGrant] = {}
+        # Processor integrations turned off in this client's Dashboard (a control lever).
+        self.disabled_processors: set[str] = set()
 
     # -- Link ---------------------------------------------------------------------------------
 
@@ -185,9 +190,22 @@ class PlaidLedger:
 
     def item_for(self, access_token: str) -> SandboxItem:
         item = self._access.get(access_token)
-        if item is None or item.removed:
-            raise invalid_input("INVALID_ACCESS_TOKEN", "provided access token is in an invalid format")
+        if item is None:
+            raise invalid_input(
+                "INVALID_ACCESS_TOKEN",
+                "provided access token is in an invalid format. "
+                "expected format: access-<environment>-<identifier>",
+            )
+        if item.removed:
+            raise item_not_found()
         return item
+
+    def access_token_for(self, item_id: str) -> str:
+        """The access token of an exchanged Item (for the controls, which name Items by item_id)."""
+        item = self.items.get(item_id)
+        if item is None or item.access_token is None:
+            raise invalid_input("INVALID_ITEM_ID", f"no exchanged Item {item_id!r}")
+        return item.access_token
 
     def accounts_get(self, access_token: str, account_ids: list[str] | None) -> dict[str, Any]:
         item = self.item_for(access_token)
@@ -223,6 +241,11 @@ class PlaidLedger:
     def processor_token_create(self, access_token: str, account_id: str, processor: str) -> str:
         if processor not in PROCESSORS:
             raise invalid_request("INVALID_FIELD", f"processor must be a known processor, got {processor!r}")
+        if processor in self.disabled_processors:
+            raise invalid_input(
+                "INVALID_PRODUCT",
+                f'client is not authorized to access the following products: ["processor_{processor}"]',
+            )
         item = self.item_for(access_token)
         account = self._account(item, account_id)
         if account.verification_status == PENDING_AUTOMATIC_VERIFICATION:
@@ -254,7 +277,7 @@ class PlaidLedger:
             "numbers": {"ach": account.ach_json(), "eft": None, "international": None, "bacs": None},
         }
 
-    # -- Sandbox controls ---------------------------------------------------------------------
+    # -- Sandbox endpoints (real) ----------------------------------------------------------------
 
     def reset_login(self, access_token: str) -> None:
         item = self.item_for(access_token)
@@ -279,65 +302,102 @@ class PlaidLedger:
             body = webhook_bodies.verification_expired(item.item_id, account_id)
         self._emit(item.webhook, body)
 
-    def fire_webhook(
-        self, access_token: str, code: str, webhook_type: str | None, account_id: str | None
-    ) -> None:
+    def fire_webhook(self, access_token: str, code: str, webhook_type: str | None) -> None:
+        """``/sandbox/item/fire_webhook``: only the codes Plaid's endpoint fires, with its errors."""
+        wtype = webhook_bodies.fireable_type(code, webhook_type)
         item = self.item_for(access_token)
-        expected_type = webhook_bodies.webhook_type_for(code)
-        if expected_type is None or (webhook_type is not None and webhook_type != expected_type):
-            raise invalid_input(
-                "INVALID_FIELD", f"webhook_code {code!r} is not supported for webhook_type {webhook_type!r}"
+        product = webhook_bodies.PRODUCT_FOR_TYPE.get(wtype)
+        if product is not None and product not in item.products:
+            raise sandbox_error(
+                "SANDBOX_PRODUCT_NOT_ENABLED",
+                f"the Item does not support {product}; create it with {product} in initial_products",
             )
         if not item.webhook:
-            raise invalid_input(
-                "INVALID_FIELD", "the Item has no webhook URL; set one with /item/webhook/update"
+            raise sandbox_error(
+                "SANDBOX_WEBHOOK_INVALID", "the Item has no webhook URL; set one with /item/webhook/update"
             )
+        if code == "SMS_MICRODEPOSITS_VERIFICATION":
+            account = item.first_account(lambda a: a.verification_status == PENDING_MANUAL_VERIFICATION)
+            if account is None:
+                raise invalid_input(
+                    "INVALID_FIELD", "SMS_MICRODEPOSITS_VERIFICATION needs a Same-Day Micro-deposit Item"
+                )
+        self._emit(item.webhook, self._fired_body(item, wtype, code, None))
+
+    # -- Sandbox controls (beyond the real Sandbox: /sandbox/control/...) -----------------------
+
+    def emit_webhook(self, access_token: str, webhook_type: str, code: str, account_id: str | None) -> None:
+        """Sends any webhook the emulator can build (also those Plaid's Sandbox cannot fire, such as
+        ITEM PENDING_EXPIRATION or AUTH DEFAULT_UPDATE for a chosen account), with its side effects."""
+        if code not in webhook_bodies.CODES_BY_TYPE.get(webhook_type, ()):
+            raise invalid_request("INVALID_FIELD", f"the emulator cannot build {webhook_type} {code}")
+        item = self.item_for(access_token)
+        if not item.webhook:
+            raise sandbox_error("SANDBOX_WEBHOOK_INVALID", "the Item has no webhook URL")
         if account_id is not None:
             self._account(item, account_id)
-        self._emit(item.webhook, self._fired_body(item, code, account_id))
+        self._emit(item.webhook, self._fired_body(item, webhook_type, code, account_id))
 
-    def _fired_body(self, item: SandboxItem, code: str, account_id: str | None) -> dict[str, Any]:
+    def repair_login(self, access_token: str, *, elsewhere: bool) -> None:
+        """The user repaired the bank login: in update mode in your app (Plaid sends no webhook), or
+        elsewhere (Plaid sends ITEM LOGIN_REPAIRED)."""
+        item = self.item_for(access_token)
+        item.login_required = False
+        if elsewhere:
+            self._emit(item.webhook, webhook_bodies.login_repaired(item.item_id))
+
+    def _fired_body(
+        self, item: SandboxItem, webhook_type: str, code: str, account_id: str | None
+    ) -> dict[str, Any]:
         """The body for a fired webhook; codes that imply a state change also make it."""
         now = self._now()
         item_id = item.item_id
-        if code == "ERROR":
-            item.login_required = True
-            return webhook_bodies.item_error(item_id)
-        if code == "LOGIN_REPAIRED":
-            item.login_required = False
-            return webhook_bodies.login_repaired(item_id)
-        if code == "PENDING_EXPIRATION":
-            return webhook_bodies.pending_expiration(item_id, now + webhook_bodies.SEVEN_DAYS_S)
-        if code == "PENDING_DISCONNECT":
-            return webhook_bodies.pending_disconnect(
-                item_id, now + webhook_bodies.SEVEN_DAYS_S, "INSTITUTION_TOKEN_EXPIRATION"
+        if webhook_type == "ITEM":
+            if code == "ERROR":
+                item.login_required = True
+                return webhook_bodies.item_error(item_id)
+            if code == "LOGIN_REPAIRED":
+                item.login_required = False
+                return webhook_bodies.login_repaired(item_id)
+            if code == "PENDING_EXPIRATION":
+                return webhook_bodies.pending_expiration(item_id, now + webhook_bodies.SEVEN_DAYS_S)
+            if code == "PENDING_DISCONNECT":
+                return webhook_bodies.pending_disconnect(
+                    item_id, now + webhook_bodies.SEVEN_DAYS_S, "INSTITUTION_TOKEN_EXPIRATION"
+                )
+            if code == "USER_PERMISSION_REVOKED":
+                return webhook_bodies.user_permission_revoked(item_id)
+            if code == "NEW_ACCOUNTS_AVAILABLE":
+                return webhook_bodies.new_accounts_available(item_id)
+            if code == "WEBHOOK_UPDATE_ACKNOWLEDGED":
+                return webhook_bodies.webhook_update_acknowledged(item_id, item.webhook or "")
+            return webhook_bodies.user_account_revoked(
+                item_id, self._pick_account(item, account_id).account_id
             )
-        if code == "USER_PERMISSION_REVOKED":
-            return webhook_bodies.user_permission_revoked(item_id)
-        if code == "NEW_ACCOUNTS_AVAILABLE":
-            return webhook_bodies.new_accounts_available(item_id)
-        if code == "WEBHOOK_UPDATE_ACKNOWLEDGED":
-            return webhook_bodies.webhook_update_acknowledged(item_id, item.webhook or "")
-        account = self._pick_account(item, account_id)
-        if code == "USER_ACCOUNT_REVOKED":
-            return webhook_bodies.user_account_revoked(item_id, account.account_id)
-        if code == "AUTOMATICALLY_VERIFIED":
-            if account.verification_status is not None:
-                account.verification_status = "automatically_verified"
-            return webhook_bodies.automatically_verified(item_id, account.account_id)
-        if code == "VERIFICATION_EXPIRED":
-            if account.verification_status is not None:
-                account.verification_status = "verification_expired"
-            return webhook_bodies.verification_expired(item_id, account.account_id)
-        # DEFAULT_UPDATE: the bank changed the account number.
-        account.account_number = account_number(self._rng, account.mask)
-        return webhook_bodies.default_update(item_id, [], {account.account_id: ["ACCOUNT_NUMBER"]})
+        if webhook_type == "AUTH":
+            account = self._pick_account(item, account_id)
+            if code == "AUTOMATICALLY_VERIFIED":
+                if account.verification_status is not None:
+                    account.verification_status = "automatically_verified"
+                return webhook_bodies.automatically_verified(item_id, account.account_id)
+            if code == "VERIFICATION_EXPIRED":
+                if account.verification_status is not None:
+                    account.verification_status = "verification_expired"
+                return webhook_bodies.verification_expired(item_id, account.account_id)
+            if code == "SMS_MICRODEPOSITS_VERIFICATION":
+                account.verification_status = "manually_verified"
+                return webhook_bodies.sms_microdeposits_verification(item_id, account.account_id)
+            # DEFAULT_UPDATE: the bank changed the account number.
+            account.account_number = account_number(self._rng, account.mask)
+            return webhook_bodies.default_update(item_id, [], {account.account_id: ["ACCOUNT_NUMBER"]})
+        return webhook_bodies.product_webhook(item_id, webhook_type, code, list(item.accounts), self._rng)
 
     def _pick_account(self, item: SandboxItem, account_id: str | None) -> SandboxAccount:
         if account_id is not None:
             return self._account(item, account_id)
         account = (
-            item.first_account(lambda a: a.verification_status == PENDING_AUTOMATIC_VERIFICATION)
+            item.first_account(lambda a: a.verification_status == PENDING_MANUAL_VERIFICATION)
+            or item.first_account(lambda a: a.verification_status == PENDING_AUTOMATIC_VERIFICATION)
             or item.first_account(lambda a: a.has_ach_numbers)
             or next(iter(item.accounts.values()))
         )

@@ -114,10 +114,7 @@ def webhook_verification_key_get(state: SandboxState, body: JsonObject) -> JsonO
 
 def fire_webhook(state: SandboxState, body: JsonObject) -> JsonObject:
     state.plaid.fire_webhook(
-        _str(body, "access_token"),
-        _str(body, "webhook_code"),
-        _opt_str(body, "webhook_type"),
-        _opt_str(body, "account_id"),
+        _str(body, "access_token"), _str(body, "webhook_code"), _opt_str(body, "webhook_type")
     )
     return {"webhook_fired": True}
 
@@ -166,7 +163,7 @@ ENDPOINTS = (
     Endpoint(
         "/sandbox/item/fire_webhook",
         ("access_token", "webhook_code"),
-        ("webhook_type", "options", "account_id"),
+        ("webhook_type",),
         fire_webhook,
     ),
     Endpoint("/sandbox/item/reset_login", ("access_token",), (), reset_login),

@@ -288,8 +288,7 @@ async def all_cells(database_url: str) -> list[tuple[str, str, Any]]:
 
 
 def access_token_of(sandbox: Sandbox, plaid_item_id: str) -> str:
-    ledger = sandbox.state.plaid
-    return next(t for t, it in ledger._access.items() if it.item_id == plaid_item_id)
+    return sandbox.state.plaid.access_token_for(plaid_item_id)
 
 
 def dead_headers(

@@ -50,7 +50,7 @@ async def test_paw_item_forget_removes_everywhere_and_keeps_history(
     gone = await services.store.get(item.id)
     assert gone is not None and gone.state is State.REVOKED
     assert gone.access_token is None and gone.processor_token is None and gone.atomic_removed_at is not None
-    assert "INVALID_ACCESS_TOKEN" in await access_revoked_at_plaid(sandbox, access)
+    assert "ITEM_NOT_FOUND" in await access_revoked_at_plaid(sandbox, access)
     async with (
         aiohttp.ClientSession() as http,
         http.get(
@@ -79,6 +79,6 @@ async def test_an_item_that_fails_after_exchange_keeps_no_live_access(
     from tests.helpers import eventually
 
     await eventually(tokens_gone)
-    assert "INVALID_ACCESS_TOKEN" in await access_revoked_at_plaid(
+    assert "ITEM_NOT_FOUND" in await access_revoked_at_plaid(
         sandbox, access_token_of(sandbox, item.plaid_item_id or "")
     )

@@ -98,9 +98,8 @@ async def test_login_required_then_repaired_returns_to_verified(
     sandbox.state.plaid.reset_login(access_token_of(sandbox, item.plaid_item_id))
     broken = await state_of(services, item, State.LOGIN_REQUIRED)
     assert broken.resume_state is State.ATOMIC_VERIFIED
-    sandbox.state.plaid.fire_webhook(
-        access_token_of(sandbox, item.plaid_item_id), "LOGIN_REPAIRED", None, None
-    )
+    # repaired at the bank, outside this app: Plaid sends LOGIN_REPAIRED (a control lever)
+    sandbox.state.plaid.repair_login(access_token_of(sandbox, item.plaid_item_id), elsewhere=True)
     await state_of(services, item, State.ATOMIC_VERIFIED)
     history = [(h.from_state, h.to_state) for h in await services.store.history(item.id)]
     assert history[-2:] == [("atomic_verified", "login_required"), ("login_required", "atomic_verified")]
@@ -114,7 +113,7 @@ async def test_login_repair_resumes_an_unfinished_item(
     access = access_token_of(sandbox, item.plaid_item_id or "")
     sandbox.state.plaid.reset_login(access)
     await state_of(services, item, State.LOGIN_REQUIRED)
-    sandbox.state.plaid.fire_webhook(access, "LOGIN_REPAIRED", None, None)
+    sandbox.state.plaid.repair_login(access, elsewhere=True)  # Plaid sends LOGIN_REPAIRED
     back = await state_of(services, item, State.AWAITING_VERIFICATION)
     sandbox.state.plaid.set_verification_status(access, back.account_id or "", "automatically_verified")
     await state_of(services, item, State.ATOMIC_VERIFIED)
@@ -149,9 +148,10 @@ async def test_revocation_destroys_tokens_and_removes_the_funding_source(
 ) -> None:
     item = await verified_item(services, sandbox, receiver)
     access = access_token_of(sandbox, item.plaid_item_id or "")
-    sandbox.state.plaid.fire_webhook(
-        access, code, None, item.account_id if code == "USER_ACCOUNT_REVOKED" else None
-    )
+    if code == "USER_ACCOUNT_REVOKED":  # for the funding account exactly: a control lever
+        sandbox.state.plaid.emit_webhook(access, "ITEM", code, item.account_id)
+    else:
+        sandbox.state.plaid.fire_webhook(access, code, None)
     revoked = await state_of(services, item, State.REVOKED)
     assert revoked.access_token is None and revoked.processor_token is None
     assert revoked.error_code == code
@@ -181,11 +181,12 @@ async def test_pending_expiration_is_visible_to_on_call(
 ) -> None:
     item = await verified_item(services, sandbox, receiver)
     other = await verified_item(services, sandbox, receiver)
-    sandbox.state.plaid.fire_webhook(
-        access_token_of(sandbox, item.plaid_item_id or ""), "PENDING_EXPIRATION", None, None
+    # Plaid's Sandbox cannot fire PENDING_EXPIRATION (an EU/UK consent webhook): a control lever
+    sandbox.state.plaid.emit_webhook(
+        access_token_of(sandbox, item.plaid_item_id or ""), "ITEM", "PENDING_EXPIRATION", None
     )
     sandbox.state.plaid.fire_webhook(
-        access_token_of(sandbox, other.plaid_item_id or ""), "PENDING_DISCONNECT", None, None
+        access_token_of(sandbox, other.plaid_item_id or ""), "PENDING_DISCONNECT", None
     )
 
     async def both() -> bool:
@@ -354,7 +355,7 @@ async def test_no_token_left_in_clear_after_a_full_lifecycle(
     access = access_token_of(sandbox, item.plaid_item_id or "")
     sandbox.state.plaid.reset_login(access)
     await state_of(services, item, State.LOGIN_REQUIRED)
-    sandbox.state.plaid.fire_webhook(access, "USER_PERMISSION_REVOKED", None, None)
+    sandbox.state.plaid.fire_webhook(access, "USER_PERMISSION_REVOKED", None)
     await state_of(services, item, State.REVOKED)
     for table, column, value in await all_cells(settings.database_url):
         raw = value if isinstance(value, bytes) else str(value).encode()
@@ -369,7 +370,7 @@ async def test_default_update_of_the_funding_account_makes_atomic_re_pull_the_nu
     source = sandbox.state.atomic.sources[item.atomic_funding_source_id or ""]
     assert source.refreshes == 0
     access = access_token_of(sandbox, item.plaid_item_id or "")
-    sandbox.state.plaid.fire_webhook(access, "DEFAULT_UPDATE", None, item.account_id)
+    sandbox.state.plaid.fire_webhook(access, "DEFAULT_UPDATE", "AUTH")  # the first Auth account: ours
 
     async def refreshed() -> bool:
         got = await services.store.get(item.id)
@@ -382,7 +383,7 @@ async def test_default_update_of_the_funding_account_makes_atomic_re_pull_the_nu
     other = next(
         a for a in sandbox.state.plaid.items[item.plaid_item_id or ""].accounts if a != item.account_id
     )
-    sandbox.state.plaid.fire_webhook(access, "DEFAULT_UPDATE", None, other)
+    sandbox.state.plaid.emit_webhook(access, "AUTH", "DEFAULT_UPDATE", other)  # another account: a lever
     await eventually(lambda: _inbox_outcomes_include(services, "recorded"))
     assert source.refreshes == 1
 

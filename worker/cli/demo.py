@@ -31,7 +31,6 @@ from worker.settings import Settings
 if TYPE_CHECKING:
     from plaid.api import plaid_api
 
-    from sandbox.state import SandboxState
 
 # The emulator, the receiver, the worker and plaid-python are imported when the demo runs, not
 # whenever the CLI starts.
@@ -100,7 +99,7 @@ async def run_demo(
     import plaid
     from plaid.api import plaid_api
 
-    from sandbox.app import SANDBOX, serve
+    from sandbox.app import serve
     from webhooks.server import start_receiver
     from worker.runner import run_worker
     from worker.services import open_services
@@ -175,9 +174,7 @@ async def run_demo(
                         )
                 items = await wait_for_items(svc.store, tokens, timeout)
                 if items[0] is not None and items[0].state is State.ATOMIC_VERIFIED:
-                    items[0] = await login_breaks_and_is_repaired(
-                        svc.store, sandbox_runner.app[SANDBOX], items[0], timeout
-                    )
+                    items[0] = await login_breaks_and_is_repaired(svc.store, sandbox_url, items[0], timeout)
             finally:
                 stop.set()
                 await worker
@@ -210,15 +207,25 @@ async def run_demo(
     return 0 if ok else 1
 
 
-async def login_breaks_and_is_repaired(
-    store: Store, sandbox: SandboxState, item: Item, timeout: float
-) -> Item:
-    """The sandbox plays the user's bank: the login breaks (a signed ITEM ERROR webhook reaches the
-    receiver), then the user repairs it in Link (LOGIN_REPAIRED): the Item goes back to verified."""
-    access = next(t for t, i in sandbox.plaid._access.items() if i.item_id == item.plaid_item_id)
-    sandbox.plaid.reset_login(access)
+async def login_breaks_and_is_repaired(store: Store, sandbox_url: str, item: Item, timeout: float) -> Item:
+    """The sandbox plays the user's bank, through its HTTP levers (the demo holds no access token,
+    as an app would not): the login breaks (a signed ITEM ERROR webhook reaches the receiver), then
+    the user repairs it at the bank, outside this app, so Plaid sends LOGIN_REPAIRED and the Item goes
+    back to verified. Both are beyond Plaid's real Sandbox, hence ``/sandbox/control/``."""
+    import aiohttp
+
+    async def control(path: str, body: dict[str, object]) -> None:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{sandbox_url}/sandbox/control/{path}", json=body) as resp,
+        ):
+            resp.raise_for_status()
+
+    await control(
+        "item/fire_webhook", {"item_id": item.plaid_item_id, "webhook_type": "ITEM", "webhook_code": "ERROR"}
+    )
     await wait_for_state(store, item, State.LOGIN_REQUIRED, timeout)
-    sandbox.plaid.fire_webhook(access, "LOGIN_REPAIRED", None, None)
+    await control("item/repair_login", {"item_id": item.plaid_item_id, "elsewhere": True})
     return await wait_for_state(store, item, State.ATOMIC_VERIFIED, timeout)
 
 
