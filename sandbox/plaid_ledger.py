@@ -65,6 +65,14 @@ PROCESSORS = frozenset(
     "anchorage".split()
 )
 SETTABLE_VERIFICATION = frozenset({"automatically_verified", "verification_expired"})
+# /link/token/create: a link_token for a new Item lasts 4 hours, one for update mode 30 minutes
+# (LinkTokenCreateResponse.expiration). ``balance`` is not a valid Link product (INVALID_PRODUCT).
+LINK_TOKEN_TTL_S = 4 * 3600
+UPDATE_LINK_TOKEN_TTL_S = 30 * 60
+LINK_PRODUCTS = PRODUCTS - {"balance"}
+# Update mode takes no products, except a credit product to add (assets, statements) or auth/identity
+# for Update Mode with Product Validations (plaid.com/docs/link/update-mode).
+UPDATE_MODE_PRODUCTS = frozenset({"assets", "auth", "identity", "statements"})
 
 
 @dataclasses.dataclass
@@ -120,6 +128,24 @@ class _ProcessorGrant:
     processor: str
 
 
+@dataclasses.dataclass(frozen=True)
+class LinkTokenRequest:
+    """What /link/token/create keeps for the Link session its token opens."""
+
+    client_user_id: str | None  # None when the request names the user by ``user_id`` instead
+    user_id: str | None
+    products: tuple[str, ...]
+    webhook: str | None
+    redirect_uri: str | None
+    access_token: str | None  # set: update mode for that Item
+
+
+@dataclasses.dataclass(frozen=True)
+class _LinkToken:
+    request: LinkTokenRequest
+    expires_at: float
+
+
 class PlaidLedger:
     def __init__(self, now: Callable[[], float], rng: random.Random, emit: WebhookEmitter) -> None:
         self._now = now
@@ -129,6 +155,7 @@ class PlaidLedger:
         self._public: dict[str, _PublicToken] = {}
         self._access: dict[str, SandboxItem] = {}
         self._processor: dict[str, _ProcessorGrant] = {}
+        self._link_tokens: dict[str, _LinkToken] = {}
 
     # -- Link ---------------------------------------------------------------------------------
 
@@ -217,6 +244,43 @@ class PlaidLedger:
         if account is None:
             raise invalid_input("INVALID_ACCOUNT_ID", "one or more of the account IDs is invalid")
         return account
+
+    # -- Link tokens, /item/get -----------------------------------------------------------------
+
+    def link_token_create(self, request: LinkTokenRequest) -> tuple[str, float]:
+        """Stores the request under a new ``link-sandbox-<uuid>``; returns it and its expiry (epoch s)."""
+        unknown = sorted(set(request.products) - LINK_PRODUCTS)
+        if unknown:
+            raise invalid_input(
+                "INVALID_PRODUCT", f"client is not authorized to access the following products: {unknown}"
+            )
+        if request.access_token is not None:
+            self.item_for(request.access_token)
+            misplaced = sorted(set(request.products) - UPDATE_MODE_PRODUCTS)
+            if misplaced:
+                raise invalid_request(
+                    "INVALID_FIELD",
+                    f"products must be omitted in update mode (access_token given): {', '.join(misplaced)}",
+                )
+            ttl = UPDATE_LINK_TOKEN_TTL_S
+        else:
+            if not request.products:
+                raise invalid_request("INVALID_FIELD", "must provide at least one product")
+            ttl = LINK_TOKEN_TTL_S
+        token = f"link-sandbox-{uuid.uuid4()}"
+        expires_at = float(int(self._now()) + ttl)  # whole seconds, as the ISO 8601 answer shows it
+        self._link_tokens[token] = _LinkToken(request, expires_at)
+        return token, expires_at
+
+    def item_get(self, access_token: str) -> dict[str, Any]:
+        """/item/get: the Item's state, ``error`` set while its login is broken; ``status`` is null
+        (no Transactions or Investments updates here)."""
+        item = self.item_for(access_token)
+        body = item.to_json()
+        if body["error"] is not None:
+            # PlaidError.status is only returned when the error comes in a webhook.
+            body["error"] = {**body["error"], "status": None}
+        return {"item": body, "status": None}
 
     # -- Processor tokens ---------------------------------------------------------------------
 
