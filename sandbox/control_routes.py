@@ -3,6 +3,18 @@
 POST ``faults`` {path, status, error_code, error_type, times?, rate?, retry_after?}; POST
 ``faults/clear``; POST ``latency`` {path: str|null, ms}; POST ``rotate_key`` → {kid}; GET ``stats``.
 These paths are never counted, delayed or faulted.
+
+POST ``link/complete`` {link_token, username?, password?, institution_id?} goes beyond the real
+Sandbox, where the user's Link session runs in a browser: it plays that session to success. For a
+link token from /link/token/create without ``access_token`` it creates the Item as
+/sandbox/public_token/create would (the token's ``products`` and ``webhook``; ``username`` defaults
+to ``user_good``, ``institution_id`` to ``ins_109508``; ``password`` is not used yet) and answers
+{public_token}, to be exchanged. For an update-mode token (``access_token`` given) it repairs the
+Item's login and answers {public_token: null}: the access token does not change, there is nothing
+to exchange, and no webhook is sent (Plaid sends LOGIN_REPAIRED only for a repair made outside your
+app). An unknown or expired link token answers 400 {error, error_type: INVALID_INPUT,
+error_code: INVALID_LINK_TOKEN}, as Link would report it; other Plaid refusals (e.g.
+INVALID_CREDENTIALS) come the same way.
 """
 
 from __future__ import annotations
@@ -12,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from sandbox.plaid_errors import PlaidAPIError
 from sandbox.state import SANDBOX
 
 PREFIX = "/sandbox/control"
@@ -85,6 +98,23 @@ async def rotate_key(request: web.Request) -> web.Response:
     return web.json_response({"kid": request.app[SANDBOX].rotate_key()})
 
 
+async def link_complete(request: web.Request) -> web.Response:
+    try:
+        body = await _body(request)
+        public_token = request.app[SANDBOX].plaid.link_complete(
+            _typed(body, "link_token", (str,), required=True),
+            username=_typed(body, "username", (str,), required=False),
+            password=_typed(body, "password", (str,), required=False),
+            institution_id=_typed(body, "institution_id", (str,), required=False),
+        )
+    except _BadControl as exc:
+        return _bad(str(exc))
+    except PlaidAPIError as exc:
+        refused = {"error": exc.error_message, "error_type": exc.error_type, "error_code": exc.error_code}
+        return web.json_response(refused, status=exc.status)
+    return web.json_response({"public_token": public_token})
+
+
 async def stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[SANDBOX].stats())
 
@@ -95,3 +125,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{PREFIX}/latency", set_latency)
     app.router.add_post(f"{PREFIX}/rotate_key", rotate_key)
     app.router.add_get(f"{PREFIX}/stats", stats)
+    app.router.add_post(f"{PREFIX}/link/complete", link_complete)

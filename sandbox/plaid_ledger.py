@@ -73,6 +73,7 @@ LINK_PRODUCTS = PRODUCTS - {"balance"}
 # Update mode takes no products, except a credit product to add (assets, statements) or auth/identity
 # for Update Mode with Product Validations (plaid.com/docs/link/update-mode).
 UPDATE_MODE_PRODUCTS = frozenset({"assets", "auth", "identity", "statements"})
+DEFAULT_INSTITUTION = "ins_109508"
 
 
 @dataclasses.dataclass
@@ -271,6 +272,35 @@ class PlaidLedger:
         expires_at = float(int(self._now()) + ttl)  # whole seconds, as the ISO 8601 answer shows it
         self._link_tokens[token] = _LinkToken(request, expires_at)
         return token, expires_at
+
+    def link_session(self, link_token: str) -> LinkTokenRequest:
+        """The request behind a live link token. In the Sandbox a link token may be used more than once."""
+        record = self._link_tokens.get(link_token)
+        if record is None:
+            raise invalid_input("INVALID_LINK_TOKEN", "invalid link_token provided")
+        if self._now() >= record.expires_at:
+            raise invalid_input("INVALID_LINK_TOKEN", "link_token has expired; create a new one")
+        return record.request
+
+    def link_complete(
+        self, link_token: str, username: str | None, password: str | None, institution_id: str | None
+    ) -> str | None:
+        """Plays the user's Link session to success (emulator only; the real Sandbox runs Link in a
+        browser). A new-Item token creates the Item as /sandbox/public_token/create does, with the
+        token's products and webhook, and returns its public token. An update-mode token repairs the
+        Item's login and returns ``None``: the access token does not change, there is nothing to
+        exchange, and no webhook is sent (LOGIN_REPAIRED is only for repairs outside your app).
+
+        ``password`` is accepted for the real Link form's sake but, as ``override_password`` in
+        /sandbox/public_token/create, does not pick anything yet; update mode checks no credentials."""
+        del password
+        request = self.link_session(link_token)
+        if request.access_token is not None:
+            self.item_for(request.access_token).login_required = False
+            return None
+        return self.create_public_token(
+            institution_id or DEFAULT_INSTITUTION, list(request.products), request.webhook, username
+        )
 
     def item_get(self, access_token: str) -> dict[str, Any]:
         """/item/get: the Item's state, ``error`` set while its login is broken; ``status`` is null
