@@ -29,6 +29,14 @@ Firing ITEM ``ERROR`` puts the Item into ITEM_LOGIN_REQUIRED and ``LOGIN_REPAIRE
 AUTH ``AUTOMATICALLY_VERIFIED``/``VERIFICATION_EXPIRED`` update a micro-deposit account's status;
 AUTH ``DEFAULT_UPDATE`` gives the account a new account number. Other codes only notify.
 
+``/link/token/create`` stores the request (user, products, webhook, redirect_uri, access_token) under
+``link-sandbox-<uuid>``, valid 4 hours (30 minutes in update mode, i.e. with ``access_token``). Nothing
+here plays Link itself, so POST ``/sandbox/control/link/complete`` {link_token, username?,
+institution_id?} stands in for the user (beyond the real Sandbox): a new-Item token gives a public
+token for an Item with the token's products and webhook; an update-mode token repairs the Item's
+login, answers ``public_token: null`` and sends no webhook. ``/item/get`` shows the Item, with
+``error`` set while its login is broken.
+
 Atomic (``/atomic``): a funding source whose ``customer_ref`` starts with ``reject`` is REJECTED
 with reason ``customer_rejected``; one whose processor token fails ``/processor/auth/get`` is
 REJECTED with ``account_verification_failed``; anything else is VERIFIED, after

@@ -12,6 +12,17 @@ another process drives the emulator here; a test that uses one of these goes bey
   LOGIN_REPAIRED).
 - POST ``processors`` {processor, enabled: bool}: the processor integration turned off or on in the
   Dashboard; while off, ``/processor/token/create`` for it answers INVALID_INPUT / INVALID_PRODUCT.
+- POST ``link/complete`` {link_token, username?, password?, institution_id?} goes beyond the real
+  Sandbox, where the user's Link session runs in a browser: it plays that session to success. For a
+  link token from /link/token/create without ``access_token`` it creates the Item as
+  /sandbox/public_token/create would (the token's ``products`` and ``webhook``; ``username`` defaults
+  to ``user_good``, ``institution_id`` to ``ins_109508``; ``password`` is not used yet) and answers
+  {public_token}, to be exchanged. For an update-mode token (``access_token`` given) it repairs the
+  Item's login and answers {public_token: null}: the access token does not change, there is nothing
+  to exchange, and no webhook is sent (Plaid sends LOGIN_REPAIRED only for a repair made outside your
+  app). An unknown or expired link token answers 400 {error, error_type: INVALID_INPUT,
+  error_code: INVALID_LINK_TOKEN}, as Link would report it; other Plaid refusals (e.g.
+  INVALID_CREDENTIALS) come the same way.
 
 Items are named by their ``item_id`` here (what an app stores), not by an access token. These paths
 are never counted, delayed or faulted.
@@ -106,6 +117,23 @@ async def rotate_key(request: web.Request) -> web.Response:
     return web.json_response({"kid": request.app[SANDBOX].rotate_key()})
 
 
+async def link_complete(request: web.Request) -> web.Response:
+    try:
+        body = await _body(request)
+        public_token = request.app[SANDBOX].plaid.link_complete(
+            _typed(body, "link_token", (str,), required=True),
+            username=_typed(body, "username", (str,), required=False),
+            password=_typed(body, "password", (str,), required=False),
+            institution_id=_typed(body, "institution_id", (str,), required=False),
+        )
+    except _BadControl as exc:
+        return _bad(str(exc))
+    except PlaidAPIError as exc:
+        refused = {"error": exc.error_message, "error_type": exc.error_type, "error_code": exc.error_code}
+        return web.json_response(refused, status=exc.status)
+    return web.json_response({"public_token": public_token})
+
+
 async def stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[SANDBOX].stats())
 
@@ -168,3 +196,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{PREFIX}/item/fire_webhook", item_fire_webhook)
     app.router.add_post(f"{PREFIX}/item/repair_login", item_repair_login)
     app.router.add_post(f"{PREFIX}/processors", set_processor)
+    app.router.add_post(f"{PREFIX}/link/complete", link_complete)

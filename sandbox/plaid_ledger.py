@@ -68,6 +68,15 @@ PROCESSORS = frozenset(
     "anchorage".split()
 )
 SETTABLE_VERIFICATION = frozenset({"automatically_verified", "verification_expired"})
+# /link/token/create: a link_token for a new Item lasts 4 hours, one for update mode 30 minutes
+# (LinkTokenCreateResponse.expiration). ``balance`` is not a valid Link product (INVALID_PRODUCT).
+LINK_TOKEN_TTL_S = 4 * 3600
+UPDATE_LINK_TOKEN_TTL_S = 30 * 60
+LINK_PRODUCTS = PRODUCTS - {"balance"}
+# Update mode takes no products, except a credit product to add (assets, statements) or auth/identity
+# for Update Mode with Product Validations (plaid.com/docs/link/update-mode).
+UPDATE_MODE_PRODUCTS = frozenset({"assets", "auth", "identity", "statements"})
+DEFAULT_INSTITUTION = "ins_109508"
 
 
 @dataclasses.dataclass
@@ -123,6 +132,24 @@ class _ProcessorGrant:
     processor: str
 
 
+@dataclasses.dataclass(frozen=True)
+class LinkTokenRequest:
+    """What /link/token/create keeps for the Link session its token opens."""
+
+    client_user_id: str | None  # None when the request names the user by ``user_id`` instead
+    user_id: str | None
+    products: tuple[str, ...]
+    webhook: str | None
+    redirect_uri: str | None
+    access_token: str | None  # set: update mode for that Item
+
+
+@dataclasses.dataclass(frozen=True)
+class _LinkToken:
+    request: LinkTokenRequest
+    expires_at: float
+
+
 class PlaidLedger:
     def __init__(self, now: Callable[[], float], rng: random.Random, emit: WebhookEmitter) -> None:
         self._now = now
@@ -134,6 +161,7 @@ class PlaidLedger:
         self._processor: dict[str, _ProcessorGrant] = {}
         # Processor integrations turned off in this client's Dashboard (a control lever).
         self.disabled_processors: set[str] = set()
+        self._link_tokens: dict[str, _LinkToken] = {}
 
     # -- Link ---------------------------------------------------------------------------------
 
@@ -235,6 +263,72 @@ class PlaidLedger:
         if account is None:
             raise invalid_input("INVALID_ACCOUNT_ID", "one or more of the account IDs is invalid")
         return account
+
+    # -- Link tokens, /item/get -----------------------------------------------------------------
+
+    def link_token_create(self, request: LinkTokenRequest) -> tuple[str, float]:
+        """Stores the request under a new ``link-sandbox-<uuid>``; returns it and its expiry (epoch s)."""
+        unknown = sorted(set(request.products) - LINK_PRODUCTS)
+        if unknown:
+            raise invalid_input(
+                "INVALID_PRODUCT", f"client is not authorized to access the following products: {unknown}"
+            )
+        if request.access_token is not None:
+            self.item_for(request.access_token)
+            misplaced = sorted(set(request.products) - UPDATE_MODE_PRODUCTS)
+            if misplaced:
+                raise invalid_request(
+                    "INVALID_FIELD",
+                    f"products must be omitted in update mode (access_token given): {', '.join(misplaced)}",
+                )
+            ttl = UPDATE_LINK_TOKEN_TTL_S
+        else:
+            if not request.products:
+                raise invalid_request("INVALID_FIELD", "must provide at least one product")
+            ttl = LINK_TOKEN_TTL_S
+        token = f"link-sandbox-{uuid.uuid4()}"
+        expires_at = float(int(self._now()) + ttl)  # whole seconds, as the ISO 8601 answer shows it
+        self._link_tokens[token] = _LinkToken(request, expires_at)
+        return token, expires_at
+
+    def link_session(self, link_token: str) -> LinkTokenRequest:
+        """The request behind a live link token. In the Sandbox a link token may be used more than once."""
+        record = self._link_tokens.get(link_token)
+        if record is None:
+            raise invalid_input("INVALID_LINK_TOKEN", "invalid link_token provided")
+        if self._now() >= record.expires_at:
+            raise invalid_input("INVALID_LINK_TOKEN", "link_token has expired; create a new one")
+        return record.request
+
+    def link_complete(
+        self, link_token: str, username: str | None, password: str | None, institution_id: str | None
+    ) -> str | None:
+        """Plays the user's Link session to success (emulator only; the real Sandbox runs Link in a
+        browser). A new-Item token creates the Item as /sandbox/public_token/create does, with the
+        token's products and webhook, and returns its public token. An update-mode token repairs the
+        Item's login and returns ``None``: the access token does not change, there is nothing to
+        exchange, and no webhook is sent (LOGIN_REPAIRED is only for repairs outside your app).
+
+        ``password`` is accepted for the real Link form's sake but, as ``override_password`` in
+        /sandbox/public_token/create, does not pick anything yet; update mode checks no credentials."""
+        del password
+        request = self.link_session(link_token)
+        if request.access_token is not None:
+            self.item_for(request.access_token).login_required = False
+            return None
+        return self.create_public_token(
+            institution_id or DEFAULT_INSTITUTION, list(request.products), request.webhook, username
+        )
+
+    def item_get(self, access_token: str) -> dict[str, Any]:
+        """/item/get: the Item's state, ``error`` set while its login is broken; ``status`` is null
+        (no Transactions or Investments updates here)."""
+        item = self.item_for(access_token)
+        body = item.to_json()
+        if body["error"] is not None:
+            # PlaidError.status is only returned when the error comes in a webhook.
+            body["error"] = {**body["error"], "status": None}
+        return {"item": body, "status": None}
 
     # -- Processor tokens ---------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hmac
 import json
 from collections.abc import Awaitable, Callable, Mapping
@@ -12,6 +13,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from sandbox.plaid_errors import PlaidAPIError, invalid_input, invalid_request
+from sandbox.plaid_ledger import LinkTokenRequest
 from sandbox.state import SANDBOX, SandboxState
 
 JsonObject = dict[str, Any]
@@ -146,6 +148,94 @@ def item_remove(state: SandboxState, body: JsonObject) -> JsonObject:
     return {}
 
 
+# LinkTokenCreateRequest's properties in the OpenAPI spec (2020-09-14_1.697.4), plus
+# ``cra_report_parameter`` that plaid-python 46 also knows. Fields the emulator does not model are
+# accepted and ignored.
+LINK_TOKEN_CREATE_FIELDS = (
+    "client_name", "language", "country_codes", "user", "user_id", "products",
+    "required_if_supported_products", "optional_products", "additional_consented_products", "webhook",
+    "access_token", "access_tokens", "link_customization_name", "appearance_mode", "redirect_uri",
+    "android_package_name", "institution_data", "card_switch", "account_filters", "eu_config",
+    "institution_id", "payment_configuration", "payment_initiation", "employment", "income_verification",
+    "base_report", "credit_partner_insights", "cra_options", "cra_report_parameter",
+    "consumer_report_permissible_purpose", "auth", "transfer", "update", "identity_verification",
+    "statements", "third_party_user_token", "investments", "investments_auth", "hosted_link",
+    "transactions", "cashflow_report", "cra_enabled", "identity", "financekit_supported",
+    "enable_multi_item_link", "user_token",
+)  # fmt: skip
+LINK_LANGUAGES = frozenset("da nl en et fr de hi it lv lt no pl pt ro es sv vi".split())
+COUNTRY_CODES = frozenset("US GB ES NL FR IE CA DE IT PL DK NO SE EE LT LV PT BE AT FI".split())
+
+
+def _non_empty_str(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise invalid_request("INVALID_FIELD", f"{name} must be a non-empty string")
+    return value
+
+
+def _missing_link_fields(body: JsonObject) -> list[str]:
+    """Required: client_name, language, country_codes, and ``user.client_user_id`` unless the user is
+    named by ``user_id``. Absent (or null) is MISSING_FIELDS; present but empty is INVALID_FIELD."""
+    missing = [name for name in ("client_name", "language", "country_codes") if body.get(name) is None]
+    user = body.get("user")
+    if isinstance(user, dict) and user.get("client_user_id") is None:
+        missing.append("user.client_user_id")
+    elif user is None and body.get("user_id") is None:
+        missing.append("user")
+    return missing
+
+
+def _country_codes(value: Any) -> list[str]:
+    codes = _str_list(value, "country_codes")
+    if not codes or not set(codes) <= COUNTRY_CODES:
+        raise invalid_request("INVALID_FIELD", "country_codes must be a non-empty list of supported codes")
+    return codes
+
+
+def _client_user_id(user: Any) -> str | None:
+    if user is None:
+        return None
+    if not isinstance(user, dict):
+        raise invalid_request("INVALID_FIELD", "user must be an object")
+    return _non_empty_str(user["client_user_id"], "user.client_user_id")
+
+
+def link_token_request(body: JsonObject) -> LinkTokenRequest:
+    """Parses and checks a /link/token/create body (the product rules are the ledger's)."""
+    missing = _missing_link_fields(body)
+    if missing:
+        raise invalid_request(
+            "MISSING_FIELDS", f"the following required fields are missing: {', '.join(missing)}"
+        )
+    _non_empty_str(body["client_name"], "client_name")
+    if _non_empty_str(body["language"], "language") not in LINK_LANGUAGES:
+        raise invalid_request("INVALID_FIELD", f"language must be one of {', '.join(sorted(LINK_LANGUAGES))}")
+    _country_codes(body["country_codes"])
+    products = body.get("products")
+    return LinkTokenRequest(
+        client_user_id=_client_user_id(body.get("user")),
+        user_id=_opt_str(body, "user_id"),
+        products=() if products is None else tuple(_str_list(products, "products")),
+        webhook=_webhook_url(_opt_str(body, "webhook")),
+        redirect_uri=_opt_str(body, "redirect_uri"),
+        access_token=_opt_str(body, "access_token"),
+    )
+
+
+def _iso8601_seconds(epoch_s: float) -> str:
+    moment = dt.datetime.fromtimestamp(epoch_s, dt.UTC).replace(microsecond=0)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def link_token_create(state: SandboxState, body: JsonObject) -> JsonObject:
+    token, expires_at = state.plaid.link_token_create(link_token_request(body))
+    return {"link_token": token, "expiration": _iso8601_seconds(expires_at)}
+
+
+def item_get(state: SandboxState, body: JsonObject) -> JsonObject:
+    return state.plaid.item_get(_str(body, "access_token"))
+
+
 ENDPOINTS = (
     Endpoint(
         "/sandbox/public_token/create",
@@ -175,6 +265,9 @@ ENDPOINTS = (
     ),
     Endpoint("/item/webhook/update", ("access_token",), ("webhook",), item_webhook_update),
     Endpoint("/item/remove", ("access_token",), ("reason_code", "reason_note"), item_remove),
+    # Required fields are checked by link_token_request: an empty client_name is INVALID_FIELD there.
+    Endpoint("/link/token/create", (), LINK_TOKEN_CREATE_FIELDS, link_token_create),
+    Endpoint("/item/get", ("access_token",), (), item_get),
 )
 
 
