@@ -59,6 +59,13 @@ is ignored):
 - ``user_automated_microdeposits`` = ``user_good`` / ``microdeposits_good`` at Houndstooth Bank: the Item
   is at ``ins_109512`` whatever ``institution_id`` said.
 
+Beyond the real Sandbox: ``POST /sandbox/control/public_token/create_same_day`` {``initial_products``?
+(only ``["auth"]``), ``webhook``?} → {``public_token``}: the Item Link would leave after Same-Day
+Micro-deposits (which Plaid's Sandbox makes only through Link): no institution (``institution_id``
+null), ``auth_method`` SAME_DAY_MICRODEPOSITS, one checking account 0000 with ``verification_status``
+``pending_manual_verification``, no balances, routing ``110000000``; processor tokens are refused
+(PRODUCT_NOT_READY) while it is pending.
+
 Account numbers are unique per account and end in the mask (unless ``user_custom`` sets them); routing
 is ``011401533``, wire routing ``021000021`` unless set.
 

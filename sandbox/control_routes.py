@@ -3,15 +3,22 @@
 POST ``faults`` {path, status, error_code, error_type, times?, rate?, retry_after?}; POST
 ``faults/clear``; POST ``latency`` {path: str|null, ms}; POST ``rotate_key`` → {kid}; GET ``stats``.
 These paths are never counted, delayed or faulted.
+
+Beyond the real Sandbox: POST ``public_token/create_same_day`` {initial_products? (only ["auth"]),
+webhook?} → {public_token}: the Item a Same-Day Micro-deposits session in Link would leave (one
+checking account ``pending_manual_verification``, no institution). Plaid's Sandbox makes such Items
+only through Link; exchange the token with ``/item/public_token/exchange`` as usual.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from sandbox.plaid_errors import PlaidAPIError
 from sandbox.state import SANDBOX
 
 PREFIX = "/sandbox/control"
@@ -81,6 +88,25 @@ async def set_latency(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+async def create_same_day(request: web.Request) -> web.Response:
+    try:
+        body = await _body(request)
+        products = _typed(body, "initial_products", (list,), required=False)
+        if products is None:
+            products = ["auth"]
+        if not all(isinstance(p, str) for p in products):
+            raise _BadControl("initial_products must be a list of strings")
+        webhook = _typed(body, "webhook", (str,), required=False) or None
+        if webhook is not None and urlsplit(webhook).scheme not in ("http", "https"):
+            raise _BadControl("webhook must be an http or https URL")
+        token = request.app[SANDBOX].plaid.create_same_day_public_token(products, webhook)
+    except _BadControl as exc:
+        return _bad(str(exc))
+    except PlaidAPIError as exc:
+        return _bad(exc.error_message)
+    return web.json_response({"public_token": token})
+
+
 async def rotate_key(request: web.Request) -> web.Response:
     return web.json_response({"kid": request.app[SANDBOX].rotate_key()})
 
@@ -94,4 +120,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{PREFIX}/faults/clear", clear_faults)
     app.router.add_post(f"{PREFIX}/latency", set_latency)
     app.router.add_post(f"{PREFIX}/rotate_key", rotate_key)
+    app.router.add_post(f"{PREFIX}/public_token/create_same_day", create_same_day)
     app.router.add_get(f"{PREFIX}/stats", stats)
