@@ -42,7 +42,8 @@ AUTOMATED_MICRODEPOSITS = "AUTOMATED_MICRODEPOSITS"
 _MFA_PASSWORD = re.compile(r"^mfa_(device|selections|questions_\d_\d|selections_\d_\d_\d)$")
 _ERROR_PREFIX = "error_"
 # The codes an error_<CODE> password simulates: "several ITEM_ERROR or INSTITUTION_ERROR errors"
-# (plaid.com/docs/sandbox/test-credentials/); older copies of that page also list error_INTERNAL_SERVER_ERROR.
+# (plaid.com/docs/sandbox/test-credentials/). The full list is not in the docs we have; a partner's
+# copy of it (docs.synctera.com, sandbox external account test cases) also has error_INTERNAL_SERVER_ERROR.
 ERROR_PASSWORD_CODES = frozenset(
     code
     for code, (error_type, _, _) in CREATION_ERRORS.items()
