@@ -23,6 +23,10 @@ another process drives the emulator here; a test that uses one of these goes bey
   app). An unknown or expired link token answers 400 {error, error_type: INVALID_INPUT,
   error_code: INVALID_LINK_TOKEN}, as Link would report it; other Plaid refusals (e.g.
   INVALID_CREDENTIALS) come the same way.
+- POST ``public_token/create_same_day`` {initial_products? (only ["auth"]), webhook?} →
+  {public_token}: the Item a Same-Day Micro-deposits session in Link would leave (one checking
+  account ``pending_manual_verification``, no institution). Plaid's Sandbox makes such Items only
+  through Link; exchange the token with ``/item/public_token/exchange`` as usual.
 
 Items are named by their ``item_id`` here (what an app stores), not by an access token. These paths
 are never counted, delayed or faulted.
@@ -33,6 +37,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -111,6 +116,25 @@ async def set_latency(request: web.Request) -> web.Response:
     except (_BadControl, ValueError) as exc:
         return _bad(str(exc))
     return web.json_response({"ok": True})
+
+
+async def create_same_day(request: web.Request) -> web.Response:
+    try:
+        body = await _body(request)
+        products = _typed(body, "initial_products", (list,), required=False)
+        if products is None:
+            products = ["auth"]
+        if not all(isinstance(p, str) for p in products):
+            raise _BadControl("initial_products must be a list of strings")
+        webhook = _typed(body, "webhook", (str,), required=False) or None
+        if webhook is not None and urlsplit(webhook).scheme not in ("http", "https"):
+            raise _BadControl("webhook must be an http or https URL")
+        token = request.app[SANDBOX].plaid.create_same_day_public_token(products, webhook)
+    except _BadControl as exc:
+        return _bad(str(exc))
+    except PlaidAPIError as exc:
+        return _bad(exc.error_message)
+    return web.json_response({"public_token": token})
 
 
 async def rotate_key(request: web.Request) -> web.Response:
@@ -192,6 +216,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{PREFIX}/faults/clear", clear_faults)
     app.router.add_post(f"{PREFIX}/latency", set_latency)
     app.router.add_post(f"{PREFIX}/rotate_key", rotate_key)
+    app.router.add_post(f"{PREFIX}/public_token/create_same_day", create_same_day)
     app.router.add_get(f"{PREFIX}/stats", stats)
     app.router.add_post(f"{PREFIX}/item/fire_webhook", item_fire_webhook)
     app.router.add_post(f"{PREFIX}/item/repair_login", item_repair_login)

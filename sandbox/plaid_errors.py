@@ -128,3 +128,91 @@ def item_login_required_object() -> dict[str, Any]:
     return error_object(
         error_type="ITEM_ERROR", error_code="ITEM_LOGIN_REQUIRED", error_message=ITEM_LOGIN_REQUIRED_MESSAGE
     )
+
+
+# -- Errors a Sandbox Item's creation can meet ---------------------------------------------------
+# (error_type, error_message, display_message), as the sample responses in plaid.com/docs/errors/item/,
+# /errors/institution/ and /errors/api/ give them. ``user_good`` with password ``error_<CODE>`` and
+# ``user_custom`` with ``force_error`` make /sandbox/public_token/create fail with these.
+
+INVALID_CREDENTIALS_MESSAGE = "the provided credentials were not correct"
+_INSTITUTION_UNRESPONSIVE = (
+    "this institution is not currently responding to this request. please try again soon",
+    "This financial institution is not currently responding to requests. We apologize for the inconvenience.",
+)
+CREATION_ERRORS: dict[str, tuple[str, str, str | None]] = {
+    "INSUFFICIENT_CREDENTIALS": (
+        "ITEM_ERROR",
+        "insufficient authorization was provided to complete the request",
+        "INSUFFICIENT_CREDENTIALS",
+    ),
+    "INVALID_CREDENTIALS": (
+        "ITEM_ERROR",
+        INVALID_CREDENTIALS_MESSAGE,
+        "The provided credentials were not correct. Please try again.",
+    ),
+    "INVALID_MFA": (
+        "ITEM_ERROR",
+        "the provided MFA response(s) were not correct",
+        "The provided MFA responses were not correct. Please try again.",
+    ),
+    "INVALID_SEND_METHOD": ("ITEM_ERROR", "the provided MFA send_method was invalid", None),
+    "ITEM_LOCKED": (
+        "ITEM_ERROR",
+        "the account is locked. prompt the user to visit the institution's site and unlock their account",
+        "The given account has been locked by the financial institution. Please visit your financial "
+        "institution's website to unlock your account.",
+    ),
+    "ITEM_LOGIN_REQUIRED": ("ITEM_ERROR", ITEM_LOGIN_REQUIRED_MESSAGE, None),
+    "ITEM_NOT_SUPPORTED": (
+        "ITEM_ERROR",
+        "this account is currently not supported",
+        "The given account is not currently supported for this financial institution. We apologize for the "
+        "inconvenience.",
+    ),
+    "MFA_NOT_SUPPORTED": (
+        "ITEM_ERROR",
+        "this account requires a MFA type that we do not currently support for the institution",
+        "The multi-factor security features enabled on this account are not currently supported for this "
+        "financial institution. We apologize for the inconvenience.",
+    ),
+    "NO_ACCOUNTS": (
+        "ITEM_ERROR",
+        "no valid accounts were found for this item",
+        "No valid accounts were found at the financial institution. Please visit your financial "
+        "institution's website to confirm accounts are available.",
+    ),
+    "USER_INPUT_TIMEOUT": (
+        "ITEM_ERROR",
+        "user must retry this operation",
+        "The application timed out waiting for user input",
+    ),
+    "USER_SETUP_REQUIRED": (
+        "ITEM_ERROR",
+        "the account has not been fully set up. prompt the user to visit the issuing institution's site and "
+        "finish the setup process",
+        "The given account is not fully setup. Please visit your financial institution's website to setup "
+        "your account.",
+    ),
+    "INSTITUTION_DOWN": ("INSTITUTION_ERROR", *_INSTITUTION_UNRESPONSIVE),
+    "INSTITUTION_NOT_RESPONDING": ("INSTITUTION_ERROR", *_INSTITUTION_UNRESPONSIVE),
+    "INSTITUTION_NOT_AVAILABLE": ("INSTITUTION_ERROR", *_INSTITUTION_UNRESPONSIVE),
+    "INSTITUTION_NO_LONGER_SUPPORTED": (
+        "INSTITUTION_ERROR",
+        "this institution is no longer supported",
+        "This financial institution is no longer supported. We apologize for the inconvenience.",
+    ),
+    # API_ERROR answers HTTP 500 (STATUS_BY_TYPE).
+    "INTERNAL_SERVER_ERROR": ("API_ERROR", "an unexpected error occurred", None),
+    "INVALID_LINK_TOKEN": ("INVALID_INPUT", "invalid link_token provided", None),
+}
+
+
+def creation_error(code: str) -> PlaidAPIError:
+    """The error for ``code`` (a key of :data:`CREATION_ERRORS`)."""
+    error_type, message, display = CREATION_ERRORS[code]
+    return PlaidAPIError(error_type, code, message, display_message=display)
+
+
+def invalid_credentials() -> PlaidAPIError:
+    return creation_error("INVALID_CREDENTIALS")

@@ -13,11 +13,12 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from sandbox import webhook_bodies
+from sandbox import credentials, webhook_bodies
 from sandbox.accounts import (
-    DEFAULT_USERNAME,
     PENDING_AUTOMATIC_VERIFICATION,
     PENDING_MANUAL_VERIFICATION,
+    PENDING_VERIFICATION,
+    SAME_DAY_CHECKING,
     SandboxAccount,
     account_number,
     build_accounts,
@@ -49,14 +50,31 @@ PRODUCTS = frozenset(
         "statements",
     }
 )
+# The Sandbox-only institutions of plaid.com/docs/sandbox/institutions/ (all of them; Plaid's Sandbox
+# also has every Production institution, which this emulator does not: their ids are INVALID_INSTITUTION
+# here). Every one logs in with the test credentials alike; their special behaviours (OAuth, non-US
+# numbers, the unhealthy and unsupported banks) are not modelled.
 INSTITUTIONS = {
     "ins_109508": "First Platypus Bank",
+    "ins_130016": "First Platypus Balance Bank",
     "ins_109509": "First Gingham Credit Union",
     "ins_109510": "Tattersall Federal Credit Union",
     "ins_109511": "Tartan Bank",
     "ins_109512": "Houndstooth Bank",
-    "ins_43": "Sandbox Bank (OAuth)",
+    "ins_43": "Tartan-Dominion Bank of Canada",
+    "ins_116834": "Flexible Platypus Open Banking",
+    "ins_117650": "Royal Bank of Plaid",
+    "ins_127287": "Platypus OAuth Bank",
+    "ins_132241": "First Platypus OAuth App2App Bank",
+    "ins_117181": "Flexible Platypus Open Banking",
+    "ins_135858": "Windowpane Bank",
+    "ins_132363": "Unhealthy Platypus Bank - Degraded",
+    "ins_132361": "Unhealthy Platypus Bank - Down",
+    "ins_133402": "Unsupported Platypus Bank - Institution Not Supported",
+    "ins_133502": "Platypus Bank RUX Auth",
+    "ins_133503": "Platypus Bank RUX Match",
 }
+SAME_DAY_MICRODEPOSITS = "SAME_DAY_MICRODEPOSITS"
 PROCESSORS = frozenset(
     "dwolla galileo modern_treasury ocrolus vesta drivewealth vopay achq check checkbook circle sila_money "
     "rize svb_api unit wyre lithic alpaca astra moov treasury_prime marqeta checkout solid highnote gemini "
@@ -68,6 +86,8 @@ PROCESSORS = frozenset(
     "anchorage".split()
 )
 SETTABLE_VERIFICATION = frozenset({"automatically_verified", "verification_expired"})
+# The statuses of an account in the automated micro-deposits flow, the one set_verification_status acts on.
+AUTOMATED_FLOW = frozenset({PENDING_AUTOMATIC_VERIFICATION, *SETTABLE_VERIFICATION})
 # /link/token/create: a link_token for a new Item lasts 4 hours, one for update mode 30 minutes
 # (LinkTokenCreateResponse.expiration). ``balance`` is not a valid Link product (INVALID_PRODUCT).
 LINK_TOKEN_TTL_S = 4 * 3600
@@ -82,20 +102,16 @@ DEFAULT_INSTITUTION = "ins_109508"
 @dataclasses.dataclass
 class SandboxItem:
     item_id: str
-    institution_id: str
-    institution_name: str
+    institution_id: str | None  # None for an Item without an institution connection (Same-Day)
+    institution_name: str | None
     products: list[str]
     webhook: str | None
     accounts: dict[str, SandboxAccount]
     access_token: str | None = None
     login_required: bool = False
     removed: bool = False
-
-    @property
-    def auth_method(self) -> str:
-        if any(a.verification_status is not None for a in self.accounts.values()):
-            return "AUTOMATED_MICRODEPOSITS"
-        return "INSTANT_AUTH"
+    # How the Item's Auth data came; None when no account has Auth data (OpenAPI ItemAuthMethod).
+    auth_method: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """An Item object."""
@@ -116,6 +132,14 @@ class SandboxItem:
 
     def first_account(self, predicate: Callable[[SandboxAccount], bool]) -> SandboxAccount | None:
         return next((a for a in self.accounts.values() if predicate(a)), None)
+
+
+def _check_products(products: list[str]) -> None:
+    if not products:
+        raise invalid_request("INVALID_FIELD", "initial_products must contain at least one product")
+    unknown = sorted(set(products) - PRODUCTS)
+    if unknown:
+        raise invalid_input("INVALID_PRODUCT", f"invalid products provided: {', '.join(unknown)}")
 
 
 @dataclasses.dataclass
@@ -166,30 +190,52 @@ class PlaidLedger:
     # -- Link ---------------------------------------------------------------------------------
 
     def create_public_token(
-        self, institution_id: str, products: list[str], webhook: str | None, username: str | None
+        self,
+        institution_id: str,
+        products: list[str],
+        webhook: str | None,
+        username: str | None,
+        password: str | None = None,
     ) -> str:
-        if not institution_id.startswith("ins_"):
-            raise invalid_input("INVALID_INSTITUTION", f"invalid institution_id provided: {institution_id}")
-        if not products:
-            raise invalid_request("INVALID_FIELD", "initial_products must contain at least one product")
-        unknown = sorted(set(products) - PRODUCTS)
-        if unknown:
-            raise invalid_input("INVALID_PRODUCT", f"invalid products provided: {', '.join(unknown)}")
-        accounts = build_accounts(username or DEFAULT_USERNAME, self._rng)
-        if accounts is None:
-            raise item_error(
-                "INVALID_CREDENTIALS",
-                "the provided credentials were not correct",
-                display_message="The provided credentials were not correct. Please try again.",
-            )
+        """``/sandbox/public_token/create``: the test credentials pick the Item (see
+        :mod:`sandbox.credentials`); errors they simulate fail this call."""
+        if institution_id not in INSTITUTIONS:
+            raise invalid_input("INVALID_INSTITUTION", "invalid institution_id provided")
+        _check_products(products)
+        recipe = credentials.resolve(username, password, institution_id, self._rng)
+        accounts = build_accounts(recipe.accounts, self._rng)
         item = SandboxItem(
             item_id=plaid_id(self._rng),
-            institution_id=institution_id,
-            institution_name=INSTITUTIONS.get(institution_id, "Sandbox Institution"),
+            institution_id=recipe.institution_id,
+            institution_name=INSTITUTIONS[recipe.institution_id],
             products=list(dict.fromkeys(products)),
             webhook=webhook,
             accounts={a.account_id: a for a in accounts},
+            auth_method=recipe.auth_method if any(a.has_ach_numbers for a in accounts) else None,
         )
+        return self._issue_public_token(item)
+
+    def create_same_day_public_token(self, products: list[str], webhook: str | None) -> str:
+        """Emulator-only: the public token Link would give after a Same-Day Micro-deposits session
+        (one checking account, ``pending_manual_verification``, no institution). Plaid's Sandbox
+        makes such Items only through Link, never through /sandbox/public_token/create."""
+        _check_products(products)
+        if set(products) != {"auth"}:
+            # "products array should include only auth or transfer when using same-day manual
+            # micro-deposit verification" (plaid.com/docs/auth/coverage/same-day/)
+            raise invalid_request("INVALID_FIELD", "Same-Day micro-deposit Items take only the auth product")
+        item = SandboxItem(
+            item_id=plaid_id(self._rng),
+            institution_id=None,
+            institution_name=None,
+            products=["auth"],
+            webhook=webhook,
+            accounts={a.account_id: a for a in build_accounts((SAME_DAY_CHECKING,), self._rng)},
+            auth_method=SAME_DAY_MICRODEPOSITS,
+        )
+        return self._issue_public_token(item)
+
+    def _issue_public_token(self, item: SandboxItem) -> str:
         self.items[item.item_id] = item
         token = f"public-sandbox-{uuid.uuid4()}"
         self._public[token] = _PublicToken(item.item_id, self._now())
@@ -342,7 +388,7 @@ class PlaidLedger:
             )
         item = self.item_for(access_token)
         account = self._account(item, account_id)
-        if account.verification_status == PENDING_AUTOMATIC_VERIFICATION:
+        if account.verification_status in PENDING_VERIFICATION:
             raise item_error(
                 "PRODUCT_NOT_READY",
                 "the requested product is not yet ready. please provide a webhook or try the request again "
@@ -362,7 +408,7 @@ class PlaidLedger:
         if item.login_required:
             raise item_login_required()
         account = item.accounts[grant.account_id]
-        if account.verification_status == PENDING_AUTOMATIC_VERIFICATION:
+        if account.verification_status in PENDING_VERIFICATION:
             raise item_error("PRODUCT_NOT_READY", "the requested product is not yet ready")
         if account.verification_status == "verification_expired":
             raise item_error("NO_AUTH_ACCOUNTS", "the account's micro-deposit verification has expired")
@@ -385,7 +431,7 @@ class PlaidLedger:
                 "INVALID_FIELD", "verification_status must be automatically_verified or verification_expired"
             )
         account = self._account(item, account_id)
-        if account.verification_status is None:
+        if account.verification_status not in AUTOMATED_FLOW:  # not Same-Day, not Instant Auth
             raise invalid_input(
                 "INVALID_ACCOUNT_ID", "the account is not in the automated micro-deposits verification flow"
             )
@@ -471,11 +517,11 @@ class PlaidLedger:
         if webhook_type == "AUTH":
             account = self._pick_account(item, account_id)
             if code == "AUTOMATICALLY_VERIFIED":
-                if account.verification_status is not None:
+                if account.verification_status in AUTOMATED_FLOW:
                     account.verification_status = "automatically_verified"
                 return webhook_bodies.automatically_verified(item_id, account.account_id)
             if code == "VERIFICATION_EXPIRED":
-                if account.verification_status is not None:
+                if account.verification_status in AUTOMATED_FLOW:
                     account.verification_status = "verification_expired"
                 return webhook_bodies.verification_expired(item_id, account.account_id)
             if code == "SMS_MICRODEPOSITS_VERIFICATION":

@@ -80,6 +80,7 @@ def public_token_create(state: SandboxState, body: JsonObject) -> JsonObject:
         _str_list(body["initial_products"], "initial_products"),
         _webhook_url(_opt_str(options, "webhook")),
         _opt_str(options, "override_username"),
+        _opt_str(options, "override_password"),
     )
     return {"public_token": token}
 

@@ -154,7 +154,16 @@ async def test_happy_path_deserializes_in_plaid_python(sandbox: Sandbox, client:
     assert [(a.name, str(a.subtype), a.mask) for a in accounts.accounts] == [
         ("Plaid Checking", "checking", "0000"),
         ("Plaid Saving", "savings", "1111"),
+        ("Plaid CD", "cd", "2222"),
         ("Plaid Credit Card", "credit card", "3333"),
+        ("Plaid Money Market", "money market", "4444"),
+        ("Plaid IRA", "ira", "5555"),
+        ("Plaid 401k", "401k", "6666"),
+        ("Plaid Student Loan", "student", "7777"),
+        ("Plaid Mortgage", "mortgage", "8888"),
+        ("Plaid HSA", "hsa", "9001"),
+        ("Plaid Cash Management", "cash management", "9002"),
+        ("Plaid Business Credit Card", "credit card", "9999"),
     ]
     checking = accounts.accounts[0]
     assert checking.balances.available == 100.0
@@ -287,7 +296,8 @@ async def test_removed_item_invalidates_access_and_processor_tokens(client: Any)
 
 async def test_processor_token_create_validates(client: Any) -> None:
     access_token, _, accounts = await link(client)
-    checking, _, credit = accounts
+    checking = accounts[0]
+    credit = next(a for a in accounts if str(a.subtype) == "credit card")
 
     def request(account_id: str, processor: str = "atomic") -> ProcessorTokenCreateRequest:
         return ProcessorTokenCreateRequest(
@@ -306,11 +316,17 @@ async def test_processor_token_create_validates(client: Any) -> None:
         await call(client.processor_token_create, request(checking.account_id, processor))
 
 
+USER_GOOD_SUBTYPES = [
+    "checking", "savings", "cd", "credit card", "money market", "ira", "401k", "student", "mortgage", "hsa",
+    "cash management", "credit card",
+]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("username", "subtypes"),
     [
-        (None, ["checking", "savings", "credit card"]),
-        ("user_good", ["checking", "savings", "credit card"]),
+        (None, USER_GOOD_SUBTYPES),
+        ("user_good", USER_GOOD_SUBTYPES),
         ("user_savings_only", ["savings"]),
         ("user_no_depository", ["credit card", "student", "mortgage"]),
         ("user_automated_microdeposits", ["checking"]),

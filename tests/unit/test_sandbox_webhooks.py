@@ -379,3 +379,58 @@ async def test_webhook_update_then_the_new_url_gets_the_webhooks(
     assert json.loads((await receiver.next()).body)["webhook_code"] == "WEBHOOK_UPDATE_ACKNOWLEDGED"
     await call(client.sandbox_item_fire_webhook, fire(access_token, "NEW_ACCOUNTS_AVAILABLE"))
     assert (await receiver.next()).path == "/new"
+
+
+async def test_sms_microdeposits_verification_verifies_a_same_day_item_only(
+    sandbox: Sandbox, client: Any, receiver: WebhookReceiver
+) -> None:
+    """SMS_MICRODEPOSITS_VERIFICATION is fired for a Same-Day micro-deposit Item (made by the
+    create_same_day lever, since Plaid's Sandbox makes those only through Link); the account is then
+    manually verified. For an Item of another kind the endpoint refuses it."""
+    from plaid.model.hosted_mmd_verification_webhook import HostedMMDVerificationWebhook
+    from plaid.model.sandbox_item_set_verification_status_request import (
+        SandboxItemSetVerificationStatusRequest,
+    )
+
+    status, answer = await control(
+        sandbox, "public_token/create_same_day", {"webhook": receiver.base_url + "/p"}
+    )
+    assert status == 200
+    exchanged = await call(
+        client.item_public_token_exchange, ItemPublicTokenExchangeRequest(answer["public_token"])
+    )
+    accounts = (
+        await call(client.accounts_get, AccountsGetRequest(access_token=exchanged.access_token))
+    ).accounts
+    assert [str(a.verification_status) for a in accounts] == ["pending_manual_verification"]
+    # set_verification_status is for automated micro-deposits only
+    automatic = SandboxItemSetVerificationStatusRequest(
+        access_token=exchanged.access_token,
+        account_id=accounts[0].account_id,
+        verification_status="automatically_verified",
+    )
+    _, body = await refused(client, client.sandbox_item_set_verification_status, automatic)
+    assert body["error_code"] == "INVALID_ACCOUNT_ID"
+
+    await call(
+        client.sandbox_item_fire_webhook, fire(exchanged.access_token, "SMS_MICRODEPOSITS_VERIFICATION")
+    )
+    received = await receiver.next()
+    parsed(client, received.body, HostedMMDVerificationWebhook)
+    body = json.loads(received.body)
+    assert (body["webhook_type"], body["status"], body["account_id"]) == (
+        "AUTH",
+        "MANUALLY_VERIFIED",
+        accounts[0].account_id,
+    )
+    after = (
+        await call(client.accounts_get, AccountsGetRequest(access_token=exchanged.access_token))
+    ).accounts
+    assert str(after[0].verification_status) == "manually_verified"
+
+    other, _, _ = await link(client, ["auth"], receiver.base_url + "/p")
+    _, body = await refused(
+        client, client.sandbox_item_fire_webhook, fire(other, "SMS_MICRODEPOSITS_VERIFICATION")
+    )
+    assert body["error_code"] == "INVALID_FIELD"
+    assert receiver.received.empty()
