@@ -27,9 +27,9 @@ INVALID_INPUT/INVALID_INSTITUTION (Production institutions, which the real Sandb
 - ``user_good`` / ``microdeposits_good`` at Houndstooth Bank ``ins_109512``: Automated Micro-deposits:
   one Plaid Checking 0000 with ``verification_status`` ``pending_automatic_verification``
   (``auth_method`` AUTOMATED_MICRODEPOSITS); processor tokens for it are refused
-  (ITEM_ERROR/PRODUCT_NOT_READY) until ``/sandbox/item/set_verification_status`` (or fire_webhook
-  AUTOMATICALLY_VERIFIED) verifies it. At any other institution (they offer Instant Auth) the same
-  password is an ordinary ``pass_good`` login: the docs state no other outcome.
+  (ITEM_ERROR/PRODUCT_NOT_READY) until ``/sandbox/item/set_verification_status`` verifies it. At
+  any other institution (they offer Instant Auth) the same password is an ordinary ``pass_good``
+  login: the docs state no other outcome.
 - ``user_good`` / ``error_<CODE>``: the create call fails with that error, its real error_type and
   HTTP status: the ITEM_ERRORs INSUFFICIENT_CREDENTIALS, INVALID_CREDENTIALS, INVALID_MFA,
   INVALID_SEND_METHOD, ITEM_LOCKED, ITEM_LOGIN_REQUIRED, ITEM_NOT_SUPPORTED, MFA_NOT_SUPPORTED,
@@ -69,11 +69,18 @@ null), ``auth_method`` SAME_DAY_MICRODEPOSITS, one checking account 0000 with ``
 Account numbers are unique per account and end in the mask (unless ``user_custom`` sets them); routing
 is ``011401533``, wire routing ``021000021`` unless set.
 
-``/sandbox/item/fire_webhook`` infers ``webhook_type`` from the code when omitted, accepts an extra
-``account_id`` (sandbox extension) for account-level codes, and needs the Item to have a webhook URL.
-Firing ITEM ``ERROR`` puts the Item into ITEM_LOGIN_REQUIRED and ``LOGIN_REPAIRED`` takes it out;
-AUTH ``AUTOMATICALLY_VERIFIED``/``VERIFICATION_EXPIRED`` update a micro-deposit account's status;
-AUTH ``DEFAULT_UPDATE`` gives the account a new account number. Other codes only notify.
+``/sandbox/item/fire_webhook`` fires what Plaid's does (the codes its request enum shows):
+``DEFAULT_UPDATE`` for the product ``webhook_type`` names (TRANSACTIONS when none; AUTH gives the first
+Auth account a new account number), ITEM ``NEW_ACCOUNTS_AVAILABLE``, ``USER_PERMISSION_REVOKED``,
+``USER_ACCOUNT_REVOKED`` (the first Auth account), ``PENDING_DISCONNECT``, ``LOGIN_REPAIRED`` (the
+login works again), AUTH ``SMS_MICRODEPOSITS_VERIFICATION`` (a Same-Day Item's account becomes
+``manually_verified``), TRANSACTIONS ``SYNC_UPDATES_AVAILABLE`` and ``RECURRING_TRANSACTIONS_UPDATE``,
+and the ASSETS webhooks ``PRODUCT_READY`` and ``ERROR``. An Item without the product: SANDBOX_ERROR /
+SANDBOX_PRODUCT_NOT_ENABLED; without a webhook: SANDBOX_WEBHOOK_INVALID; any other code or a type
+that does not go with it: INVALID_REQUEST / INVALID_FIELD; an ``account_id``: UNKNOWN_FIELDS. The
+rest (ITEM PENDING_EXPIRATION, an ITEM ERROR breaking the login, a chosen account, a repair with or
+without a webhook, the Atomic integration turned off) is under ``/sandbox/control/``
+(:mod:`sandbox.control_routes`).
 
 ``/link/token/create`` stores the request (user, products, webhook, redirect_uri, access_token) under
 ``link-sandbox-<uuid>``, valid 4 hours (30 minutes in update mode, i.e. with ``access_token``). Nothing
