@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import email.utils
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from aiohttp import web
 
+from sandbox.app import serve_app
+from sandbox.atomic_ledger import Submission
+from sandbox.config import SandboxConfig
 from sandbox.retry_schedule import (
     RETRY_AFTER_CAP_S,
     WINDOW_S,
@@ -14,6 +26,10 @@ from sandbox.retry_schedule import (
     parse_retry_after,
     scheduled_delay_s,
 )
+from sandbox.state import SandboxState
+from sandbox.webhook_log import CANCELLED, DELIVERED, GIVEN_UP, PENDING, WebhookRecord
+from tests.helpers import eventually, free_port
+from webhooks.verification import VerificationError, verify
 
 # -- the schedule (pure) -------------------------------------------------------------------------
 
@@ -76,3 +92,252 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after(email.utils.formatdate(now - 90, usegmt=True), now) == 0.0
     for unusable in (None, "", "soon", "-5", "1.5", "Wed, 99 Foo 2015 07:28:00 GMT"):
         assert parse_retry_after(unusable, now) is None, unusable
+
+
+# -- real POSTs: the emulator against small scripted endpoints -------------------------------------
+
+SCALE = 1 / 600  # 30 s → 0.05 s; 24 h → 144 s
+SLACK_S = 0.15  # how late an attempt may come on a loaded machine
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    status: int = 200
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    hang: bool = False  # never answer (until the endpoint closes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hit:
+    at: float  # event loop time when the request arrived
+    body: bytes
+    headers: dict[str, str]  # keys lower-cased
+
+
+class Endpoint:
+    """A webhook receiver answering the i-th POST with ``answers[i]`` (the last one thereafter)."""
+
+    def __init__(self, *answers: Answer) -> None:
+        self.answers = answers
+        self.hits: list[Hit] = []
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self._closing = asyncio.Event()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        self.hits.append(Hit(asyncio.get_running_loop().time(), await request.read(), headers))
+        answer = self.answers[min(len(self.hits), len(self.answers)) - 1]
+        if answer.hang:
+            await self._closing.wait()
+        return web.Response(status=answer.status, headers=answer.headers)
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", self._handle)
+        self._runner, base_url = await serve_app(app, "127.0.0.1", 0)
+        self.url = f"{base_url}/webhooks/plaid"
+        return self.url
+
+    async def close(self) -> None:
+        self._closing.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def emulator(**config: Any) -> AsyncIterator[SandboxState]:
+    """A SandboxState whose clock runs ``1/scale`` times as fast as real time from now on, so that
+    the ``iat`` it signs with is the emulated time of each attempt."""
+    scale = config.setdefault("webhook_retry_time_scale", SCALE)
+    loop = asyncio.get_running_loop()
+    origin_wall, origin_loop = time.time(), loop.time()
+    state = SandboxState(SandboxConfig(**config))
+    state.clock = lambda: origin_wall + (loop.time() - origin_loop) / scale
+    try:
+        yield state
+    finally:
+        await state.close()
+
+
+@contextlib.asynccontextmanager
+async def endpoint(*answers: Answer) -> AsyncIterator[Endpoint]:
+    ep = Endpoint(*answers)
+    await ep.start()
+    try:
+        yield ep
+    finally:
+        await ep.close()
+
+
+def login_broken(state: SandboxState, webhook_url: str) -> WebhookRecord:
+    """A new Item whose login breaks: the emulator sends it one ITEM ERROR webhook; its record."""
+    token = state.plaid.create_public_token("ins_109508", ["auth"], webhook_url, None)
+    access_token, _ = state.plaid.exchange(token)
+    state.plaid.reset_login(access_token)
+    (record,) = [r for r in state.webhooks if r.url == webhook_url]
+    return record
+
+
+async def drained(state: SandboxState, within_s: float) -> float:
+    """Waits for every pending delivery to end; returns how long that took."""
+    started = time.monotonic()
+    await asyncio.wait_for(state.drain(), within_s)
+    return time.monotonic() - started
+
+
+def assert_gaps_follow(times: list[float], delays: list[float]) -> None:
+    """Each attempt came its delay after the one before (plus the time that attempt took)."""
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert len(gaps) == len(delays), (gaps, delays)
+    for gap, delay in zip(gaps, delays, strict=True):
+        assert delay - 0.005 <= gap <= delay + SLACK_S, (gaps, delays)
+
+
+async def test_retried_on_schedule_until_a_2xx_same_body_each_attempt_freshly_signed() -> None:
+    async with (
+        endpoint(Answer(503), Answer(503), Answer(503), Answer(200)) as ep,
+        emulator() as state,
+    ):
+        record = login_broken(state, ep.url)
+        await drained(state, 10)
+
+        assert record.outcome == DELIVERED and record.next_attempt_at is None
+        assert [a.status for a in record.attempts] == [503, 503, 503, 200]
+        delays = [30 * SCALE, 120 * SCALE, 480 * SCALE]  # 0.05, 0.2, 0.8 s
+        assert_gaps_follow([h.at for h in ep.hits], delays)  # as the endpoint saw them
+        assert_gaps_follow([a.elapsed_s for a in record.attempts], delays)  # as recorded
+        assert record.attempts[0].elapsed_s == 0.0
+
+        bodies = {h.body for h in ep.hits}
+        assert len(bodies) == 1  # byte for byte the same body every time
+        assert json.loads(bodies.pop())["webhook_code"] == "ERROR"
+        tokens = [h.headers["plaid-verification"] for h in ep.hits]
+        assert len(set(tokens)) == 4  # a new signature each time
+        key = state.key(state.current_kid)
+        assert key is not None
+        iats = []
+        for hit, token in zip(ep.hits, tokens, strict=True):
+            # as the receiver verifies, at (emulated) arrival time: every attempt verifies
+            arrived = state.clock() - (asyncio.get_running_loop().time() - hit.at) / SCALE
+            iats.append(verify(token, hit.body, key.jwk(), now=arrived).iat)
+        for gap, delay in zip(itertools.pairwise(iats), [30, 120, 480], strict=True):
+            assert delay - 1 <= gap[1] - gap[0] <= delay + 1 + SLACK_S / SCALE, iats
+        # the first attempt's own signature would have been stale by the last attempt (630 s > 5 min)
+        with pytest.raises(VerificationError, match="stale_iat"):
+            verify(tokens[0], ep.hits[0].body, key.jwk(), now=iats[-1])
+
+        stats = state.stats()
+        assert stats["webhooks"] == {
+            "webhooks": 1,
+            "pending": 0,
+            "delivered": 1,
+            "given_up": 0,
+            "cancelled": 0,
+            "attempts": 4,
+            "retries": 3,
+        }
+        assert stats["webhook_statuses"] == {"503": 3, "200": 1}
+        assert stats["webhook_deliveries"] == 4 == len(state.webhook_deliveries)
+
+
+async def test_a_429_retry_after_is_waited_instead_of_the_schedule() -> None:
+    async with (
+        endpoint(Answer(429, {"Retry-After": "300"}), Answer(503), Answer(200)) as ep,
+        emulator() as state,
+    ):
+        record = login_broken(state, ep.url)
+        await drained(state, 10)
+
+        assert [(a.status, a.retry_after_s) for a in record.attempts] == [
+            (429, 300.0),
+            (503, None),
+            (200, None),
+        ]
+        # 300 s (not the scheduled 30 s), then the schedule's second step (120 s)
+        assert_gaps_follow([h.at for h in ep.hits], [300 * SCALE, 120 * SCALE])
+        assert record.outcome == DELIVERED
+
+
+async def test_given_up_once_no_retry_fits_in_the_24_hours() -> None:
+    scale = 1 / 43200  # 24 h → 2 s
+    async with endpoint(Answer(500)) as ep, emulator(webhook_retry_time_scale=scale) as state:
+        record = login_broken(state, ep.url)
+        took = await drained(state, 10)
+
+        assert record.outcome == GIVEN_UP and record.next_attempt_at is None
+        # attempts at 0, 30 s, 2.5 min, 10.5 min, 42.5 min, 2.8 h and 11.4 h; the next would be at 45.5 h
+        assert len(ep.hits) == len(record.attempts) == 7
+        assert record.attempts[-1].elapsed_s == pytest.approx(40950 * scale, abs=SLACK_S)
+        assert all(a.elapsed_s <= WINDOW_S * scale for a in record.attempts)
+        assert took < WINDOW_S * scale  # it did not sit out the window with nothing left to try
+        assert state.stats()["webhooks"]["given_up"] == 1
+
+
+async def test_a_429_every_time_is_retried_until_the_24_hours_are_over() -> None:
+    scale = 1 / 43200  # 24 h → 2 s; Retry-After 1 h → 83 ms
+    async with (
+        endpoint(Answer(429, {"Retry-After": "3600"})) as ep,
+        emulator(webhook_retry_time_scale=scale) as state,
+    ):
+        record = login_broken(state, ep.url)
+        took = await drained(state, 10)
+
+        assert record.outcome == GIVEN_UP
+        # an attempt an hour (plus the time each took) from 0 h: the 24th comes at 23 h and a bit
+        assert len(record.attempts) == 24
+        assert record.attempts[-1].elapsed_s == pytest.approx(23 * 3600 * scale, abs=SLACK_S)
+        assert took >= 23 * 3600 * scale
+        assert_gaps_follow([h.at for h in ep.hits], [3600 * scale] * 23)
+
+
+async def test_timeouts_and_refused_connections_are_retried() -> None:
+    async with (
+        endpoint(Answer(hang=True), Answer(200)) as ep,
+        emulator(webhook_timeout_s=0.2) as state,
+    ):
+        record = login_broken(state, ep.url)
+        await drained(state, 10)
+
+        (timed_out, ok) = record.attempts
+        assert (timed_out.status, ok.status) == (None, 200)
+        assert timed_out.error is not None and "Timeout" in timed_out.error
+        assert_gaps_follow([h.at for h in ep.hits], [0.2 + 30 * SCALE])
+
+    nobody = f"http://127.0.0.1:{free_port()}/webhooks/plaid"
+    async with emulator(webhook_retry_time_scale=1 / 43200) as state:
+        record = login_broken(state, nobody)
+        await drained(state, 10)
+        assert record.outcome == GIVEN_UP and len(record.attempts) == 7
+        assert all(a.status is None and a.error for a in record.attempts)
+
+
+async def test_close_cancels_a_scheduled_retry() -> None:
+    async with endpoint(Answer(503)) as ep, emulator(webhook_retry_time_scale=1.0) as state:
+        record = login_broken(state, ep.url)
+
+        async def first_attempt_recorded() -> bool:
+            return record.next_attempt_at is not None
+
+        await eventually(first_attempt_recorded, timeout=5)
+        assert record.outcome == PENDING and len(record.attempts) == 1
+        assert state.stats()["webhooks"]["pending"] == 1
+        await asyncio.wait_for(state.close(), 2)  # does not wait the 30 s
+        assert record.outcome == CANCELLED and record.next_attempt_at is None
+        assert len(ep.hits) == 1
+        assert state.stats()["background_tasks"] == 0
+
+
+async def test_atomic_webhooks_are_sent_once_never_retried() -> None:
+    async with endpoint(Answer(503)) as ep, emulator() as state:
+        atomic = SandboxState(SandboxConfig(atomic_webhook_url=ep.url, webhook_retry_time_scale=SCALE))
+        try:
+            atomic.atomic_submit("k-1", Submission("processor-sandbox-nope", "acct-1", "u-1"))
+            await drained(atomic, 10)
+            (record,) = atomic.webhooks
+            assert (record.source, record.outcome) == ("atomic", GIVEN_UP)
+            assert [a.status for a in record.attempts] == [503]
+            assert len(ep.hits) == 1
+        finally:
+            await atomic.close()
+        assert len(state.webhooks) == 0
