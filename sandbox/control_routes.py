@@ -1,7 +1,9 @@
 """``/sandbox/control/...``: the SandboxState controls, for a benchmark or CLI in another process.
 
 POST ``faults`` {path, status, error_code, error_type, times?, rate?, retry_after?}; POST
-``faults/clear``; POST ``latency`` {path: str|null, ms}; POST ``rotate_key`` → {kid}; GET ``stats``.
+``faults/clear``; POST ``latency`` {path: str|null, ms}; POST ``rotate_key`` → {kid}; GET ``stats``;
+GET ``webhooks`` → {webhooks: [{id, source, url, created_at, outcome, next_attempt_at, attempts:
+[{at, elapsed_s, status, error, retry_after_s}]}]} (every webhook sent, oldest first; no bodies).
 These paths are never counted, delayed or faulted.
 """
 
@@ -89,9 +91,14 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[SANDBOX].stats())
 
 
+async def webhooks(request: web.Request) -> web.Response:
+    return web.json_response({"webhooks": [w.public() for w in request.app[SANDBOX].webhooks]})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{PREFIX}/faults", set_fault)
     app.router.add_post(f"{PREFIX}/faults/clear", clear_faults)
     app.router.add_post(f"{PREFIX}/latency", set_latency)
     app.router.add_post(f"{PREFIX}/rotate_key", rotate_key)
     app.router.add_get(f"{PREFIX}/stats", stats)
+    app.router.add_get(f"{PREFIX}/webhooks", webhooks)

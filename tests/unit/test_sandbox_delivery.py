@@ -12,10 +12,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
-from sandbox.app import serve_app
+from sandbox.app import SANDBOX, serve, serve_app
 from sandbox.atomic_ledger import Submission
 from sandbox.config import SandboxConfig
 from sandbox.retry_schedule import (
@@ -341,3 +342,27 @@ async def test_atomic_webhooks_are_sent_once_never_retried() -> None:
         finally:
             await atomic.close()
         assert len(state.webhooks) == 0
+
+
+async def test_control_route_lists_every_webhook_with_its_attempts() -> None:
+    async with endpoint(Answer(503), Answer(200)) as ep:
+        runner, base_url = await serve(SandboxConfig(webhook_retry_time_scale=SCALE), "127.0.0.1", 0)
+        try:
+            state = runner.app[SANDBOX]
+            record = login_broken(state, ep.url)
+            await drained(state, 10)
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"{base_url}/sandbox/control/webhooks") as response:
+                    assert response.status == 200
+                    listed = (await response.json())["webhooks"]
+                async with http.get(f"{base_url}/sandbox/control/stats") as response:
+                    stats = await response.json()
+        finally:
+            await runner.cleanup()
+    (webhook,) = listed
+    assert webhook["id"] == record.id and webhook["id"].startswith("wh_")
+    assert (webhook["source"], webhook["url"], webhook["outcome"]) == ("plaid", ep.url, "delivered")
+    assert [(a["status"], a["error"]) for a in webhook["attempts"]] == [(503, None), (200, None)]
+    assert webhook["attempts"][1]["elapsed_s"] >= 30 * SCALE
+    assert "body" not in webhook
+    assert (stats["webhooks"]["delivered"], stats["webhooks"]["retries"]) == (1, 1)
