@@ -3,7 +3,7 @@
 POST ``faults`` {path, status, error_code, error_type, times?, rate?, retry_after?}; POST
 ``faults/clear``; POST ``latency`` {path: str|null, ms}; POST ``rotate_key`` → {kid}; GET ``stats``;
 GET ``webhooks`` → {webhooks: [{id, source, url, created_at, outcome, next_attempt_at, attempts:
-[{at, elapsed_s, status, error, retry_after_s}]}]} (every webhook sent, oldest first; no bodies).
+[{at, elapsed_s, took_s, status, error, retry_after_s}]}]} (every webhook sent, oldest first; no bodies).
 These paths are never counted, delayed or faulted.
 """
 

@@ -85,17 +85,17 @@ async def deliver(
             started = loop.time() if record.attempts else first_at
             sent_at = clock()
             result = await sender.post(record.url, body, headers())
+            ended = loop.time()
             retry_after = parse_retry_after(result.retry_after, clock())
-            record.attempts.append(
-                Attempt(sent_at, started - first_at, result.status, result.error, retry_after)
-            )
+            elapsed, took = started - first_at, ended - started
+            record.attempts.append(Attempt(sent_at, elapsed, took, result.status, result.error, retry_after))
             if delivered(result.status):
                 record.outcome = DELIVERED
                 return
             delay = None
             if retry_scale is not None:
                 attempt = len(record.attempts)
-                delay = next_delay(attempt, result.status, retry_after, first_at, loop.time(), retry_scale)
+                delay = next_delay(attempt, result.status, retry_after, first_at, ended, retry_scale)
             if delay is None:
                 record.outcome = GIVEN_UP
                 log.warning(

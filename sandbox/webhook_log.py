@@ -18,6 +18,7 @@ OUTCOMES: Final = (PENDING, DELIVERED, GIVEN_UP, CANCELLED)
 class Attempt:
     at: float  # emulator clock (Unix seconds) when it was sent
     elapsed_s: float  # since the webhook's first attempt was sent (monotonic)
+    took_s: float  # from sending to the answer (or to the failure)
     status: int | None  # None: no HTTP answer
     error: str | None  # why there was no answer (timeout, refused connection)
     retry_after_s: float | None = None  # a usable Retry-After on the answer

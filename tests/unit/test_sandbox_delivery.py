@@ -187,12 +187,17 @@ async def drained(state: SandboxState, within_s: float) -> float:
     return time.monotonic() - started
 
 
-def assert_gaps_follow(times: list[float], delays: list[float]) -> None:
-    """Each attempt came its delay after the one before (plus the time that attempt took)."""
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert len(gaps) == len(delays), (gaps, delays)
-    for gap, delay in zip(gaps, delays, strict=True):
-        assert delay - 0.005 <= gap <= delay + SLACK_S, (gaps, delays)
+def assert_on_schedule(record: WebhookRecord, hits: list[Hit], delays: list[float]) -> None:
+    """Each attempt came its delay after the one before had failed: as recorded, and as the
+    endpoint saw it."""
+    attempts = record.attempts
+    assert len(attempts) == len(delays) + 1 == len(hits), (attempts, delays)
+    pairs = zip(itertools.pairwise(attempts), itertools.pairwise(hits), delays, strict=True)
+    for (before, after), (hit_before, hit_after), delay in pairs:
+        waited = after.elapsed_s - (before.elapsed_s + before.took_s)
+        assert delay - 0.001 <= waited <= delay + SLACK_S, (attempts, delays)
+        seen = hit_after.at - hit_before.at
+        assert delay - 0.001 <= seen <= before.took_s + delay + SLACK_S, (attempts, delays)
 
 
 async def test_retried_on_schedule_until_a_2xx_same_body_each_attempt_freshly_signed() -> None:
@@ -206,8 +211,7 @@ async def test_retried_on_schedule_until_a_2xx_same_body_each_attempt_freshly_si
         assert record.outcome == DELIVERED and record.next_attempt_at is None
         assert [a.status for a in record.attempts] == [503, 503, 503, 200]
         delays = [30 * SCALE, 120 * SCALE, 480 * SCALE]  # 0.05, 0.2, 0.8 s
-        assert_gaps_follow([h.at for h in ep.hits], delays)  # as the endpoint saw them
-        assert_gaps_follow([a.elapsed_s for a in record.attempts], delays)  # as recorded
+        assert_on_schedule(record, ep.hits, delays)
         assert record.attempts[0].elapsed_s == 0.0
 
         bodies = {h.body for h in ep.hits}
@@ -256,7 +260,7 @@ async def test_a_429_retry_after_is_waited_instead_of_the_schedule() -> None:
             (200, None),
         ]
         # 300 s (not the scheduled 30 s), then the schedule's second step (120 s)
-        assert_gaps_follow([h.at for h in ep.hits], [300 * SCALE, 120 * SCALE])
+        assert_on_schedule(record, ep.hits, [300 * SCALE, 120 * SCALE])
         assert record.outcome == DELIVERED
 
 
@@ -268,7 +272,7 @@ async def test_given_up_once_no_retry_fits_in_the_24_hours() -> None:
 
         assert record.outcome == GIVEN_UP and record.next_attempt_at is None
         # attempts at 0, 30 s, 2.5 min, 10.5 min, 42.5 min, 2.8 h and 11.4 h; the next would be at 45.5 h
-        assert len(ep.hits) == len(record.attempts) == 7
+        assert_on_schedule(record, ep.hits, [d * scale for d in (30, 120, 480, 1920, 7680, 30720)])
         assert record.attempts[-1].elapsed_s == pytest.approx(40950 * scale, abs=SLACK_S)
         assert all(a.elapsed_s <= WINDOW_S * scale for a in record.attempts)
         assert took < WINDOW_S * scale  # it did not sit out the window with nothing left to try
@@ -289,7 +293,7 @@ async def test_a_429_every_time_is_retried_until_the_24_hours_are_over() -> None
         assert len(record.attempts) == 24
         assert record.attempts[-1].elapsed_s == pytest.approx(23 * 3600 * scale, abs=SLACK_S)
         assert took >= 23 * 3600 * scale
-        assert_gaps_follow([h.at for h in ep.hits], [3600 * scale] * 23)
+        assert_on_schedule(record, ep.hits, [3600 * scale] * 23)
 
 
 async def test_timeouts_and_refused_connections_are_retried() -> None:
@@ -303,7 +307,8 @@ async def test_timeouts_and_refused_connections_are_retried() -> None:
         (timed_out, ok) = record.attempts
         assert (timed_out.status, ok.status) == (None, 200)
         assert timed_out.error is not None and "Timeout" in timed_out.error
-        assert_gaps_follow([h.at for h in ep.hits], [0.2 + 30 * SCALE])
+        assert timed_out.took_s == pytest.approx(0.2, abs=SLACK_S)
+        assert_on_schedule(record, ep.hits, [30 * SCALE])
 
     nobody = f"http://127.0.0.1:{free_port()}/webhooks/plaid"
     async with emulator(webhook_retry_time_scale=1 / 43200) as state:
@@ -330,18 +335,14 @@ async def test_close_cancels_a_scheduled_retry() -> None:
 
 
 async def test_atomic_webhooks_are_sent_once_never_retried() -> None:
-    async with endpoint(Answer(503)) as ep, emulator() as state:
-        atomic = SandboxState(SandboxConfig(atomic_webhook_url=ep.url, webhook_retry_time_scale=SCALE))
-        try:
-            atomic.atomic_submit("k-1", Submission("processor-sandbox-nope", "acct-1", "u-1"))
-            await drained(atomic, 10)
-            (record,) = atomic.webhooks
-            assert (record.source, record.outcome) == ("atomic", GIVEN_UP)
-            assert [a.status for a in record.attempts] == [503]
-            assert len(ep.hits) == 1
-        finally:
-            await atomic.close()
-        assert len(state.webhooks) == 0
+    async with endpoint(Answer(503)) as ep, emulator(atomic_webhook_url=ep.url) as state:
+        state.atomic_submit("k-1", Submission("processor-sandbox-nope", "acct-1", "u-1"))
+        await drained(state, 10)
+
+        (record,) = state.webhooks
+        assert (record.source, record.outcome) == ("atomic", GIVEN_UP)
+        assert [a.status for a in record.attempts] == [503]
+        assert len(ep.hits) == 1
 
 
 async def test_control_route_lists_every_webhook_with_its_attempts() -> None:
