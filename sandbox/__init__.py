@@ -90,6 +90,18 @@ token for an Item with the token's products and webhook; an update-mode token re
 login, answers ``public_token: null`` and sends no webhook. ``/item/get`` shows the Item, with
 ``error`` set while its login is broken.
 
+Webhook delivery: a Plaid webhook not answered 2xx within ``webhook_timeout_s`` (10 s; any other
+status, a timeout, a refused connection) is sent again as Plaid does: first after 30 s, each delay
+4 times the last, while the next attempt still falls within 24 hours of the first; a 429 with
+``Retry-After`` waits that long instead (at most 4 hours). Every attempt carries the same bytes and a
+new ``Plaid-Verification`` JWT (``iat`` = that attempt, the current kid): Plaid's docs don't say how
+a retry is signed, and a receiver rejects an ``iat`` over 5 minutes old, so without it no retry from
+the third on could verify. ``webhook_retry_time_scale`` multiplies every wait (and the 24 hours) for
+tests. Plaid's "no retries to an endpoint rejecting over 90 %" is not emulated. Atomic's webhooks are
+sent once, never retried. Each webhook gets an id and a record of its attempts and outcome
+(``SandboxState.webhooks``, ``stats()["webhooks"]``, ``GET /sandbox/control/webhooks``);
+``drain()`` waits for scheduled retries too, ``close()`` cancels them.
+
 Atomic (``/atomic``): a funding source whose ``customer_ref`` starts with ``reject`` is REJECTED
 with reason ``customer_rejected``; one whose processor token fails ``/processor/auth/get`` is
 REJECTED with ``account_verification_failed``; anything else is VERIFIED, after

@@ -2,7 +2,10 @@
 another process drives the emulator here; a test that uses one of these goes beyond Plaid.
 
 - POST ``faults`` {path, status, error_code, error_type, times?, rate?, retry_after?}; POST
-  ``faults/clear``; POST ``latency`` {path: str|null, ms}; POST ``rotate_key`` → {kid}; GET ``stats``.
+  ``faults/clear``; POST ``latency`` {path: str|null, ms}; POST ``rotate_key`` → {kid}; GET ``stats``;
+  GET ``webhooks`` → {webhooks: [{id, source, url, created_at, outcome, next_attempt_at, attempts:
+  [{at, elapsed_s, took_s, status, error, retry_after_s}]}]} (every webhook sent, oldest first; no
+  bodies).
 - POST ``item/fire_webhook`` {item_id, webhook_type, webhook_code, account_id?}: any webhook the
   emulator can build, also those ``/sandbox/item/fire_webhook`` refuses (ITEM PENDING_EXPIRATION,
   WEBHOOK_UPDATE_ACKNOWLEDGED, ITEM ERROR with ITEM_LOGIN_REQUIRED, AUTH DEFAULT_UPDATE or
@@ -211,6 +214,10 @@ async def set_processor(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "disabled": sorted(ledger.disabled_processors)})
 
 
+async def webhooks(request: web.Request) -> web.Response:
+    return web.json_response({"webhooks": [w.public() for w in request.app[SANDBOX].webhooks]})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{PREFIX}/faults", set_fault)
     app.router.add_post(f"{PREFIX}/faults/clear", clear_faults)
@@ -222,3 +229,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{PREFIX}/item/repair_login", item_repair_login)
     app.router.add_post(f"{PREFIX}/processors", set_processor)
     app.router.add_post(f"{PREFIX}/link/complete", link_complete)
+    app.router.add_get(f"{PREFIX}/webhooks", webhooks)

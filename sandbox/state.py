@@ -32,11 +32,12 @@ from sandbox.atomic_ledger import (
     Submission,
 )
 from sandbox.config import SandboxConfig
-from sandbox.delivery import WebhookDelivery, WebhookSender
+from sandbox.delivery import WebhookDelivery, WebhookSender, deliver
 from sandbox.faults import Fault, FaultTable, LatencyTable
 from sandbox.plaid_errors import PlaidAPIError
 from sandbox.plaid_ledger import PlaidLedger
 from sandbox.signing import SigningKey, atomic_signature, new_signing_key, plaid_verification_jwt
+from sandbox.webhook_log import WebhookLog, WebhookRecord
 
 log = structlog.get_logger("sandbox")
 
@@ -55,7 +56,8 @@ class SandboxState:
         self.calls: collections.Counter[str] = collections.Counter()
         self.faults = FaultTable(self.rng)
         self.latency = LatencyTable(config.latency_ms)
-        self.sender = WebhookSender()
+        self.sender = WebhookSender(config.webhook_timeout_s)
+        self.webhooks = WebhookLog()
         self.plaid = PlaidLedger(lambda: self.clock(), self.rng, self._emit_plaid_webhook)
         self.atomic = AtomicLedger()
         self._keys: dict[str, SigningKey] = {}
@@ -116,6 +118,7 @@ class SandboxState:
 
     @property
     def webhook_deliveries(self) -> list[WebhookDelivery]:
+        """Every attempt (POST) of every webhook, in the order they were made."""
         return self.sender.deliveries
 
     def stats(self) -> dict[str, Any]:
@@ -127,6 +130,7 @@ class SandboxState:
             "faults": len(self.faults),
             "webhook_deliveries": len(self.sender.deliveries),
             "webhook_statuses": dict(statuses),
+            "webhooks": self.webhooks.counts(),
             "atomic": {
                 "submissions": dict(self.atomic.submissions),
                 "funding_sources": dict(self.atomic.created),
@@ -147,11 +151,16 @@ class SandboxState:
             log.error("sandbox.task_failed", error=repr(task.exception()))
 
     async def drain(self) -> None:
-        """Wait until every pending webhook and Atomic decision has been carried out."""
+        """Wait until every pending webhook and Atomic decision has been carried out.
+
+        A webhook is pending until delivered or given up, its scheduled retries included: with
+        the unscaled schedule and an endpoint that keeps failing, that is up to 24 hours.
+        """
         while self._tasks:
             await asyncio.wait(set(self._tasks))
 
     async def close(self) -> None:
+        """Cancels whatever is pending (scheduled webhook retries too) and closes the HTTP client."""
         tasks = set(self._tasks)
         for task in tasks:
             task.cancel()
@@ -162,12 +171,29 @@ class SandboxState:
 
     def _emit_plaid_webhook(self, url: str | None, body: dict[str, Any]) -> None:
         if url:
-            self.spawn(self._deliver_plaid(url, body))
+            record = self.webhooks.new("plaid", url, self.clock())
+            self.spawn(self._deliver_plaid(record, webhook_bodies.encode(body)))
 
-    async def _deliver_plaid(self, url: str, body: dict[str, Any]) -> None:
-        raw = webhook_bodies.encode(body)
-        headers = {"Content-Type": "application/json", "Plaid-Verification": self.sign(raw)}
-        await self.sender.post(url, raw, headers)
+    async def _deliver_plaid(self, record: WebhookRecord, raw: bytes) -> None:
+        """The same bytes on every attempt, retried on Plaid's schedule, each attempt signed afresh.
+
+        Plaid's docs say a receiver must reject a ``Plaid-Verification`` whose ``iat`` is more than
+        5 minutes old, and say nothing of how a retry is signed. The third retry comes 10.5 minutes
+        after the first attempt: with the first attempt's signature no retry from then on could ever
+        verify, so each attempt carries a new JWT (``iat`` now, the current kid) over the same body.
+        """
+
+        def headers() -> dict[str, str]:
+            return {"Content-Type": "application/json", "Plaid-Verification": self.sign(raw)}
+
+        await deliver(
+            self.sender,
+            record,
+            raw,
+            headers,
+            clock=lambda: self.clock(),
+            retry_scale=self.config.webhook_retry_time_scale,
+        )
 
     # -- Atomic -------------------------------------------------------------------------------
 
@@ -215,14 +241,16 @@ class SandboxState:
                 "reason": reason,
                 "occurred_at": webhook_bodies.iso8601(self.clock()),
             }
-            self.spawn(self._deliver_atomic(url, json.dumps(body).encode()))
+            record = self.webhooks.new("atomic", url, self.clock())
+            self.spawn(self._deliver_atomic(record, json.dumps(body).encode()))
 
-    async def _deliver_atomic(self, url: str, raw: bytes) -> None:
+    async def _deliver_atomic(self, record: WebhookRecord, raw: bytes) -> None:
+        """One attempt, never retried: the Atomic contract (README) documents no retries."""
         headers = {
             "Content-Type": "application/json",
             "X-Atomic-Signature": atomic_signature(raw, self.config.atomic_webhook_secret),
         }
-        await self.sender.post(url, raw, headers)
+        await deliver(self.sender, record, raw, lambda: headers, clock=lambda: self.clock(), retry_scale=None)
 
 
 SANDBOX = web.AppKey("sandbox_state", SandboxState)
