@@ -38,7 +38,10 @@ async def run_worker(
             queue=name,
             retry_budget=svc.settings.retry_budget,
         )
-        queue = await channel.get_queue(name, ensure=False)
+        # declared (passively) through the robust channel, so that after the broker comes back the
+        # channel consumes again by itself (a queue taken with get_queue(ensure=False) is not
+        # restored, and the worker would sit idle while reporting ready)
+        queue = await channel.declare_queue(name, passive=True)
         tag = await queue.consume(consumer)
         consumers.append((consumer, queue, tag))
     log.info("worker.started", queues=list(svc.topo.work_queues), prefetch=svc.settings.prefetch)

@@ -28,7 +28,6 @@ from tests.helpers import (
 )
 from worker.items.model import Item
 from worker.items.states import State
-from worker.runner import run_worker
 from worker.services import Services
 from worker.settings import Settings
 
@@ -94,25 +93,15 @@ async def test_webhook_refused_during_a_broker_outage_is_retried_and_applied_exa
     await eventually(refused_twice, timeout=10)
     await broker.start()
     await eventually(lambda: readyz_is(rx, 200), timeout=30)  # the connection is back
-    # The worker that ran through the outage consumes nothing afterwards: its consumers are not
-    # restored on reconnect (worker/runner.py takes its queues with get_queue(ensure=False), which
-    # aio-pika's robust channel does not re-consume). Not this test's subject: a second worker
-    # stands in for the restarted process.
-    stop, ready = asyncio.Event(), asyncio.Event()
-    restarted = asyncio.create_task(run_worker(services, stop, ready=ready, drain_timeout=10))
-    try:
-        await asyncio.wait_for(ready.wait(), 10)
+    # the same worker that ran through the outage consumes again: its consumers are restored
 
-        async def login_required() -> bool:
-            got = await services.store.get(item.id)
-            return got is not None and got.state is State.LOGIN_REQUIRED
+    async def login_required() -> bool:
+        got = await services.store.get(item.id)
+        return got is not None and got.state is State.LOGIN_REQUIRED
 
-        await eventually(login_required, timeout=60)
-        await asyncio.wait_for(sandbox.state.drain(), 10)
-        await eventually(lambda: webhooks_queue_empty(services))
-    finally:
-        stop.set()
-        await restarted
+    await eventually(login_required, timeout=60)
+    await asyncio.wait_for(sandbox.state.drain(), 10)
+    await eventually(lambda: webhooks_queue_empty(services))
 
     # the emulator: refused while the broker was away, retried on schedule, then one 2xx
     statuses = [a.status for a in record.attempts]
