@@ -387,3 +387,8 @@ async def take_envelopes(
     settings: Settings, services: Services
 ) -> list[aio_pika.abc.AbstractIncomingMessage]:
     return await queue_messages(settings.amqp_url, services.topo.webhooks_queue)
+
+
+async def call(fn: Callable[..., Any], *args: Any) -> Any:
+    """plaid-python is synchronous: run it off the event loop that serves the sandbox."""
+    return await asyncio.to_thread(fn, *args)

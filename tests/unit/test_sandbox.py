@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import aiohttp
@@ -15,7 +15,6 @@ import jwt
 import plaid
 import pytest
 from jwt.algorithms import ECAlgorithm
-from plaid.api import plaid_api
 from plaid.model.accounts_get_request import AccountsGetRequest
 from plaid.model.accounts_get_request_options import AccountsGetRequestOptions
 from plaid.model.accounts_get_response import AccountsGetResponse
@@ -37,60 +36,10 @@ from plaid.model.webhook_type import WebhookType
 from plaid.model.webhook_verification_key_get_request import WebhookVerificationKeyGetRequest
 from plaid.model.webhook_verification_key_get_response import WebhookVerificationKeyGetResponse
 
-from sandbox.app import SANDBOX, SandboxConfig, serve
 from sandbox.receiver import ReceivedWebhook, WebhookReceiver
-from sandbox.state import SandboxState
+from tests.helpers import Sandbox, call, plaid_api_for
 
-CONFIG = SandboxConfig()
 T = TypeVar("T")
-
-
-class Sandbox:
-    def __init__(self, base_url: str, state: SandboxState) -> None:
-        self.base_url = base_url
-        self.state = state
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[Sandbox]:
-    runner, base_url = await serve(CONFIG, "127.0.0.1", 0)
-    try:
-        yield Sandbox(base_url, runner.app[SANDBOX])
-    finally:
-        await runner.cleanup()
-
-
-def make_client(base_url: str, *, client_id: str = CONFIG.client_id, secret: str = CONFIG.secret) -> Any:
-    configuration = plaid.Configuration(
-        host=base_url, api_key={"clientId": client_id, "secret": secret, "plaidVersion": "2020-09-14"}
-    )
-    return plaid_api.PlaidApi(plaid.ApiClient(configuration))
-
-
-def close_client(client: Any) -> None:
-    client.api_client.rest_client.pool_manager.clear()
-
-
-@pytest.fixture
-def client(sandbox: Sandbox) -> Iterator[Any]:
-    api = make_client(sandbox.base_url)
-    yield api
-    close_client(api)
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    rx = WebhookReceiver()
-    await rx.start()
-    try:
-        yield rx
-    finally:
-        await rx.close()
-
-
-async def call(fn: Callable[..., T], *args: Any) -> T:
-    """plaid-python is synchronous: run it off the event loop that serves the sandbox."""
-    return await asyncio.to_thread(fn, *args)
 
 
 async def api_error(fn: Callable[..., Any], *args: Any) -> tuple[int, dict[str, Any]]:
@@ -240,21 +189,27 @@ async def test_unknown_or_malformed_public_token(client: Any, token: str) -> Non
 
 
 async def test_wrong_api_keys(sandbox: Sandbox) -> None:
-    wrong = make_client(sandbox.base_url, secret="not-the-secret")
+    wrong = plaid_api_for(
+        dataclasses.replace(sandbox, config=dataclasses.replace(sandbox.config, secret="nope"))
+    )
     try:
         request = SandboxPublicTokenCreateRequest(
             institution_id="ins_109508", initial_products=[Products("auth")]
         )
         status, body = await api_error(wrong.sandbox_public_token_create, request)
     finally:
-        close_client(wrong)
+        wrong.api_client.rest_client.pool_manager.clear()
     assert (status, body["error_type"], body["error_code"]) == (400, "INVALID_INPUT", "INVALID_API_KEYS")
     assert sandbox.state.plaid.items == {}
 
 
 async def test_credentials_in_body_and_field_checks(sandbox: Sandbox) -> None:
-    url = sandbox.base_url + "/sandbox/public_token/create"
-    good = {"client_id": CONFIG.client_id, "secret": CONFIG.secret, "initial_products": ["auth"]}
+    url = sandbox.url + "/sandbox/public_token/create"
+    good = {
+        "client_id": sandbox.config.client_id,
+        "secret": sandbox.config.secret,
+        "initial_products": ["auth"],
+    }
     async with aiohttp.ClientSession() as http:
         async with http.post(url, json={**good, "institution_id": "ins_109508"}) as response:
             assert response.status == 200
@@ -575,7 +530,7 @@ async def test_latency_is_added(sandbox: Sandbox, client: Any) -> None:
 
 
 async def test_http_controls(sandbox: Sandbox) -> None:
-    control = sandbox.base_url + "/sandbox/control"
+    control = sandbox.url + "/sandbox/control"
     fault = {
         "path": "/webhook_verification_key/get",
         "status": 503,
@@ -584,8 +539,8 @@ async def test_http_controls(sandbox: Sandbox) -> None:
         "times": 1,
         "retry_after": 2,
     }
-    key_url = sandbox.base_url + "/webhook_verification_key/get"
-    auth = {"client_id": CONFIG.client_id, "secret": CONFIG.secret}
+    key_url = sandbox.url + "/webhook_verification_key/get"
+    auth = {"client_id": sandbox.config.client_id, "secret": sandbox.config.secret}
     async with aiohttp.ClientSession() as http:
         async with http.post(control + "/faults", json=fault) as response:
             assert response.status == 200
@@ -622,9 +577,13 @@ async def test_processor_auth_numbers_are_objects_on_the_wire(sandbox: Sandbox, 
         access_token=access_token, account_id=accounts[1].account_id, processor="alpaca"
     )
     token = (await call(client.processor_token_create, create)).processor_token
-    payload = {"client_id": CONFIG.client_id, "secret": CONFIG.secret, "processor_token": token}
+    payload = {
+        "client_id": sandbox.config.client_id,
+        "secret": sandbox.config.secret,
+        "processor_token": token,
+    }
     async with aiohttp.ClientSession() as http:
-        async with http.post(sandbox.base_url + "/processor/auth/get", json=payload) as response:
+        async with http.post(sandbox.url + "/processor/auth/get", json=payload) as response:
             body = await response.json()
     assert body["numbers"] == {
         "ach": {

@@ -5,7 +5,6 @@ the HTTP status Plaid gives its error type. A new endpoint without a case here f
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ from plaid.model.webhook_verification_key_get_response import WebhookVerificatio
 
 from sandbox.plaid_errors import STATUS_BY_TYPE
 from sandbox.plaid_routes import ENDPOINTS
-from tests.helpers import Sandbox, plaid_api_for
+from tests.helpers import Sandbox, call, plaid_api_for
 
 NOWHERE = "http://127.0.0.1:9/webhooks"  # fire_webhook answers before any delivery is tried
 
@@ -57,10 +56,6 @@ class Linked:
     access_token: str
     item_id: str
     account_id: str
-
-
-async def call(fn: Callable[..., Any], *args: Any) -> Any:
-    return await asyncio.to_thread(fn, *args)
 
 
 async def linked(api: Any, username: str = "user_good") -> Linked:

@@ -3,9 +3,8 @@ through the unmodified plaid-python SDK with its response models on."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import aiohttp
@@ -25,7 +24,7 @@ from plaid.model.sandbox_item_set_verification_status_request import (
 from plaid.model.sandbox_public_token_create_request import SandboxPublicTokenCreateRequest
 from plaid.model.sandbox_public_token_create_request_options import SandboxPublicTokenCreateRequestOptions
 
-from tests.helpers import Sandbox, plaid_api_for
+from tests.helpers import Sandbox, call
 
 T = TypeVar("T")
 FIRST_PLATYPUS = "ins_109508"
@@ -51,18 +50,6 @@ USER_GOOD = [
      4980, 5020, 10000),
 ]  # fmt: skip
 AUTH_SUBTYPES = {"checking", "savings", "cash management"}
-
-
-@pytest.fixture
-def client(sandbox: Sandbox) -> Iterator[plaid_api.PlaidApi]:
-    api = plaid_api_for(sandbox)
-    yield api
-    api.api_client.rest_client.pool_manager.clear()
-
-
-async def call(fn: Callable[..., T], *args: Any) -> T:
-    """plaid-python is synchronous: run it off the event loop that serves the sandbox."""
-    return await asyncio.to_thread(fn, *args)
 
 
 class _Raw:

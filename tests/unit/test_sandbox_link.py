@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import aiohttp
@@ -25,7 +24,7 @@ from plaid.model.link_token_create_response import LinkTokenCreateResponse
 from plaid.model.products import Products
 
 from sandbox.receiver import WebhookReceiver
-from tests.helpers import Sandbox, plaid_api_for
+from tests.helpers import Sandbox, call, plaid_api_for
 
 T = TypeVar("T")
 LINK_TOKEN = re.compile(r"link-sandbox-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -44,21 +43,6 @@ def clock(sandbox: Sandbox) -> list[float]:
     now = [NOW]
     sandbox.state.clock = lambda: now[0]
     return now
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    rx = WebhookReceiver()
-    await rx.start()
-    try:
-        yield rx
-    finally:
-        await rx.close()
-
-
-async def call(fn: Callable[..., T], *args: Any) -> T:
-    """plaid-python is synchronous: keep it off the loop that serves the sandbox."""
-    return await asyncio.to_thread(fn, *args)
 
 
 async def api_error(fn: Callable[..., Any], *args: Any) -> tuple[int, dict[str, Any]]:

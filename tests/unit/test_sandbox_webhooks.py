@@ -11,9 +11,8 @@ ITEM ERROR for a broken login) a test gets from ``/sandbox/control/item/fire_web
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import aiohttp
@@ -52,30 +51,9 @@ from plaid.model.webhook_type import WebhookType
 from plaid.model.webhook_update_acknowledged_webhook import WebhookUpdateAcknowledgedWebhook
 
 from sandbox.receiver import WebhookReceiver
-from tests.helpers import Sandbox, plaid_api_for
+from tests.helpers import Sandbox, call
 
 T = TypeVar("T")
-
-
-@pytest.fixture
-def client(sandbox: Sandbox) -> Any:
-    api = plaid_api_for(sandbox)
-    yield api
-    api.api_client.rest_client.pool_manager.clear()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[WebhookReceiver]:
-    rx = WebhookReceiver()
-    await rx.start()
-    try:
-        yield rx
-    finally:
-        await rx.close()
-
-
-async def call(fn: Callable[..., T], *args: Any) -> T:
-    return await asyncio.to_thread(fn, *args)
 
 
 class _Raw:
