@@ -28,6 +28,7 @@ from worker.atomic_api import SIGNATURE_HEADER, signature_valid
 from worker.bus.publisher import Publisher
 from worker.errors import PawError, Poison, PublishFailed
 from worker.items.model import token_hash
+from worker.items.states import State
 from worker.items.store import Store
 from worker.messages import validated
 from worker.settings import Settings
@@ -280,7 +281,7 @@ async def submit_item(request: web.Request) -> web.Response:
         data = validated("item.link", body)
     except Poison as e:
         return problem(400, "invalid_request", detail=str(e))
-    item, _ = await rx.store.create_item(
+    item, created = await rx.store.create_item(
         public_token_sha256=token_hash(data["public_token"]),
         client_user_id=data["client_user_id"],
         requested_account_id=data.get("account_id"),
@@ -288,6 +289,11 @@ async def submit_item(request: web.Request) -> web.Response:
         cause="http:POST /v1/items",
         event_id=data.get("request_id"),
     )
+    if not created and item.state is not State.LINK:
+        # A resubmission (an upstream app retrying after a timeout): the public token is spent and
+        # the Item under way; answer with it and change nothing.
+        return web.json_response({"id": str(item.id), "state": item.state.value, "duplicate": True})
+    # New, or still waiting for its exchange (its first message may never have been published).
     failed = await publish_or_503(rx, "item.link", data, str(uuid.uuid4()))
     if failed is not None:
         return failed

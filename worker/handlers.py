@@ -47,6 +47,7 @@ class Handlers:
             await self.plaid_webhook(routing_key, data)
 
     async def item_link(self, data: dict[str, Any], message_id: str | None) -> None:
+        owner = uuid.uuid4()  # this message's lease on the Item it creates
         item, created = await self.store.create_item(
             public_token_sha256=token_hash(data["public_token"]),
             client_user_id=data["client_user_id"],
@@ -54,7 +55,7 @@ class Handlers:
             request_id=data.get("request_id"),
             cause="item.link",
             event_id=message_id,
-            lease=(self.pipeline.owner, self.pipeline.lease_s),
+            lease=(owner, self.pipeline.lease_s),
         )
         structlog.contextvars.bind_contextvars(item_id=str(item.id))
         if created:
@@ -64,6 +65,7 @@ class Handlers:
             public_token=data["public_token"],
             cause=Cause("item.link", message_id),
             leased=item if created else None,
+            owner=owner,
         )
 
     async def item_drive(self, data: dict[str, Any], message_id: str | None) -> None:

@@ -4,6 +4,7 @@ FakeStore, FakePlaid and FakeAtomic with the real Sealer: needs no Postgres, Rab
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 
@@ -53,9 +54,16 @@ class World:
         return self.store.add(item)
 
     async def drive(
-        self, item: Item, public_token: str | None = None, *, leased: Item | None = None
+        self,
+        item: Item,
+        public_token: str | None = None,
+        *,
+        leased: Item | None = None,
+        owner: uuid.UUID | None = None,
     ) -> Item | None:
-        return await self.pipeline.drive(item.id, public_token=public_token, cause=CAUSE, leased=leased)
+        return await self.pipeline.drive(
+            item.id, public_token=public_token, cause=CAUSE, leased=leased, owner=owner
+        )
 
     def calls(self) -> list[str]:
         return self.plaid.names() + self.atomic.names()
@@ -96,7 +104,7 @@ async def test_each_commit_renews_the_lease_and_the_last_one_releases_it() -> No
         w.plaid.on_call(name, tick)
     w.atomic.on_call("submit_funding_source", tick)
     await w.drive(item, PUBLIC)
-    owner = w.pipeline.owner
+    (owner,) = {lease.owner for lease in leases}  # one drive, one lease owner throughout
     # claimed at 0 s; renewed by the commits at 10 s and 30 s; released by the last commit itself
     assert leases == [Lease(owner, 30), Lease(owner, 40), Lease(owner, 40), Lease(owner, 60)]
     assert w.store.lease_of(item.id) is None and "release" not in w.store.calls
@@ -236,8 +244,38 @@ async def test_lease_lost_after_a_refusal_leaves_the_item_to_the_other_worker() 
 
 async def test_a_leased_item_is_driven_without_claiming() -> None:
     w = World()
-    item = w.store.add(new_item(State.LINK), lease=(w.pipeline.owner, LEASE_S))
-    done = await w.drive(item, PUBLIC, leased=item)
+    owner = uuid.uuid4()
+    item = w.store.add(new_item(State.LINK), lease=(owner, LEASE_S))
+    done = await w.drive(item, PUBLIC, leased=item, owner=owner)
     assert done is not None and done.state is State.ATOMIC_PENDING
     assert "claim" not in w.store.calls and w.calls() == ALL_CALLS
     assert w.store.lease_of(item.id) is None
+
+
+async def test_two_drives_in_one_process_do_not_drive_one_item_at_once() -> None:
+    """The same public token submitted twice, both messages in one worker: the lease is the drive's,
+    not the process's, so the second drive finds the Item busy while the first is exchanging, and
+    the spent public token is exchanged once."""
+    w = World()
+    item = w.add(new_item(State.LINK))
+    first, second = await asyncio.gather(w.drive(item, PUBLIC), w.drive(item, PUBLIC), return_exceptions=True)
+    assert isinstance(first, Item) and first.state is State.ATOMIC_PENDING
+    assert isinstance(second, ItemBusy)
+    assert w.plaid.names().count("exchange_public_token") == 1
+
+
+async def test_a_failing_step_moves_the_item_only_from_the_state_it_started_in() -> None:
+    """A drive that started in `link` and gets INVALID_PUBLIC_TOKEN (the token was spent by another
+    drive that exchanged it meanwhile) must not fail the Item that drive moved on."""
+    w = World()
+    item = w.add(new_item(State.LINK))
+
+    def exchanged_meanwhile() -> None:
+        w.store.move(item.id, State.EXCHANGED, access_token=seal(item.id, "access_token", "access-other"))
+
+    w.plaid.on_call("exchange_public_token", exchanged_meanwhile)
+    w.plaid.fail_on("exchange_public_token", permanent("INVALID_PUBLIC_TOKEN"))
+    done = await w.drive(item, PUBLIC)
+    # the failure was refused (the row had left `link`); the drive looked again and went on from there
+    assert done is not None and done.state is State.ATOMIC_PENDING
+    assert "failed" not in w.store.path(item.id) and "remove_item" not in w.plaid.names()

@@ -71,7 +71,6 @@ class Pipeline:
         self.sealer = sealer
         self.plaid = plaid
         self.atomic = atomic
-        self.owner = uuid.uuid4()
         self._calls: dict[Step, StepFn] = {
             Step.EXCHANGE: self._exchange,
             Step.ISSUE_PROCESSOR_TOKEN: self._issue_processor_token,
@@ -79,11 +78,25 @@ class Pipeline:
         }
 
     async def drive(
-        self, item_id: uuid.UUID, *, public_token: str | None, cause: Cause, leased: Item | None = None
+        self,
+        item_id: uuid.UUID,
+        *,
+        public_token: str | None,
+        cause: Cause,
+        leased: Item | None = None,
+        owner: uuid.UUID | None = None,
     ) -> Item | None:
-        """Takes the Item's lease (or uses ``leased``, an Item just created with our lease) and steps
-        it on until it waits for someone else. Each transition renews the lease; the last releases it."""
-        item = leased or await self.store.claim(item_id, self.owner, self.lease_s)
+        """Takes the Item's lease (or uses ``leased``, an Item just created with the lease of
+        ``owner``) and steps it on until it waits for someone else. Each transition renews the lease;
+        the last releases it.
+
+        The lease belongs to this one drive, not to the process: two messages about the same Item in
+        one worker (the same public token submitted twice) do not drive it at once; the second finds
+        it busy (:class:`ItemBusy`) and is tried again later, when the first has moved it on."""
+        if leased is not None and owner is None:
+            raise ValueError("leased= needs the owner= it was leased to")
+        owner = owner or uuid.uuid4()
+        item = leased or await self.store.claim(item_id, owner, self.lease_s)
         if item is None:
             if await self.store.get(item_id) is None:
                 return None
@@ -94,9 +107,9 @@ class Pipeline:
                 step = self._step_for(item, public_token)
                 if step is None:
                     return item
-                moved, released = await self._take(item, step, public_token, cause)
+                moved, released = await self._take(item, step, public_token, cause, owner)
                 if moved is None:  # refused: the row moved on meanwhile; look again, lease renewed
-                    moved = await self.store.claim(item_id, self.owner, self.lease_s)
+                    moved = await self.store.claim(item_id, owner, self.lease_s)
                     if moved is None:  # our lease ran out and another worker took the Item over
                         held = False
                         return await self.store.get(item_id)
@@ -105,14 +118,14 @@ class Pipeline:
             return item
         finally:
             if held:
-                await self.store.release(item_id, self.owner)
+                await self.store.release(item_id, owner)
 
     def _step_for(self, item: Item, public_token: str | None) -> StepFn | None:
         step = next_step(item.state, has_public_token=public_token is not None)
         return None if step is None else self._calls[step]
 
     async def _take(
-        self, item: Item, step: StepFn, public_token: str | None, cause: Cause
+        self, item: Item, step: StepFn, public_token: str | None, cause: Cause, owner: uuid.UUID
     ) -> tuple[Item | None, bool]:
         """One upstream call and the transition it leads to; returns the Item and whether that
         transition released our lease (it does when the Item goes where no step follows). A
@@ -125,7 +138,7 @@ class Pipeline:
                 raise
             return await self.fail(item, err, cause), False
         release = next_state(item.state, done.trigger) not in STEPPING
-        moved = await self._commit(item, done, cause, lease=(self.owner, None if release else self.lease_s))
+        moved = await self._commit(item, done, cause, lease=(owner, None if release else self.lease_s))
         return moved, release and moved is not None
 
     async def _commit(

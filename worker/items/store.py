@@ -13,7 +13,7 @@ import asyncpg
 
 from worker import metrics
 from worker.items.model import NO_CHANGES, Changes, HistoryEntry, Item
-from worker.items.states import Trigger, allowed_from, next_state
+from worker.items.states import Trigger, next_state
 from worker.sql import query
 
 
@@ -114,7 +114,7 @@ class Store:
         conn: asyncpg.Connection | None = None,
         lease: tuple[uuid.UUID, float | None] | None = None,
     ) -> Item | None:
-        """Applies ``trigger`` to ``item`` if the database still holds it in an allowed state.
+        """Applies ``trigger`` to ``item`` if the database still holds it in ``item.state``.
 
         ``lease=(owner, seconds)`` renews ``owner``'s lease for that long, ``(owner, None)`` releases
         it (both only if ``owner`` holds it).
@@ -123,7 +123,9 @@ class Store:
         Raises :class:`IllegalTransition` if ``item.state`` itself does not allow the trigger.
         """
         to_state = next_state(item.state, trigger, resume=item.resume_state)
-        allowed = [item.state.value] if trigger is Trigger.LOGIN_REPAIRED else sorted(allowed_from(trigger))
+        # Only from the state the caller decided on: a step that started in `link` and failed must
+        # not fail an Item another drive has exchanged meanwhile.
+        allowed = [item.state.value]
         row = await (conn or self.pool).fetchrow(
             query("transition"),
             item.id,
