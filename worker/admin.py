@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 
 import structlog
 from aiohttp import web
 
 from worker import metrics
 from worker.services import Services
+from worker.status import OPERATOR_ALERT_WINDOW, alert_line
 
 log = structlog.get_logger(__name__)
 
+
 Check = Callable[[], Awaitable[bool]]
 CHECKS = web.AppKey("checks", dict[str, Check])
+# What is wrong in the process's setup, one line each (e.g. an operator error the worker met lately).
+Problems = Callable[[], Awaitable[list[str]]]
+PROBLEMS: web.AppKey[Problems] = web.AppKey("problems")
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -33,10 +39,18 @@ async def readyz(request: web.Request) -> web.Response:
                 results[name] = await check()
         except Exception:  # a failing check is a "no", not a crash
             results[name] = False
-    ok = all(results.values())
-    return web.json_response(
-        {"status": "ready" if ok else "not_ready", "checks": results}, status=200 if ok else 503
-    )
+    problems: list[str] = []
+    if PROBLEMS in request.app:
+        try:
+            async with asyncio.timeout(2):
+                problems = await request.app[PROBLEMS]()
+        except Exception:
+            problems = ["could not look for setup problems (database?)"]
+    ok = all(results.values()) and not problems
+    body: dict[str, object] = {"status": "ready" if ok else "not_ready", "checks": results}
+    if problems:
+        body["problems"] = problems
+    return web.json_response(body, status=200 if ok else 503)
 
 
 async def metrics_endpoint(_: web.Request) -> web.Response:
@@ -44,9 +58,11 @@ async def metrics_endpoint(_: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
-def create_admin_app(checks: dict[str, Check]) -> web.Application:
+def create_admin_app(checks: dict[str, Check], problems: Problems | None = None) -> web.Application:
     app = web.Application()
     app[CHECKS] = checks
+    if problems is not None:
+        app[PROBLEMS] = problems
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
@@ -65,8 +81,20 @@ def service_checks(svc: Services) -> dict[str, Check]:
     return {"broker": broker, "database": database}
 
 
-async def start_admin(checks: dict[str, Check], host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(create_admin_app(checks), access_log=None)
+def operator_problems(svc: Services, within: timedelta = OPERATOR_ALERT_WINDOW) -> Problems:
+    """The worker's setup problems: operator errors met within ``within`` (paw's keys, the Plaid
+    Dashboard, the environment), one line each, for /readyz."""
+
+    async def problems() -> list[str]:
+        return [alert_line(a) for a in await svc.store.recent_operator_alerts(within)]
+
+    return problems
+
+
+async def start_admin(
+    checks: dict[str, Check], host: str, port: int, *, problems: Problems | None = None
+) -> web.AppRunner:
+    runner = web.AppRunner(create_admin_app(checks, problems), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     log.info("admin.started", url=f"http://{host}:{port}")

@@ -28,6 +28,11 @@ EVENTS_PROCESSED = Counter(
 TRANSITIONS = Counter("paw_transitions_total", "Item state transitions", ["from_state", "to_state"])
 RETRIES = Counter("paw_retries_total", "Messages sent to a delay queue, by error", ["queue", "reason"])
 DEAD_LETTERS = Counter("paw_dead_letters_total", "Messages dead-lettered, by error", ["queue", "reason"])
+OPERATOR_ERRORS = Counter(
+    "paw_operator_errors_total",
+    "Upstream errors in paw's own setup (keys, Dashboard, environment): the message is parked",
+    ["error_code"],
+)
 ITEMS = Gauge("paw_items", "Items per state (refreshed by each worker every few seconds)", ["state"])
 DLQ_DEPTH = Gauge("paw_dlq_depth", "Messages waiting in the dead-letter queue")
 QUEUE_DEPTH = Gauge("paw_queue_depth", "Messages waiting in a work queue", ["queue"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,6 +23,7 @@ class Status:
     items: dict[str, int]
     stuck: list[dict[str, Any]]
     last_webhook: dict[str, Any] | None
+    setup_problems: list[str] = dataclasses.field(default_factory=list)  # operator errors, one line each
 
     def as_json(self) -> dict[str, Any]:
         def plain(v: Any) -> Any:
@@ -41,6 +43,7 @@ class Status:
             "last_webhook": {k: plain(v) for k, v in self.last_webhook.items()}
             if self.last_webhook
             else None,
+            "setup_problems": self.setup_problems,
         }
 
 
@@ -54,4 +57,17 @@ async def gather(store: Store, connection: AbstractRobustConnection, topo: Topol
         await channel.close()
     stuck = [dict(r) for r in await store.pool.fetch(query("oldest_stuck_items"), STUCK_AFTER, 5)]
     last = await store.pool.fetchrow(query("last_webhook"))
-    return Status(queues, dead, await store.count_by_state(), stuck, dict(last) if last else None)
+    problems = [alert_line(a) for a in await store.recent_operator_alerts(OPERATOR_ALERT_WINDOW)]
+    return Status(queues, dead, await store.count_by_state(), stuck, dict(last) if last else None, problems)
+
+
+# How long an operator error keeps the worker unready and on `paw status` after it was last met.
+OPERATOR_ALERT_WINDOW = timedelta(minutes=15)
+
+
+def alert_line(alert: Mapping[str, Any]) -> str:
+    return (
+        f"{alert['hint']} ({alert['error_code']} from {alert['service']} at {alert['step']}, "
+        f"{alert['seen']}x, last {alert['last_seen']:%Y-%m-%d %H:%M:%S} UTC); once fixed: "
+        f"paw dlq replay --code {alert['error_code']}"
+    )

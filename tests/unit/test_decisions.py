@@ -6,8 +6,9 @@ import pytest
 
 from worker.bus.retry import retry_decision
 from worker.errors import SettingsError, TokenSealError, UpstreamError
-from worker.items.rules import Kind, choose_account, classify, needs_login
+from worker.items.rules import Kind, choose_account, classify, failure_trigger, needs_user, operator_hint
 from worker.items.sealing import Sealer
+from worker.items.states import State, Trigger
 from worker.plaid_api import Account
 from worker.redact import redact, redact_text
 from worker.settings import load, parse_token_keys
@@ -34,15 +35,40 @@ def plaid_error(code: str | None, status: int | None, error_type: str | None = N
         ("ITEM_LOGIN_REQUIRED", 400, Kind.PERMANENT),
         ("INVALID_FIELD", 400, Kind.PERMANENT),
         ("ATOMIC_IDEMPOTENCY_KEY_REUSED", 409, Kind.PERMANENT),
+        ("INVALID_API_KEYS", 400, Kind.OPERATOR),
+        ("INVALID_PRODUCT", 400, Kind.OPERATOR),
+        ("UNAUTHORIZED_ENVIRONMENT", 400, Kind.OPERATOR),
+        ("UNAUTHORIZED_ROUTE_ACCESS", 400, Kind.OPERATOR),
+        ("DIRECT_INTEGRATION_NOT_ENABLED", 400, Kind.OPERATOR),
+        ("INCOMPATIBLE_API_VERSION", 400, Kind.OPERATOR),
     ],
 )
 def test_classify(code: str, status: int | None, kind: Kind) -> None:
     assert classify(plaid_error(code, status)) is kind
 
 
-def test_login_required_is_not_a_plain_failure() -> None:
-    assert needs_login(plaid_error("ITEM_LOGIN_REQUIRED", 400))
-    assert not needs_login(plaid_error("INVALID_ACCESS_TOKEN", 400))
+@pytest.mark.parametrize(
+    "code",
+    [
+        "ITEM_LOGIN_REQUIRED",
+        "ACCESS_NOT_GRANTED",
+        "ADDITIONAL_CONSENT_REQUIRED",
+        "ITEM_LOCKED",
+        "USER_SETUP_REQUIRED",
+    ],
+)
+def test_errors_update_mode_fixes_wait_for_the_user_and_are_never_a_failure(code: str) -> None:
+    err = plaid_error(code, 400)
+    assert needs_user(err) and classify(err) is Kind.PERMANENT
+    for state in (State.EXCHANGED, State.PROCESSOR_TOKEN_ISSUED, State.ATOMIC_PENDING):
+        assert failure_trigger(state, err) is Trigger.LOGIN_REQUIRED
+
+
+def test_other_permanent_errors_fail_and_operator_errors_have_a_hint() -> None:
+    assert not needs_user(plaid_error("INVALID_ACCESS_TOKEN", 400))
+    assert failure_trigger(State.EXCHANGED, plaid_error("INVALID_ACCESS_TOKEN", 400)) is Trigger.FAILED
+    assert "Dashboard" in (operator_hint("INVALID_PRODUCT") or "")
+    assert operator_hint("INVALID_ACCESS_TOKEN") is None
 
 
 def test_retry_backoff_grows_then_stops_at_budget() -> None:
@@ -83,6 +109,53 @@ def test_account_choice_honours_the_requested_account() -> None:
     accounts = [acct("sv", "depository", "savings"), acct("ck", "depository", "checking")]
     assert choose_account(accounts, "sv").account_id == "sv"
     assert choose_account(accounts, "nope").account_id is None
+
+
+@pytest.mark.parametrize(
+    ("type_", "subtype"),
+    [("depository", "cd"), ("depository", "money market"), ("depository", "hsa"), ("credit", "credit card")],
+)
+def test_a_requested_account_that_cannot_fund_is_refused_naming_its_subtype(type_: str, subtype: str) -> None:
+    choice = choose_account([acct("x", type_, subtype), acct("ck", "depository", "checking")], "x")
+    assert choice.account_id is None and choice.error_code == "INELIGIBLE_ACCOUNT"
+    assert subtype in (choice.reason or "")
+
+
+def test_cash_management_funds_when_there_is_no_checking_or_savings() -> None:
+    accounts = [acct("cd", "depository", "cd"), acct("cm", "depository", "cash management")]
+    assert choose_account(accounts, None).account_id == "cm"
+    assert choose_account([acct("cd", "depository", "cd")], None).error_code == "NO_USABLE_ACCOUNT"
+
+
+@pytest.mark.parametrize(
+    ("status", "waits", "refused"),
+    [
+        ("pending_automatic_verification", True, False),
+        ("pending_manual_verification", True, False),
+        ("unsent", True, False),
+        ("database_insights_pending", True, False),
+        ("verification_expired", False, True),
+        ("verification_failed", False, True),
+        ("database_insights_fail", False, True),
+        ("database_insights_pass_with_caution", False, True),
+        ("database_insights_pass", False, False),
+        ("database_matched", False, False),
+        ("automatically_verified", False, False),
+        ("manually_verified", False, False),
+        (None, False, False),
+    ],
+)
+def test_verification_statuses_wait_fund_or_refuse(status: str | None, waits: bool, refused: bool) -> None:
+    choice = choose_account([acct("ck", "depository", "checking", status)], None)
+    assert (choice.account_id is None) is refused
+    assert choice.awaiting_verification is waits
+    if refused:
+        assert choice.error_code == "ACCOUNT_NOT_VERIFIED"
+
+
+def test_pass_with_caution_funds_only_when_the_operator_accepts_it() -> None:
+    caution = [acct("ck", "depository", "checking", "database_insights_pass_with_caution")]
+    assert choose_account(caution, None, accept_caution=True).account_id == "ck"
 
 
 def test_account_awaiting_micro_deposits_is_marked() -> None:

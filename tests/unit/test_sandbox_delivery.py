@@ -289,11 +289,16 @@ async def test_a_429_every_time_is_retried_until_the_24_hours_are_over() -> None
         took = await drained(state, 10)
 
         assert record.outcome == GIVEN_UP
-        # an attempt an hour (plus the time each took) from 0 h: the 24th comes at 23 h and a bit
-        assert len(record.attempts) == 24
-        assert record.attempts[-1].elapsed_s == pytest.approx(23 * 3600 * scale, abs=SLACK_S)
-        assert took >= 23 * 3600 * scale
-        assert_on_schedule(record, ep.hits, [3600 * scale] * 23)
+        # an attempt an hour after the last one ended, for as long as one still starts within the 24
+        # hours: 24 when each takes nothing, fewer on a busy machine (each one's own time adds up)
+        hour, window = 3600 * scale, 24 * 3600 * scale
+        attempts = record.attempts
+        assert 20 <= len(attempts) <= 24
+        assert_on_schedule(record, ep.hits, [hour] * (len(attempts) - 1))
+        assert all(a.elapsed_s <= window + SLACK_S for a in attempts)  # each within the day
+        last = attempts[-1]
+        assert last.elapsed_s + last.took_s + hour > window - SLACK_S  # and no room for another
+        assert took >= last.elapsed_s
 
 
 async def test_timeouts_and_refused_connections_are_retried() -> None:

@@ -52,9 +52,11 @@ Handler = Callable[[str, bytes, str | None], Awaitable[None]]
 
 
 def reason_of(error: Exception) -> str:
-    """A bounded label for an error: Plaid's error_code where there is one, else the class name."""
+    """A bounded label for an error: Plaid's error_code where there is one (``operator:<code>`` for
+    an error in paw's own setup), else the class name."""
     if isinstance(error, UpstreamError) and error.error_code:
-        return error.error_code[:64]
+        code = error.error_code[:64]
+        return f"operator:{code}" if classify(error) is Kind.OPERATOR else code
     return type(error).__name__[:64]
 
 
@@ -116,8 +118,10 @@ class Consumer:
         except Poison as e:
             await self._settle(message, rk, e, retry=False)
         except Exception as e:
-            permanent = isinstance(e, UpstreamError) and classify(e) is Kind.PERMANENT
-            await self._settle(message, rk, e, retry=not permanent)
+            # permanent: retrying changes nothing; operator: paw's setup is wrong, so the message waits
+            # in the dead-letter queue for `paw dlq replay` once it is fixed (its Item stays as it is)
+            kind = classify(e) if isinstance(e, UpstreamError) else Kind.TRANSIENT
+            await self._settle(message, rk, e, retry=kind is Kind.TRANSIENT)
         else:
             await message.ack()
             self.counts["acked"] += 1
@@ -188,6 +192,8 @@ class Consumer:
                 )
                 self.counts["dead_lettered"] += 1
                 metrics.DEAD_LETTERS.labels(self.queue, reason_of(error)).inc()
+                if isinstance(error, UpstreamError) and classify(error) is Kind.OPERATOR:
+                    metrics.OPERATOR_ERRORS.labels(error.error_code or "").inc()
                 metrics.EVENTS_PROCESSED.labels(metrics.kind_of(rk), "dead_lettered").inc()
                 log.warning(
                     "message.dead_lettered",

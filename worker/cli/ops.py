@@ -83,14 +83,16 @@ async def cmd_migrate(s: Settings, _: argparse.Namespace) -> int:
 
 
 async def cmd_worker(s: Settings, _: argparse.Namespace) -> int:
-    from worker.admin import service_checks, start_admin
+    from worker.admin import operator_problems, service_checks, start_admin
     from worker.runner import run_worker
     from worker.services import open_services
 
     stop = asyncio.Event()
     stop_on_signals(stop)
     async with open_services(s, "paw-worker") as svc:
-        admin = await start_admin(service_checks(svc), s.admin_host, s.admin_port)
+        admin = await start_admin(
+            service_checks(svc), s.admin_host, s.admin_port, problems=operator_problems(svc)
+        )
         try:
             await run_worker(svc, stop)
         finally:

@@ -211,7 +211,8 @@ def status_view(status: Status, now: datetime) -> Group:
         if last
         else "Last webhook: none received yet"
     )
-    return Group(queues, items, stuck, footer)
+    problems = [f"[bold red]Setup problem:[/] {line}" for line in status.setup_problems]
+    return Group(*problems, queues, items, stuck, footer)
 
 
 SHOW_FACTS = (

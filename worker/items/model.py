@@ -42,6 +42,7 @@ class Item:
     disconnect_reason: str | None = None
     atomic_removed_at: datetime | None = None
     atomic_refresh_needed_at: datetime | None = None
+    plaid_removed_at: datetime | None = None
 
     @classmethod
     def from_record(cls, r: Mapping[str, Any]) -> Item:
@@ -73,6 +74,7 @@ class Item:
             disconnect_reason=r["disconnect_reason"],
             atomic_removed_at=r["atomic_removed_at"],
             atomic_refresh_needed_at=r["atomic_refresh_needed_at"],
+            plaid_removed_at=r["plaid_removed_at"],
         )
 
     def public(self) -> dict[str, Any]:
@@ -98,6 +100,7 @@ class Item:
             "disconnect_at": _iso(self.disconnect_at),
             "disconnect_reason": self.disconnect_reason,
             "atomic_removed_at": _iso(self.atomic_removed_at),
+            "plaid_removed_at": _iso(self.plaid_removed_at),
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }

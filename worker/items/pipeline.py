@@ -10,6 +10,7 @@ Item to its state (``failed``, ``login_required``); transient ones propagate as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 import uuid
@@ -21,7 +22,16 @@ import structlog
 from worker.atomic_api import AtomicClient
 from worker.errors import ItemBusy, UpstreamError
 from worker.items.model import NO_CHANGES, Cause, Changes, Item, Sealed
-from worker.items.rules import STEPPING, Kind, Step, choose_account, classify, failure_trigger, next_step
+from worker.items.rules import (
+    STEPPING,
+    Kind,
+    Step,
+    choose_account,
+    classify,
+    failure_trigger,
+    next_step,
+    operator_hint,
+)
 from worker.items.sealing import Sealer, aad
 from worker.items.states import State, Trigger, next_state
 from worker.items.store import Store
@@ -61,12 +71,14 @@ class Pipeline:
         plaid: PlaidClient,
         atomic: AtomicClient,
         lease_s: float,
+        accept_caution: bool = False,
     ) -> None:
         """``lease_s``: how long this worker may hold an Item between two steps (PAW_ITEM_LEASE_S).
         Renewed by every step's commit, so it only has to outlast one step (at most two upstream
         calls: ``/accounts/get`` and ``/processor/token/create``); a killed worker's Items are free
         again within this time."""
         self.lease_s = lease_s
+        self.accept_caution = accept_caution  # fund accounts Database Insights passed with caution
         self.store = store
         self.sealer = sealer
         self.plaid = plaid
@@ -134,12 +146,24 @@ class Pipeline:
         try:
             done = await step(item, public_token)
         except UpstreamError as err:
-            if classify(err) is not Kind.PERMANENT:
+            kind = classify(err)
+            if (
+                kind is Kind.OPERATOR
+            ):  # paw's setup, not the Item: it stays where it is; the message is parked
+                await self._operator_alert(err, step.__name__.strip("_"))
+            if kind is not Kind.PERMANENT:  # transient: retried through the broker
                 raise
             return await self.fail(item, err, cause), False
         release = next_state(item.state, done.trigger) not in STEPPING
         moved = await self._commit(item, done, cause, lease=(owner, None if release else self.lease_s))
         return moved, release and moved is not None
+
+    async def _operator_alert(self, err: UpstreamError, step: str) -> None:
+        code = err.error_code or "UNKNOWN"
+        hint = operator_hint(code) or code
+        log.error("setup.broken", error_code=code, service=err.service, step=step, hint=hint)
+        with contextlib.suppress(*DATABASE_UNAVAILABLE):  # the alert must not hide the error itself
+            await self.store.record_operator_alert(code, err.service, step, hint)
 
     async def _commit(
         self, item: Item, done: Done, cause: Cause, *, lease: tuple[uuid.UUID, float | None]
@@ -267,13 +291,13 @@ class Pipeline:
         access_token = self.access_token(item)
         wanted = [item.requested_account_id] if item.requested_account_id else None
         accounts, request_id = await self.plaid.accounts(access_token, wanted)
-        choice = choose_account(accounts, item.requested_account_id)
+        choice = choose_account(accounts, item.requested_account_id, accept_caution=self.accept_caution)
         if choice.account_id is None:
             raise UpstreamError(
                 choice.reason or "no usable account",
                 service="paw",
                 status=422,
-                error_code="NO_USABLE_ACCOUNT",
+                error_code=choice.error_code or "NO_USABLE_ACCOUNT",
             )
         if choice.awaiting_verification:
             return Done(

@@ -16,7 +16,7 @@ login condition is recorded but changes nothing: the later truth wins.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
@@ -210,17 +210,18 @@ def next_step(state: State, *, has_public_token: bool) -> Step | None:
 
 
 def failure_trigger(state: State, err: UpstreamError) -> Trigger:
-    """Where a permanent upstream error leaves an Item: waiting for the user where a login can be
-    repaired, else failed."""
-    return Trigger.LOGIN_REQUIRED if needs_login(err) and state is not State.LINK else Trigger.FAILED
+    """Where a permanent upstream error leaves an Item: waiting for its user where update mode can
+    fix it (never removed at Plaid), else failed."""
+    return Trigger.LOGIN_REQUIRED if needs_user(err) and state is not State.LINK else Trigger.FAILED
 
 
 # -- Upstream failures: worth retrying, or not ------------------------------------------------
 
 
 class Kind(StrEnum):
-    TRANSIENT = "transient"
-    PERMANENT = "permanent"
+    TRANSIENT = "transient"  # retry: the bank, Plaid or Atomic will be back
+    PERMANENT = "permanent"  # the Item fails (or waits for its user): retrying changes nothing
+    OPERATOR = "operator"  # paw's own setup is wrong: never the Item's fault; park the message
 
 
 TRANSIENT_CODES = frozenset(
@@ -237,11 +238,35 @@ TRANSIENT_CODES = frozenset(
     }
 )
 TRANSIENT_TYPES = frozenset({"API_ERROR", "RATE_LIMIT_EXCEEDED"})
-# Permanent, but the Item waits for the user rather than failing.
-LOGIN_REQUIRED_CODES = frozenset({"ITEM_LOGIN_REQUIRED", "PENDING_EXPIRATION"})
+# Permanent for the Item as it is, but the user can fix it in Link's update mode: the Item waits in
+# login_required (keeping the code) and is never removed.
+NEEDS_USER_CODES = frozenset(
+    {
+        "ITEM_LOGIN_REQUIRED",
+        "PENDING_EXPIRATION",
+        "ACCESS_NOT_GRANTED",
+        "ADDITIONAL_CONSENT_REQUIRED",
+        "ITEM_LOCKED",
+        "USER_SETUP_REQUIRED",
+        "PRODUCT_PERMISSIONS_REQUIRED",
+    }
+)
+# Wrong in paw's own setup (keys, Dashboard, environment, API version), never the Item's fault: what
+# each one means to whoever runs paw.
+OPERATOR_CODES: Mapping[str, str] = {
+    "INVALID_API_KEYS": "Plaid refuses PLAID_CLIENT_ID / PLAID_SECRET (wrong keys or wrong environment)",
+    "INVALID_PRODUCT": "a Plaid product or the Atomic processor integration is not enabled in the "
+    "Plaid Dashboard",
+    "UNAUTHORIZED_ENVIRONMENT": "these Plaid keys are not allowed in this Plaid environment",
+    "UNAUTHORIZED_ROUTE_ACCESS": "this Plaid account may not call this endpoint (ask Plaid)",
+    "DIRECT_INTEGRATION_NOT_ENABLED": "the Plaid account is not enabled for this direct integration",
+    "INCOMPATIBLE_API_VERSION": "the Plaid API version paw sends is not accepted for these keys",
+}
 
 
 def classify(err: UpstreamError) -> Kind:
+    if err.error_code in OPERATOR_CODES:
+        return Kind.OPERATOR
     if err.error_code in TRANSIENT_CODES or err.error_type in TRANSIENT_TYPES:
         return Kind.TRANSIENT
     if err.status is None or err.status == 429 or err.status >= 500:
@@ -249,15 +274,28 @@ def classify(err: UpstreamError) -> Kind:
     return Kind.PERMANENT
 
 
-def needs_login(err: UpstreamError) -> bool:
-    return err.error_code in LOGIN_REQUIRED_CODES
+def needs_user(err: UpstreamError) -> bool:
+    return err.error_code in NEEDS_USER_CODES
+
+
+def operator_hint(error_code: str | None) -> str | None:
+    """One line for on-call: what an operator error means (None: not an operator error)."""
+    return OPERATOR_CODES.get(error_code or "")
 
 
 # -- Which account funds the Atomic account --------------------------------------------------
 
 
-PENDING_VERIFICATION = frozenset({"pending_automatic_verification", "pending_manual_verification"})
-UNUSABLE_VERIFICATION = frozenset({"verification_expired", "verification_failed"})
+# verification_status values (PLAID_FACTS.md). Waiting: micro-deposits not sent or not verified
+# yet, Database Insights still running. Refused: the numbers are known to be bad.
+PENDING_VERIFICATION = frozenset(
+    {"pending_automatic_verification", "pending_manual_verification", "unsent", "database_insights_pending"}
+)
+UNUSABLE_VERIFICATION = frozenset({"verification_expired", "verification_failed", "database_insights_fail"})
+# Database Insights is unsure: refused unless the operator accepts the risk (PAW_ACCEPT_INSIGHTS_CAUTION).
+CAUTION_VERIFICATION = "database_insights_pass_with_caution"
+# "Only debitable checking, savings, and cash management accounts can be used with Auth."
+FUNDING_SUBTYPES = ("checking", "savings", "cash management")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,6 +303,7 @@ class Choice:
     account_id: str | None
     awaiting_verification: bool = False
     reason: str | None = None  # why nothing was chosen
+    error_code: str | None = None  # the code an Item refused for this reason keeps
 
 
 class Account(Protocol):
@@ -280,24 +319,46 @@ class Account(Protocol):
     def verification_status(self) -> str | None: ...
 
 
-def choose_account(accounts: Sequence[Account], requested: str | None) -> Choice:
-    """The requested account if it is a usable depository account; else the first checking, then
-    the first savings, depository account. An account still awaiting micro-deposit verification is
-    chosen but marked ``awaiting_verification``."""
-    depository = [a for a in accounts if a.type == "depository"]
+def choose_account(
+    accounts: Sequence[Account], requested: str | None, *, accept_caution: bool = False
+) -> Choice:
+    """The requested account if it can fund (a depository checking, savings or cash management
+    account); else the first checking, then savings, then cash management account. An account whose
+    numbers are still being verified is chosen but marked ``awaiting_verification``; one whose
+    numbers failed verification is refused, before any processor token is made."""
+    fundable = [a for a in accounts if a.type == "depository" and a.subtype in FUNDING_SUBTYPES]
     if requested is not None:
-        candidates = [a for a in depository if a.account_id == requested]
-        if not candidates:
-            return Choice(None, reason="requested account is not a depository account of this Item")
+        asked = [a for a in accounts if a.account_id == requested]
+        if not asked:
+            return Choice(
+                None,
+                reason="the requested account is not an account of this Item",
+                error_code="NO_USABLE_ACCOUNT",
+            )
+        if asked[0] not in fundable:
+            kind = f"{asked[0].type} {asked[0].subtype or ''}".strip()
+            return Choice(
+                None,
+                reason=f"the requested account is a {kind} account; only depository checking, savings "
+                "and cash management accounts can fund",
+                error_code="INELIGIBLE_ACCOUNT",
+            )
+        candidates = asked
     else:
-        candidates = [a for a in depository if a.subtype == "checking"] or [
-            a for a in depository if a.subtype == "savings"
-        ]
+        candidates = [a for subtype in FUNDING_SUBTYPES for a in fundable if a.subtype == subtype]
         if not candidates:
-            return Choice(None, reason="no checking or savings depository account")
+            return Choice(
+                None,
+                reason="no depository checking, savings or cash management account",
+                error_code="NO_USABLE_ACCOUNT",
+            )
     account = candidates[0]
-    if account.verification_status in UNUSABLE_VERIFICATION:
-        return Choice(None, reason=f"account verification status is {account.verification_status}")
-    return Choice(
-        account.account_id, awaiting_verification=account.verification_status in PENDING_VERIFICATION
-    )
+    status = account.verification_status
+    if status in UNUSABLE_VERIFICATION or (status == CAUTION_VERIFICATION and not accept_caution):
+        why = (
+            "Database Insights is not sure the numbers are right (refused unless PAW_ACCEPT_INSIGHTS_CAUTION)"
+            if status == CAUTION_VERIFICATION
+            else f"the account's verification status is {status}"
+        )
+        return Choice(None, reason=why, error_code="ACCOUNT_NOT_VERIFIED")
+    return Choice(account.account_id, awaiting_verification=status in PENDING_VERIFICATION)

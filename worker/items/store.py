@@ -210,3 +210,12 @@ class Store:
 
     async def count_by_state(self) -> dict[str, int]:
         return {r["state"]: r["n"] for r in await self.pool.fetch(query("count_by_state"))}
+
+    async def record_operator_alert(self, error_code: str, service: str, step: str, hint: str) -> None:
+        await self.pool.execute(query("record_operator_alert"), error_code, service, step, hint)
+
+    async def recent_operator_alerts(self, within: timedelta) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self.pool.fetch(query("recent_operator_alerts"), within)]
+
+    async def mark_plaid_removed(self, item_id: uuid.UUID) -> None:
+        await self.pool.execute(query("mark_plaid_removed"), item_id)

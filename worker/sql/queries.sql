@@ -172,3 +172,19 @@ UPDATE items SET atomic_refresh_needed_at = now() WHERE id = $1;
 -- name: atomic_refreshed
 -- Clears the flag unless a newer DEFAULT_UPDATE set it again meanwhile. $1 id, $2 the flag's value seen
 UPDATE items SET atomic_refresh_needed_at = NULL WHERE id = $1 AND atomic_refresh_needed_at = $2;
+
+-- name: record_operator_alert
+-- An operator error met now (first time, or again).
+-- $1 error_code, $2 service, $3 step, $4 hint
+INSERT INTO operator_alerts (error_code, service, step, hint) VALUES ($1, $2, $3, $4)
+ON CONFLICT (error_code, service, step)
+DO UPDATE SET last_seen = now(), seen = operator_alerts.seen + 1, hint = EXCLUDED.hint;
+
+-- name: recent_operator_alerts
+-- Operator errors met within $1 (interval), the latest first.
+SELECT error_code, service, step, hint, first_seen, last_seen, seen FROM operator_alerts
+WHERE last_seen > now() - $1::interval ORDER BY last_seen DESC;
+
+-- name: mark_plaid_removed
+-- $1 id
+UPDATE items SET plaid_removed_at = now() WHERE id = $1 AND plaid_removed_at IS NULL;
