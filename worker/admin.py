@@ -13,12 +13,15 @@ import structlog
 from aiohttp import web
 
 from worker import metrics
+from worker.http_server import start_http
 from worker.services import Services
 
 log = structlog.get_logger(__name__)
 
 Check = Callable[[], Awaitable[bool]]
 CHECKS = web.AppKey("checks", dict[str, Check])
+# Probes and scrapes are quick: on shutdown the admin server waits this long for one in flight.
+ADMIN_DRAIN_S = 2.0
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -66,8 +69,6 @@ def service_checks(svc: Services) -> dict[str, Check]:
 
 
 async def start_admin(checks: dict[str, Check], host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(create_admin_app(checks), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    log.info("admin.started", url=f"http://{host}:{port}")
+    runner, url = await start_http(create_admin_app(checks), host, port, shutdown_timeout=ADMIN_DRAIN_S)
+    log.info("admin.started", url=url)
     return runner
