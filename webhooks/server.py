@@ -7,9 +7,10 @@ import asyncio
 import structlog
 from aiohttp import web
 
-from webhooks.app import Receiver, create_app
-from webhooks.keys import KeyCache, KeyFetchHealth, plaid_key_fetcher
+from webhooks.app import RECEIVER, Receiver, create_app, plaid_keys_health
+from webhooks.keys import KEY_ENDPOINT, KeyCache, KeyFetchHealth, plaid_key_fetcher
 from webhooks.limits import InFlight, TokenBuckets
+from worker import metrics
 from worker.admin import service_checks, start_admin
 from worker.http_server import start_http
 from worker.services import Services, open_services
@@ -20,6 +21,7 @@ log = structlog.get_logger(__name__)
 
 def receiver_for(svc: Services) -> Receiver:
     health = KeyFetchHealth()
+    metrics.UPSTREAM_UP.labels("plaid", KEY_ENDPOINT).set_function(lambda: 1.0 if health.ok else 0.0)
     return Receiver(
         settings=svc.settings,
         publisher=svc.publisher,
@@ -49,9 +51,15 @@ async def serve_receiver(
     """Serves until ``stop``; then stops accepting and gives in-flight requests up to ``DRAIN_S``."""
     async with open_services(settings, "paw-receiver") as svc:
         runner, url = await start_receiver(svc, host, port)
+        rx = runner.app[RECEIVER]
         admin = None
         if admin_port is not None:
-            admin = await start_admin(service_checks(svc), settings.admin_host, admin_port)
+            admin = await start_admin(
+                service_checks(svc),
+                settings.admin_host,
+                admin_port,
+                details={"plaid_keys": lambda: plaid_keys_health(rx)},
+            )
         log.info("receiver.started", url=url)
         try:
             await stop.wait()

@@ -1,7 +1,7 @@
-"""The worker's small admin HTTP server: ``/healthz``, ``/readyz`` and ``/metrics``.
+"""The small admin HTTP server of the worker and the receiver: ``/healthz``, ``/readyz``, ``/metrics``.
 
-It binds to ``PAW_ADMIN_HOST`` (loopback by default): it is for the platform (probes, Prometheus),
-not for the internet.
+It binds to ``PAW_ADMIN_HOST`` (loopback by default; ``0.0.0.0`` in the image, so that Prometheus and
+the kubelet reach it): it is for the platform (probes, Prometheus), not for the internet.
 """
 
 from __future__ import annotations
@@ -20,12 +20,16 @@ log = structlog.get_logger(__name__)
 
 Check = Callable[[], Awaitable[bool]]
 CHECKS = web.AppKey("checks", dict[str, Check])
+# What /healthz reports beside "ok" (never a reason to restart: liveness stays 200).
+Detail = Callable[[], object]
+DETAILS = web.AppKey("details", dict[str, Detail])
 # Probes and scrapes are quick: on shutdown the admin server waits this long for one in flight.
 ADMIN_DRAIN_S = 2.0
 
 
-async def healthz(_: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+async def healthz(request: web.Request) -> web.Response:
+    details = {name: detail() for name, detail in request.app[DETAILS].items()}
+    return web.json_response({"status": "ok", **details})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -47,9 +51,10 @@ async def metrics_endpoint(_: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
-def create_admin_app(checks: dict[str, Check]) -> web.Application:
+def create_admin_app(checks: dict[str, Check], details: dict[str, Detail] | None = None) -> web.Application:
     app = web.Application()
     app[CHECKS] = checks
+    app[DETAILS] = details or {}
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
@@ -68,7 +73,11 @@ def service_checks(svc: Services) -> dict[str, Check]:
     return {"broker": broker, "database": database}
 
 
-async def start_admin(checks: dict[str, Check], host: str, port: int) -> web.AppRunner:
-    runner, url = await start_http(create_admin_app(checks), host, port, shutdown_timeout=ADMIN_DRAIN_S)
+async def start_admin(
+    checks: dict[str, Check], host: str, port: int, *, details: dict[str, Detail] | None = None
+) -> web.AppRunner:
+    runner, url = await start_http(
+        create_admin_app(checks, details), host, port, shutdown_timeout=ADMIN_DRAIN_S
+    )
     log.info("admin.started", url=url)
     return runner
