@@ -17,10 +17,14 @@ FROM python:3.11.7-slim-bookworm
 RUN groupadd --system --gid 10001 paw \
     && useradd --system --uid 10001 --gid paw --no-create-home --shell /usr/sbin/nologin paw
 COPY --from=build /install /usr/local
+# PAW_ADMIN_HOST: the admin servers (probes, /metrics) listen on every interface of the container, so
+# that the kubelet and Prometheus reach them; publish 9100/9101 to no one outside the platform.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PAW_LOG_FORMAT=json
+    PAW_LOG_FORMAT=json \
+    PAW_ADMIN_HOST=0.0.0.0
 USER 10001:10001
-EXPOSE 8080
+# receiver 8080, sandbox 8090; admin servers: worker 9100 (PAW_ADMIN_PORT), receiver 9101 (--admin-port)
+EXPOSE 8080 8090 9100 9101
 ENTRYPOINT ["paw"]
 CMD ["worker"]

@@ -314,18 +314,27 @@ async def get_item(request: web.Request) -> web.Response:
     return web.json_response({**item.public(), "history": [h.public() for h in history]})
 
 
-async def healthz(_: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+def plaid_keys_health(rx: Receiver) -> dict[str, Any]:
+    """Whether Plaid's webhook key endpoint answers (``/healthz`` detail; ``paw_upstream_up``)."""
+    detail = rx.key_health.detail()
+    if rx.keys is None:
+        detail["ok"] = False
+    return detail
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Alive; and, as detail, Plaid's key endpoint (the process stays alive and ready without it)."""
+    return web.json_response({"status": "ok", "plaid_keys": plaid_keys_health(request.app[RECEIVER])})
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """503 while the broker connection or channel is down (a webhook would get 503), or while
-    Plaid's key endpoint is failing (a webhook signed with a new kid would get 503)."""
+    """503 while the broker connection or channel is down: then every accepting route answers 503.
+
+    Plaid's key endpoint is not a check: when it fails, every replica would go unready at once, and
+    Atomic webhooks, submissions and Plaid webhooks with a cached key would be refused with them.
+    ``/healthz`` and ``paw_upstream_up`` report it instead."""
     rx = request.app[RECEIVER]
-    checks = {
-        "broker": rx.publisher.is_ready,
-        "plaid_keys": rx.keys is not None and rx.key_health.ok,
-    }
+    checks = {"broker": rx.publisher.is_ready}
     ok = all(checks.values())
     return web.json_response(
         {"status": "ready" if ok else "not_ready", "checks": checks}, status=200 if ok else 503

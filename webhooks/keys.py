@@ -205,8 +205,9 @@ class KeyCache:
         return False
 
 
-# After a failed key fetch, /readyz reports the key endpoint down for this long (or until a fetch
-# succeeds); then it is presumed back, so a receiver taken out of rotation gets to try again.
+# After a failed key fetch, /healthz and paw_upstream_up report the key endpoint down for this long (or
+# until a fetch succeeds); then it is presumed back: keys are cached, so the next fetch may be hours
+# away, and one old failure should not be reported for that long.
 KEY_FETCH_DOWN_S = 30.0
 
 
@@ -216,7 +217,12 @@ class KeyFetchHealth:
 
     An answer counts as success even when it is "no such key": Plaid was reachable. Only transient
     failures (network, 5xx, 429) count as failure. Throttled fetches never reach Plaid and are not
-    recorded, so a flood of made-up kids cannot flip readiness.
+    recorded, so a flood of made-up kids cannot make the endpoint look down.
+
+    Reported, not acted on: readiness does not depend on it (a Plaid blip would take every receiver
+    out of rotation at once, while each could still accept Atomic webhooks, submissions, and Plaid
+    webhooks signed with a cached key); ``/healthz`` shows :meth:`detail`, ``paw_upstream_up`` the
+    same ``ok``.
     """
 
     clock: Callable[[], float] = time.monotonic
@@ -231,6 +237,15 @@ class KeyFetchHealth:
     @property
     def ok(self) -> bool:
         return self.failed_at is None or self.clock() - self.failed_at >= KEY_FETCH_DOWN_S
+
+    def detail(self) -> dict[str, Any]:
+        """``{"ok", "last_failure_s_ago"}`` (seconds, or None when no fetch has failed)."""
+        ago = None if self.failed_at is None else round(self.clock() - self.failed_at, 1)
+        return {"ok": self.ok, "last_failure_s_ago": ago}
+
+
+# The endpoint KeyFetchHealth watches, as paw_upstream_seconds and paw_upstream_up label it.
+KEY_ENDPOINT = "/webhook_verification_key/get"
 
 
 class KeyFetchUnavailable(PawError):

@@ -7,10 +7,12 @@ import asyncio
 import structlog
 from aiohttp import web
 
-from webhooks.app import Receiver, create_app
-from webhooks.keys import KeyCache, KeyFetchHealth, plaid_key_fetcher
+from webhooks.app import RECEIVER, Receiver, create_app, plaid_keys_health
+from webhooks.keys import KEY_ENDPOINT, KeyCache, KeyFetchHealth, plaid_key_fetcher
 from webhooks.limits import InFlight, TokenBuckets
+from worker import metrics
 from worker.admin import service_checks, start_admin
+from worker.http_server import start_http
 from worker.services import Services, open_services
 from worker.settings import Settings
 
@@ -19,6 +21,7 @@ log = structlog.get_logger(__name__)
 
 def receiver_for(svc: Services) -> Receiver:
     health = KeyFetchHealth()
+    metrics.UPSTREAM_UP.labels("plaid", KEY_ENDPOINT).set_function(lambda: 1.0 if health.ok else 0.0)
     return Receiver(
         settings=svc.settings,
         publisher=svc.publisher,
@@ -30,32 +33,33 @@ def receiver_for(svc: Services) -> Receiver:
     )
 
 
-# HTTP/1 request line and each header at most 8 KiB, at most 100 headers: beyond, aiohttp answers 400.
-HTTP_LIMITS = {"max_line_size": 8190, "max_field_size": 8190, "max_headers": 100}
+# On SIGTERM the receiver stops accepting and gives requests in flight this long (docker-compose.yml's
+# stop_grace_period must exceed it).
+DRAIN_S = 10.0
 
 
 async def start_receiver(svc: Services, host: str, port: int) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(
-        create_app(receiver_for(svc)), access_log=None, shutdown_timeout=10, handler_args=HTTP_LIMITS
+    """The receiver's HTTP server, with paw's request limits (:mod:`worker.http_server`)."""
+    return await start_http(
+        create_app(receiver_for(svc)), host, port, shutdown_timeout=DRAIN_S, reuse_port=True
     )
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=True)
-    await site.start()
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    bound = int(sockets[0].getsockname()[1]) if sockets else port
-    return runner, f"http://{host}:{bound}"
 
 
 async def serve_receiver(
     settings: Settings, host: str, port: int, stop: asyncio.Event, *, admin_port: int | None = None
 ) -> None:
-    """Serves until ``stop``; then stops accepting and gives in-flight requests up to 10 s."""
+    """Serves until ``stop``; then stops accepting and gives in-flight requests up to ``DRAIN_S``."""
     async with open_services(settings, "paw-receiver") as svc:
         runner, url = await start_receiver(svc, host, port)
+        rx = runner.app[RECEIVER]
         admin = None
         if admin_port is not None:
-            admin = await start_admin(service_checks(svc), settings.admin_host, admin_port)
+            admin = await start_admin(
+                service_checks(svc),
+                settings.admin_host,
+                admin_port,
+                details={"plaid_keys": lambda: plaid_keys_health(rx)},
+            )
         log.info("receiver.started", url=url)
         try:
             await stop.wait()

@@ -1,7 +1,7 @@
-"""The worker's small admin HTTP server: ``/healthz``, ``/readyz`` and ``/metrics``.
+"""The small admin HTTP server of the worker and the receiver: ``/healthz``, ``/readyz``, ``/metrics``.
 
-It binds to ``PAW_ADMIN_HOST`` (loopback by default): it is for the platform (probes, Prometheus),
-not for the internet.
+It binds to ``PAW_ADMIN_HOST`` (loopback by default; ``0.0.0.0`` in the image, so that Prometheus and
+the kubelet reach it): it is for the platform (probes, Prometheus), not for the internet.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import structlog
 from aiohttp import web
 
 from worker import metrics
+from worker.http_server import start_http
 from worker.services import Services
 from worker.status import OPERATOR_ALERT_WINDOW, alert_line
 
@@ -25,10 +26,16 @@ CHECKS = web.AppKey("checks", dict[str, Check])
 # What is wrong in the process's setup, one line each (e.g. an operator error the worker met lately).
 Problems = Callable[[], Awaitable[list[str]]]
 PROBLEMS: web.AppKey[Problems] = web.AppKey("problems")
+# What /healthz reports beside "ok" (never a reason to restart: liveness stays 200).
+Detail = Callable[[], object]
+DETAILS = web.AppKey("details", dict[str, Detail])
+# Probes and scrapes are quick: on shutdown the admin server waits this long for one in flight.
+ADMIN_DRAIN_S = 2.0
 
 
-async def healthz(_: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+async def healthz(request: web.Request) -> web.Response:
+    details = {name: detail() for name, detail in request.app[DETAILS].items()}
+    return web.json_response({"status": "ok", **details})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -58,9 +65,14 @@ async def metrics_endpoint(_: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
-def create_admin_app(checks: dict[str, Check], problems: Problems | None = None) -> web.Application:
+def create_admin_app(
+    checks: dict[str, Check],
+    details: dict[str, Detail] | None = None,
+    problems: Problems | None = None,
+) -> web.Application:
     app = web.Application()
     app[CHECKS] = checks
+    app[DETAILS] = details or {}
     if problems is not None:
         app[PROBLEMS] = problems
     app.router.add_get("/healthz", healthz)
@@ -92,10 +104,15 @@ def operator_problems(svc: Services, within: timedelta = OPERATOR_ALERT_WINDOW) 
 
 
 async def start_admin(
-    checks: dict[str, Check], host: str, port: int, *, problems: Problems | None = None
+    checks: dict[str, Check],
+    host: str,
+    port: int,
+    *,
+    details: dict[str, Detail] | None = None,
+    problems: Problems | None = None,
 ) -> web.AppRunner:
-    runner = web.AppRunner(create_admin_app(checks, problems), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    log.info("admin.started", url=f"http://{host}:{port}")
+    runner, url = await start_http(
+        create_admin_app(checks, details, problems), host, port, shutdown_timeout=ADMIN_DRAIN_S
+    )
+    log.info("admin.started", url=url)
     return runner

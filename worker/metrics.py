@@ -42,6 +42,11 @@ UPSTREAM_SECONDS = Histogram(
     ["service", "endpoint"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+UPSTREAM_UP = Gauge(
+    "paw_upstream_up",
+    "1 while an upstream endpoint answers, 0 for 30 s after it failed (the receiver: Plaid's key endpoint)",
+    ["service", "endpoint"],
+)
 UPSTREAM_ERRORS = Counter(
     "paw_upstream_errors_total",
     "Plaid and Atomic errors, by error code",

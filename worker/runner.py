@@ -20,9 +20,13 @@ from worker.services import Services
 
 log = structlog.get_logger(__name__)
 
+# On SIGTERM the worker waits this long for the messages in hand (docker-compose.yml's stop_grace_period
+# must exceed it, with room for what follows: closing the channel, the admin server, the connections).
+DRAIN_S = 30.0
+
 
 async def run_worker(
-    svc: Services, stop: asyncio.Event, *, ready: asyncio.Event | None = None, drain_timeout: float = 30.0
+    svc: Services, stop: asyncio.Event, *, ready: asyncio.Event | None = None, drain_timeout: float = DRAIN_S
 ) -> dict[str, int]:
     """Consumes until ``stop`` is set; then stops taking messages and waits (bounded) for the ones
     in hand. Returns the consumers' counts."""

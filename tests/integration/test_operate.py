@@ -89,6 +89,7 @@ async def test_worker_admin_endpoints_and_metrics(
             'paw_upstream_seconds_count{endpoint="/item/public_token/exchange",service="plaid"} 1.0' in text
         )
         assert 'paw_upstream_seconds_count{endpoint="/v1/funding_sources",service="atomic"} 1.0' in text
+        assert "paw_upstream_up{" not in text  # the receiver's gauge: no sample in the worker
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 30)
@@ -194,6 +195,12 @@ async def test_receiver_process_serves_metrics_and_stops_on_sigterm(
         _, text = await get(f"http://127.0.0.1:{admin}/metrics")
         assert 'paw_webhooks_rejected_total{reason="bad_signature",source="atomic"} 1.0' in text
         assert 'paw_webhooks_received_total{source="atomic"} 1.0' in text
+        assert 'paw_upstream_up{endpoint="/webhook_verification_key/get",service="plaid"} 1.0' in text
+        status, body = await get(f"http://127.0.0.1:{admin}/healthz")
+        assert (status, json.loads(body)) == (
+            200,
+            {"status": "ok", "plaid_keys": {"ok": True, "last_failure_s_ago": None}},
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 20)

@@ -69,7 +69,7 @@ async def test_the_atomic_integration_off_parks_items_and_a_replay_finishes_them
     assert "/item/remove" not in sandbox.state.calls
 
     # the worker's /readyz names the cause in one line
-    admin = create_admin_app(service_checks(services), operator_problems(services))
+    admin = create_admin_app(service_checks(services), problems=operator_problems(services))
     async with TestClient(TestServer(admin)) as client:
         resp = await client.get("/readyz")
         ready = await resp.json()

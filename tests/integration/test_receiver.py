@@ -17,6 +17,7 @@ import aio_pika
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 import schemas
@@ -303,30 +304,47 @@ async def test_burst_on_a_new_kid_fetches_the_key_once(
 
 
 async def test_healthz_and_readyz_when_all_is_well(rx: Rx) -> None:
-    assert await rx.get("/healthz") == (200, {"status": "ok"})
+    assert await rx.get("/healthz") == (
+        200,
+        {"status": "ok", "plaid_keys": {"ok": True, "last_failure_s_ago": None}},
+    )
     status, answer = await rx.get("/readyz")
     assert status == 200
-    assert answer == {"status": "ready", "checks": {"broker": True, "plaid_keys": True}}
+    assert answer == {"status": "ready", "checks": {"broker": True}}
 
 
-async def test_readyz_reports_when_plaid_keys_cannot_be_fetched(
+def key_endpoint_up() -> float | None:
+    return REGISTRY.get_sample_value(
+        "paw_upstream_up", {"service": "plaid", "endpoint": "/webhook_verification_key/get"}
+    )
+
+
+async def test_plaid_key_endpoint_down_is_reported_and_the_receiver_stays_ready(
     rx: Rx, sandbox: Sandbox, settings: Settings, services: Services
 ) -> None:
+    """A Plaid blip must not take every replica out of rotation: they still accept Atomic webhooks,
+    submissions and Plaid webhooks signed with a cached key. /healthz and the metric say it."""
+    warm = item_error_body()
+    assert (await rx.post(warm, sandbox.state.sign(warm)))[0] == 200  # the current kid is cached
+    assert key_endpoint_up() == 1.0
+    sandbox.state.rotate_key()  # the next webhook is signed with a kid the receiver must fetch
     sandbox.state.set_fault(KEY_PATH, status=500, error_code="INTERNAL_SERVER_ERROR", error_type="API_ERROR")
     body = item_error_body()
     status, answer, _ = await rx.post(body, sandbox.state.sign(body))
-    assert (status, answer["error"]) == (503, "verification_key_unavailable")
-    status, ready = await rx.get("/readyz")
-    assert status == 503 and ready["checks"] == {"broker": True, "plaid_keys": False}
+    assert (status, answer["error"]) == (503, "verification_key_unavailable")  # Plaid will retry it
+
+    assert await rx.get("/readyz") == (200, {"status": "ready", "checks": {"broker": True}})
+    status, health = await rx.get("/healthz")
+    assert status == 200 and health["status"] == "ok"
+    assert health["plaid_keys"]["ok"] is False and health["plaid_keys"]["last_failure_s_ago"] >= 0
+    assert key_endpoint_up() == 0.0
 
     sandbox.state.clear_faults()
     status, answer, _ = await rx.post(body, sandbox.state.sign(body))  # Plaid retries the same webhook
     assert status == 200
-    assert await rx.get("/readyz") == (
-        200,
-        {"status": "ready", "checks": {"broker": True, "plaid_keys": True}},
-    )
-    assert len(await take_envelopes(settings, services)) == 1
+    assert (await rx.get("/healthz"))[1]["plaid_keys"] == {"ok": True, "last_failure_s_ago": None}
+    assert key_endpoint_up() == 1.0
+    assert len(await take_envelopes(settings, services)) == 2
 
 
 # -- broker outage ------------------------------------------------------------------------------

@@ -199,6 +199,90 @@ def test_services_point_at_each_other() -> None:
     assert f"{receiver_port}:{receiver_port}" in s["receiver"]["ports"]
 
 
+def seconds(duration: str) -> float:
+    """A compose duration (``45s``, ``1m30s``, ``500ms``) in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"not a duration: {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_seconds_reads_compose_durations() -> None:
+    assert [seconds(d) for d in ("45s", "1m30s", "1h", "500ms")] == [45, 90, 3600, 0.5]
+    with pytest.raises(AssertionError):
+        seconds("45")
+
+
+# What a process still does after its drain: close the broker channel (up to 5 s), the admin server
+# (up to 2 s), the database pool and the broker connection.
+AFTER_DRAIN_S = 10.0
+
+
+def drain_bounds() -> dict[str, float]:
+    """The SIGTERM drain bound of each long-running paw command, as the code defines it."""
+    from webhooks.server import DRAIN_S as RECEIVER_DRAIN_S
+    from worker.runner import DRAIN_S as WORKER_DRAIN_S
+
+    return {"worker": WORKER_DRAIN_S, "receiver": RECEIVER_DRAIN_S}
+
+
+def test_grace_periods_exceed_the_drain_bounds() -> None:
+    """Compose sends SIGKILL after stop_grace_period (10 s when unset): it must not cut a drain short."""
+    checked = set()
+    for name, service in paw_services().items():
+        argv = command(service)
+        drain = drain_bounds().get(argv[0])
+        if drain is None:
+            continue
+        grace = seconds(str(service.get("stop_grace_period", "10s")))
+        assert grace >= drain + AFTER_DRAIN_S, f"{name}: stop_grace_period {grace:g}s, drain {drain:g}s"
+        checked.add(argv[0])
+    assert checked == set(drain_bounds())
+
+
+def image_env() -> dict[str, str]:
+    """The ENV the final stage of the Dockerfile sets."""
+    found: dict[str, str] = {}
+    for word, rest in final_stage():
+        if word == "ENV":
+            found.update(re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=(\S+)", rest))
+    return found
+
+
+def admin_ports() -> dict[str, int]:
+    """The admin port of each paw service that has one, from its settings or its command line."""
+    ports = {}
+    for name, service in paw_services().items():
+        argv = command(service)
+        if argv[0] == "worker":
+            ports[name] = load({**image_env(), **environment(service)}).admin_port
+        elif argv[0] == "receiver":
+            ports[name] = int(cli.build_parser().parse_args(argv).admin_port)
+    return ports
+
+
+def test_admin_ports_are_reachable_from_the_compose_network_and_not_published() -> None:
+    """Prometheus and probes reach worker:9100 and receiver:9101 (bound to 0.0.0.0 by the image's
+    PAW_ADMIN_HOST, unless compose overrides it); the host, and so the internet, does not."""
+    ports = admin_ports()
+    assert set(ports) == {"worker", "receiver"}
+    exposed = {int(p.split("/")[0]) for word, rest in final_stage() if word == "EXPOSE" for p in rest.split()}
+    for name, port in ports.items():
+        service = paw_services()[name]
+        settings = load({**image_env(), **environment(service)})
+        assert settings.admin_host == "0.0.0.0", f"{name}: admin server on {settings.admin_host}"  # noqa: S104
+        assert port in exposed, f"{name}: admin port {port} is not EXPOSEd"
+        published = {str(p).rsplit(":", 1)[-1].split("/")[0] for p in service.get("ports", [])}
+        assert str(port) not in published, f"{name}: admin port {port} is published on the host"
+    assert len(set(ports.values())) == len(ports)
+
+
+def test_the_image_exposes_the_ports_compose_uses() -> None:
+    exposed = {int(p.split("/")[0]) for word, rest in final_stage() if word == "EXPOSE" for p in rest.split()}
+    s = services()
+    assert {int(option(command(s[n]), "--port")) for n in ("receiver", "sandbox")} <= exposed
+
+
 # -- Dockerfile ----------------------------------------------------------------------------------
 
 
