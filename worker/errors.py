@@ -19,6 +19,14 @@ class SettingsError(PawError):
         super().__init__("; ".join(self.problems))
 
 
+class Unreachable(PawError):
+    """A service paw needs (Postgres, RabbitMQ) could not be reached."""
+
+
+class NotMigrated(PawError):
+    """The database is not migrated: run `paw migrate`."""
+
+
 class IllegalTransition(PawError):
     """The state machine does not allow this transition."""
 

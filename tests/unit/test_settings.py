@@ -1,6 +1,6 @@
 """Configuration that explains itself: one table of settings behind load(), paw --help, paw config and
-the README; every error at once; choices in any case; secrets from files; paw --version. No broker or
-database needed."""
+the README; every error at once; choices in any case; secrets from files; paw --version; connection
+errors that name the service. No broker or database needed (nothing listens where these point)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, free_port
 from worker import version
-from worker.errors import SettingsError
+from worker.errors import SettingsError, UpstreamError
+from worker.reach import explain, location
 from worker.settings import (
     ENV,
     FIELD_DEFAULTS,
@@ -224,3 +225,28 @@ def test_paw_version_comes_from_the_package_metadata() -> None:
 
     done = paw("--version")
     assert done.returncode == 0 and done.stdout.strip() == f"paw {metadata.version('plaid-atomic-worker')}"
+
+
+@pytest.mark.parametrize("command", [["worker"], ["migrate"], ["status"]])
+def test_a_postgres_that_refuses_is_named_with_its_variable(command: list[str]) -> None:
+    port = free_port()  # nothing listens there: the same error as a stopped Postgres
+    done = paw(*command, DATABASE_URL=f"postgresql://paw:hunter2@127.0.0.1:{port}/paw", PAW_LOG_FORMAT="json")
+    assert done.returncode == 1, done.stderr
+    assert f"paw: Postgres at 127.0.0.1:{port}/paw (DATABASE_URL) refused the connection" in done.stderr
+    assert "hunter2" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_locations_name_no_user_or_password() -> None:
+    assert location("amqp://paw:hunter2@mq.internal/vhost", 5672) == "mq.internal:5672/vhost"
+    assert location("postgresql://paw:hunter2@[::1]:6432/paw", 5432) == "[::1]:6432/paw"
+
+
+def test_an_unreachable_upstream_is_named_with_its_variable() -> None:
+    s = load({"PLAID_BASE_URL": "http://127.0.0.1:9", "ATOMIC_BASE_URL": "https://atomic.example/api"})
+    plaid = UpstreamError("Plaid unreachable: MaxRetryError", service="plaid", error_code="NETWORK_ERROR")
+    atomic = UpstreamError("Atomic unreachable: ClientError", service="atomic", error_code="NETWORK_ERROR")
+    assert explain(plaid, s).startswith("Plaid at http://127.0.0.1:9 (PLAID_BASE_URL) could not be reached")
+    assert explain(atomic, s).startswith("Atomic at https://atomic.example/api (ATOMIC_BASE_URL) could not")
+    assert explain(plaid, load({})).startswith("Plaid at https://sandbox.plaid.com (PLAID_ENV)")
+    other = UpstreamError("Plaid INVALID_INPUT: no", service="plaid", error_code="INVALID_INPUT")
+    assert explain(other, s) == "Plaid INVALID_INPUT: no"

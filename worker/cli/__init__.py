@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import aiormq
 import asyncpg
 
-from worker import logs, version
+from worker import logs, reach, version
 from worker import settings as settings_mod
 from worker.cli import config, demo, dlq, items, ops
 from worker.errors import PawError, SettingsError
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = asyncio.run(coro)
         return code
     except PawError as e:
-        print(f"paw: {e}", file=sys.stderr)
+        print(f"paw: {reach.explain(e, s)}", file=sys.stderr)
         return 1
     except (OSError, asyncpg.PostgresError, aiormq.exceptions.AMQPError) as e:
         print(f"paw: {type(e).__name__}: {e}", file=sys.stderr)
