@@ -421,6 +421,11 @@ REQUIRED_IN_PRODUCTION = (
 )
 
 
+def effective(settings: Settings) -> dict[str, str]:
+    """Every setting in ``settings`` as people may see it, secrets masked (for a start-up log line)."""
+    return {var.env: show(var, getattr(settings, var.field)) for var in ENV.values()}
+
+
 def names() -> set[str]:
     """Every variable paw reads: the table's, and ``<name>_FILE`` for each secret."""
     return set(ENV) | {v.file_env for v in ENV.values() if v.file_env}

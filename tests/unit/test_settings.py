@@ -21,6 +21,7 @@ from worker.settings import (
     FIELD_DEFAULTS,
     MASKED,
     REQUIRED_IN_PRODUCTION,
+    effective,
     load,
     markdown,
     mask_url,
@@ -162,6 +163,10 @@ def test_secrets_are_masked_wherever_shown() -> None:
     assert show(ENV["DATABASE_URL"], s.database_url) == "postgresql://paw:***@db/paw"
     assert show(ENV["PAW_PREFETCH"], s.prefetch) == "64"
     assert mask_url("amqp://guest:guest@[::1]:5672/") == "amqp://guest:***@[::1]:5672/"
+    shown = effective(s)
+    assert list(shown) == list(ENV) and shown["PAW_PREFETCH"] == "64"
+    assert "s3cret" not in str(shown) and "hunter2" not in str(shown)
+    assert shown["PLAID_SECRET"] == shown["ATOMIC_API_KEY"] == MASKED  # a default secret is masked too
 
 
 def test_readme_configuration_table_is_made_from_the_settings_table() -> None:
