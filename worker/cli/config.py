@@ -27,7 +27,7 @@ def register(sub: Subparsers) -> None:
         "each setting, what it means, its default and its value here (secrets masked). "
         "Exits 2 if a process would refuse to start on this configuration.",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON document: settings, problems, version")
 
 
 def _second_line(r: Reading) -> str:
