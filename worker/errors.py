@@ -13,6 +13,19 @@ class PawError(Exception):
 class SettingsError(PawError):
     """A setting is missing or malformed."""
 
+    def __init__(self, *problems: str) -> None:
+        """One problem per line, each naming its variable; :func:`worker.settings.load` gathers all."""
+        self.problems = list(problems) or [(self.__doc__ or "").strip()]
+        super().__init__("; ".join(self.problems))
+
+
+class Unreachable(PawError):
+    """A service paw needs (Postgres, RabbitMQ) could not be reached."""
+
+
+class NotMigrated(PawError):
+    """The database is not migrated: run `paw migrate`."""
+
 
 class IllegalTransition(PawError):
     """The state machine does not allow this transition."""

@@ -8,6 +8,7 @@ import asyncpg
 import structlog
 
 import schemas
+from worker.reach import POSTGRES, naming
 
 log = structlog.get_logger(__name__)
 
@@ -67,8 +68,9 @@ async def ensure_database(dsn: str) -> None:
 
 async def migrate_database(dsn: str) -> list[int]:
     """Creates the database if missing and applies what is missing; returns the versions applied now."""
-    await ensure_database(dsn)
-    conn = await asyncpg.connect(dsn)
+    with naming(POSTGRES, dsn):
+        await ensure_database(dsn)
+        conn = await asyncpg.connect(dsn)
     try:
         return await migrate(conn)
     finally:

@@ -1,5 +1,7 @@
 """Opens and closes what a process needs, from the settings: the database pool, the broker
-connection and publisher, the Plaid and Atomic clients, the token sealer."""
+connection and publisher, the Plaid and Atomic clients, the token sealer. Postgres and RabbitMQ are
+opened through :mod:`worker.reach`: a failure names the service and its variable, and an unmigrated
+database stops the process with "run `paw migrate`"."""
 
 from __future__ import annotations
 
@@ -11,12 +13,13 @@ import asyncpg
 from aio_pika.abc import AbstractRobustConnection
 
 from worker.atomic_api import AtomicClient
-from worker.bus.publisher import Publisher, connect
+from worker.bus.publisher import Publisher
 from worker.bus.topology import Topology, declare
 from worker.items.pipeline import Pipeline
 from worker.items.sealing import Sealer, check_keys
-from worker.items.store import Store, create_pool
+from worker.items.store import Store
 from worker.plaid_api import PlaidClient
+from worker.reach import open_broker, open_pool
 from worker.settings import Settings
 
 
@@ -41,10 +44,10 @@ async def open_services(
     topo = Topology.from_settings(settings)
     sealer = Sealer(settings.token_keys)
     async with contextlib.AsyncExitStack() as stack:
-        pool = await create_pool(settings.database_url, max_size=pool_size or settings.db_pool_size)
+        pool = await open_pool(settings, max_size=pool_size or settings.db_pool_size)
         stack.push_async_callback(pool.close)
         await check_keys(pool, sealer)  # a wrong or missing token key fails here, not at the first decrypt
-        connection = await connect(settings.amqp_url, name)
+        connection = await open_broker(settings, name)
         stack.push_async_callback(connection.close)
         channel = await connection.channel()
         await declare(channel, topo)

@@ -1,21 +1,29 @@
 """Settings, read once from the environment in ``main()`` and passed down.
 
-Nothing below this module reads ``os.environ``. A missing or malformed value raises
-:class:`SettingsError` naming the variable; the CLI prints that one line and exits 2.
+Nothing else reads ``os.environ``. :data:`ENV` is the one table of them: per variable, the
+:class:`Settings` field it fills, its parser, what it means, its default as people see it and whether
+it is a secret. ``paw --help``, ``paw config`` and the README's Configuration table are all made from
+it (``python -m worker.settings --write README.md`` regenerates the README's; a test keeps them equal).
+
+:func:`load` reports every missing or malformed value at once: one :class:`SettingsError`, one line
+per problem, each naming its variable; the CLI prints them and exits 2. Choices take any case
+(``PAW_LOG_LEVEL=INFO``). A secret may come from a file instead, as the postgres image offers:
+``PLAID_SECRET_FILE=/run/secrets/plaid`` reads that file, trailing newline stripped.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import binascii
 import dataclasses
-from collections.abc import Callable, Mapping
-from typing import TypeVar
-from urllib.parse import urlsplit
+import math
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from worker.errors import SettingsError
-
-T = TypeVar("T")
 
 # The development key only ever works with PLAID_ENV=sandbox; production refuses to start without
 # PAW_TOKEN_KEYS. It is a published constant, so nothing sealed with it is secret.
@@ -27,6 +35,8 @@ PLAID_HOSTS = {
     "sandbox": "https://sandbox.plaid.com",
     "production": "https://production.plaid.com",
 }
+
+MASKED = "****"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,13 +91,39 @@ class Settings:
         return self.token_keys[0][0]
 
 
+FIELD_DEFAULTS: dict[str, object] = {f.name: f.default for f in dataclasses.fields(Settings)}
+
+# A parser: ``parse(name, raw) -> value``, raising SettingsError with a message that starts with ``name``.
+Parser = Callable[[str, str], object]
+
+
+def mask_url(text: str) -> str:
+    """``text`` with the password of the URL in it, if any, replaced by ``***``."""
+    try:
+        parts = urlsplit(text)
+        if parts.password is None:
+            return text
+    except ValueError:
+        return text
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{hostport}"))
+
+
+def _quoted_url(raw: str) -> str:
+    """A malformed URL, quoted for an error message without what may be a password in it."""
+    shown = mask_url(raw.strip())
+    if "@" in shown and ":***@" not in shown:
+        shown = "***@" + shown.rpartition("@")[2]
+    return repr(shown[:100])
+
+
 def _str(name: str, raw: str) -> str:
     if not raw.strip():
         raise SettingsError(f"{name} is set but empty")
     return raw.strip()
 
 
-def _int(lo: int, hi: int) -> Callable[[str, str], int]:
+def _int(lo: int, hi: int) -> Parser:
     def parse(name: str, raw: str) -> int:
         try:
             value = int(raw)
@@ -105,26 +141,36 @@ def _float(name: str, raw: str) -> float:
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if value <= 0:
-        raise SettingsError(f"{name} must be positive, got {value}")
+    if not math.isfinite(value) or value <= 0:
+        raise SettingsError(f"{name} must be a positive number, got {raw.strip()!r}")
     return value
 
 
-def _url(*schemes: str) -> Callable[[str, str], str]:
+def _url(*schemes: str) -> Parser:
     def parse(name: str, raw: str) -> str:
-        parts = urlsplit(raw.strip())
-        if parts.scheme not in schemes or not parts.hostname:
-            raise SettingsError(f"{name} must be a {'/'.join(schemes)} URL with a host, got {parts.scheme!r}")
+        try:
+            parts = urlsplit(raw.strip())
+            ok = parts.scheme in schemes and bool(parts.hostname)
+            parts.port  # noqa: B018 - raises ValueError on a port out of range or not a number
+        except ValueError:
+            ok = False
+        if not ok:
+            wanted = "URL with a host, starting " + " or ".join(f"{s}://" for s in schemes)
+            raise SettingsError(f"{name} must be a {wanted}, got {_quoted_url(raw)}")
         return raw.strip().rstrip("/") if parts.scheme.startswith("http") else raw.strip()
 
     return parse
 
 
-def _choice(*options: str) -> Callable[[str, str], str]:
+def _choice(*options: str, **aliases: str) -> Parser:
+    """One of ``options``, in any case (``INFO`` is ``info``); ``aliases`` map other spellings."""
+
     def parse(name: str, raw: str) -> str:
-        if raw not in options:
-            raise SettingsError(f"{name} must be one of {', '.join(options)}, got {raw!r}")
-        return raw
+        value = raw.strip().lower()
+        value = aliases.get(value, value)
+        if value not in options:
+            raise SettingsError(f"{name} must be one of {', '.join(options)} (any case), got {raw!r}")
+        return value
 
     return parse
 
@@ -155,41 +201,214 @@ def _api_keys(name: str, raw: str) -> tuple[str, ...]:
     return keys
 
 
-# env var -> (field, parser)
-ENV: dict[str, tuple[str, Callable[[str, str], object]]] = {
-    "DATABASE_URL": ("database_url", _url("postgresql", "postgres")),
-    "AMQP_URL": ("amqp_url", _url("amqp", "amqps")),
-    "PLAID_ENV": ("plaid_env", _choice("sandbox", "production")),
-    "PLAID_BASE_URL": ("plaid_base_url", _url("http", "https")),
-    "PLAID_CLIENT_ID": ("plaid_client_id", _str),
-    "PLAID_SECRET": ("plaid_secret", _str),
-    "ATOMIC_BASE_URL": ("atomic_base_url", _url("http", "https")),
-    "ATOMIC_API_KEY": ("atomic_api_key", _str),
-    "ATOMIC_WEBHOOK_SECRET": ("atomic_webhook_secret", _str),
-    "PAW_TOKEN_KEYS": ("token_keys", parse_token_keys),
-    "PAW_API_KEYS": ("api_keys", _api_keys),
-    "PAW_EXCHANGE": ("exchange", _str),
-    "PAW_QUEUE_PREFIX": ("queue_prefix", _str),
-    "PAW_PREFETCH": ("prefetch", _int(1, 10_000)),
-    "PAW_PLAID_THREADS": ("plaid_threads", _int(1, 1024)),
-    "PAW_PUBLISH_TIMEOUT": ("publish_timeout", _float),
-    "PAW_HTTP_TIMEOUT": ("http_timeout", _float),
-    "PAW_MAX_BODY_BYTES": ("max_body_bytes", _int(1024, 64 * 1024 * 1024)),
-    "PAW_WEBHOOK_MAX_AGE": ("webhook_max_age_s", _int(1, 3600)),
-    "PAW_WEBHOOK_FUTURE_SKEW": ("webhook_future_skew_s", _int(0, 600)),
-    "PAW_RETRY_BASE_MS": ("retry_base_ms", _int(1, 3_600_000)),
-    "PAW_RETRY_BUDGET": ("retry_budget", _int(0, 20)),
-    "PAW_RETRY_FACTOR": ("retry_factor", _int(1, 10)),
-    "PAW_ATOMIC_PENDING_RECONCILE_S": ("atomic_pending_reconcile_s", _int(1, 7 * 86400)),
-    "PAW_ITEM_LEASE_S": ("item_lease_s", _float),
-    "PAW_DB_POOL_SIZE": ("db_pool_size", _int(2, 1000)),
-    "PAW_API_RATE": ("api_rate_per_s", _float),
-    "PAW_MAX_IN_FLIGHT": ("max_in_flight", _int(1, 1_000_000)),
-    "PAW_ADMIN_HOST": ("admin_host", _str),
-    "PAW_ADMIN_PORT": ("admin_port", _int(0, 65535)),
-    "PAW_LOG_FORMAT": ("log_format", _choice("auto", "json", "console")),
-    "PAW_LOG_LEVEL": ("log_level", _choice("debug", "info", "warning", "error")),
-}
+@dataclasses.dataclass(frozen=True)
+class Var:
+    """One setting: its variable, the :class:`Settings` field it fills, and what people are told."""
+
+    env: str
+    field: str
+    parse: Parser
+    meaning: str  # one line
+    shown_default: str | None = None  # where the field's own default does not say it well
+    secret: bool = False  # masked wherever shown; may come from the file named by ``<env>_FILE``
+
+    @property
+    def file_env(self) -> str | None:
+        return f"{self.env}_FILE" if self.secret else None
+
+    @property
+    def default(self) -> str:
+        """The default, as shown to people."""
+        if self.shown_default is not None:
+            return self.shown_default
+        return show(self, FIELD_DEFAULTS[self.field], mask=False)
+
+
+def show(var: Var, value: object, *, mask: bool = True) -> str:
+    """A value as people see it: a URL's password and, with ``mask``, a secret replaced by ****."""
+    if isinstance(value, tuple) and value and isinstance(value[0], tuple):  # token keys: ids only
+        return ",".join(f"{kid}:{MASKED}" for kid, _ in value)
+    if isinstance(value, tuple):
+        text = ",".join(str(v) for v in value)
+    elif isinstance(value, float):
+        text = str(int(value)) if value.is_integer() else str(value)
+    else:
+        text = str(value)
+    if not mask:
+        return text
+    return mask_url(text) if "://" in text or not var.secret else MASKED
+
+
+_EMULATOR = "the emulator's (sandbox only)"
+
+_VARS = (
+    Var(
+        "DATABASE_URL",
+        "database_url",
+        _url("postgresql", "postgres"),
+        "Postgres: postgresql://user:password@host:port/database",
+        secret=True,
+    ),
+    Var(
+        "AMQP_URL",
+        "amqp_url",
+        _url("amqp", "amqps"),
+        "RabbitMQ: amqp://user:password@host:port/vhost (amqps:// for TLS)",
+        secret=True,
+    ),
+    Var(
+        "PLAID_ENV",
+        "plaid_env",
+        _choice("sandbox", "production"),
+        "sandbox or production; production requires each setting whose default is sandbox only",
+    ),
+    Var(
+        "PLAID_BASE_URL",
+        "plaid_base_url",
+        _url("http", "https"),
+        "Plaid's API, instead of PLAID_ENV's host (e.g. the emulator, http://127.0.0.1:8090)",
+        shown_default="Plaid's host for PLAID_ENV",
+    ),
+    Var("PLAID_CLIENT_ID", "plaid_client_id", _str, "Plaid client id", shown_default=_EMULATOR),
+    Var("PLAID_SECRET", "plaid_secret", _str, "Plaid secret", shown_default=_EMULATOR, secret=True),
+    Var("ATOMIC_BASE_URL", "atomic_base_url", _url("http", "https"), "Atomic's API"),
+    Var(
+        "ATOMIC_API_KEY",
+        "atomic_api_key",
+        _str,
+        "Atomic API key (sent as a bearer token)",
+        shown_default=_EMULATOR,
+        secret=True,
+    ),
+    Var(
+        "ATOMIC_WEBHOOK_SECRET",
+        "atomic_webhook_secret",
+        _str,
+        "HMAC-SHA256 secret Atomic signs its webhooks with",
+        shown_default=_EMULATOR,
+        secret=True,
+    ),
+    Var(
+        "PAW_TOKEN_KEYS",
+        "token_keys",
+        parse_token_keys,
+        "AES keys sealing Plaid tokens, kid:base64key[,kid:base64key...]: the first seals, all open",
+        shown_default="a published development key (sandbox only)",
+        secret=True,
+    ),
+    Var(
+        "PAW_API_KEYS",
+        "api_keys",
+        _api_keys,
+        "bearer keys for /v1/*, comma-separated, at least 12 characters each",
+        shown_default=f"{DEV_API_KEYS} (sandbox only)",
+        secret=True,
+    ),
+    Var("PAW_EXCHANGE", "exchange", _str, "the RabbitMQ topic exchange events are published to"),
+    Var(
+        "PAW_QUEUE_PREFIX",
+        "queue_prefix",
+        _str,
+        "prefix of every queue name (PREFIX.items, PREFIX.webhooks, PREFIX.dead, ...)",
+    ),
+    Var("PAW_PREFETCH", "prefetch", _int(1, 10_000), "unacked messages per consumer (its concurrency)"),
+    Var("PAW_PLAID_THREADS", "plaid_threads", _int(1, 1024), "threads for the synchronous plaid-python SDK"),
+    Var(
+        "PAW_PUBLISH_TIMEOUT",
+        "publish_timeout",
+        _float,
+        "seconds to wait for the broker to confirm a publish",
+    ),
+    Var("PAW_HTTP_TIMEOUT", "http_timeout", _float, "seconds for each call to Plaid or Atomic"),
+    Var(
+        "PAW_MAX_BODY_BYTES",
+        "max_body_bytes",
+        _int(1024, 64 * 1024 * 1024),
+        "largest webhook body accepted, in bytes (413 beyond)",
+    ),
+    Var(
+        "PAW_WEBHOOK_MAX_AGE",
+        "webhook_max_age_s",
+        _int(1, 3600),
+        "seconds a Plaid webhook's JWT iat may lie in the past",
+    ),
+    Var(
+        "PAW_WEBHOOK_FUTURE_SKEW",
+        "webhook_future_skew_s",
+        _int(0, 600),
+        "seconds a Plaid webhook's JWT iat may lie in the future (clock skew)",
+    ),
+    Var("PAW_RETRY_BASE_MS", "retry_base_ms", _int(1, 3_600_000), "first retry delay, in milliseconds"),
+    Var(
+        "PAW_RETRY_BUDGET",
+        "retry_budget",
+        _int(0, 20),
+        "retries of a failing message before it is dead-lettered",
+    ),
+    Var(
+        "PAW_RETRY_FACTOR",
+        "retry_factor",
+        _int(1, 10),
+        "factor each retry delay grows by (delays capped at one hour)",
+    ),
+    Var(
+        "PAW_ATOMIC_PENDING_RECONCILE_S",
+        "atomic_pending_reconcile_s",
+        _int(1, 7 * 86400),
+        "seconds an Item waits for Atomic's webhook before the reconciler asks Atomic",
+    ),
+    Var(
+        "PAW_ITEM_LEASE_S",
+        "item_lease_s",
+        _float,
+        "seconds a worker holds an Item between two upstream calls (a killed worker's are free after it)",
+    ),
+    Var(
+        "PAW_DB_POOL_SIZE",
+        "db_pool_size",
+        _int(2, 1000),
+        "Postgres connections per process (a statement holds one for about a millisecond)",
+    ),
+    Var(
+        "PAW_API_RATE",
+        "api_rate_per_s",
+        _float,
+        "requests per second per API key on /v1/* (bursts of twice that; 429 beyond)",
+    ),
+    Var(
+        "PAW_MAX_IN_FLIGHT",
+        "max_in_flight",
+        _int(1, 1_000_000),
+        "requests one receiver handles at once (503 beyond)",
+    ),
+    Var(
+        "PAW_ADMIN_HOST",
+        "admin_host",
+        _str,
+        "address the admin servers (probes, /metrics) listen on; keep them off the internet",
+    ),
+    Var(
+        "PAW_ADMIN_PORT",
+        "admin_port",
+        _int(0, 65535),
+        "the worker's admin port (the receiver's is its --admin-port, 9101)",
+    ),
+    Var(
+        "PAW_LOG_FORMAT",
+        "log_format",
+        _choice("auto", "json", "console"),
+        "json, console, or auto: JSON off a terminal, console on one",
+    ),
+    Var(
+        "PAW_LOG_LEVEL",
+        "log_level",
+        _choice("debug", "info", "warning", "error", warn="warning"),
+        "debug, info, warning or error, in any case",
+    ),
+)
+
+# The table: env var -> its Var. Every accepted variable name is a key here or a secret's ``<key>_FILE``.
+ENV: dict[str, Var] = {v.env: v for v in _VARS}
 
 # Settings that have no safe default outside the sandbox.
 REQUIRED_IN_PRODUCTION = (
@@ -202,18 +421,146 @@ REQUIRED_IN_PRODUCTION = (
 )
 
 
-def load(environ: Mapping[str, str], **overrides: object) -> Settings:
-    values: dict[str, object] = {}
-    for var, (field, parse) in ENV.items():
-        raw = environ.get(var)
+def effective(settings: Settings) -> dict[str, str]:
+    """Every setting in ``settings`` as people may see it, secrets masked (for a start-up log line)."""
+    return {var.env: show(var, getattr(settings, var.field)) for var in ENV.values()}
+
+
+def names() -> set[str]:
+    """Every variable paw reads: the table's, and ``<name>_FILE`` for each secret."""
+    return set(ENV) | {v.file_env for v in ENV.values() if v.file_env}
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    """One variable as a process reads it."""
+
+    var: Var
+    source: str  # "default", "environment" or "file <path>"
+    value: object  # parsed; the field's default where unset or malformed
+    problem: str | None = None
+
+    @property
+    def shown(self) -> str:
+        """The value in effect as people see it (secrets masked)."""
+        if self.problem is not None:
+            return "(invalid)"
+        return self.var.default if self.source == "default" else show(self.var, self.value)
+
+
+def _read(var: Var, environ: Mapping[str, str]) -> Reading:
+    default = FIELD_DEFAULTS[var.field]
+    raw, name, source = environ.get(var.env), var.env, "environment"
+    if var.file_env is not None and var.file_env in environ:
+        path = environ[var.file_env]
         if raw is not None:
-            values[field] = parse(var, raw)
+            return Reading(var, source, default, f"{var.env} and {var.file_env} are both set: keep one")
+        if not path.strip():
+            return Reading(var, source, default, f"{var.file_env} is set but empty")
+        source = f"file {path}"
+        try:
+            raw = Path(path).read_text("utf-8").rstrip("\r\n")
+        except OSError as e:
+            return Reading(var, source, default, f"{var.file_env}: cannot read {path}: {e.strerror or e}")
+        except UnicodeDecodeError:
+            return Reading(var, source, default, f"{var.file_env}: {path} is not UTF-8 text")
+        name = f"{var.env} (from {var.file_env})"
+    if raw is None:
+        return Reading(var, "default", default)
+    try:
+        return Reading(var, source, var.parse(name, raw))
+    except SettingsError as e:
+        return Reading(var, source, default, str(e))
+
+
+def _gather(
+    environ: Mapping[str, str], overrides: Mapping[str, object]
+) -> tuple[list[Reading], dict[str, object], list[str]]:
+    readings = [_read(var, environ) for var in ENV.values()]
+    problems = [r.problem for r in readings if r.problem is not None]
+    values = {r.var.field: r.value for r in readings if r.source != "default" and r.problem is None}
     values.update(overrides)
-    env = values.get("plaid_env", "sandbox")
-    if env == "production":
-        missing = [v for v in REQUIRED_IN_PRODUCTION if ENV[v][0] not in values]
-        if missing:
-            raise SettingsError(f"{missing[0]} is required when PLAID_ENV=production")
+    if values.get("plaid_env") == "production":
+        failed = {r.var.env for r in readings if r.problem is not None}
+        problems += [
+            f"{v} is required when PLAID_ENV=production"
+            for v in REQUIRED_IN_PRODUCTION
+            if ENV[v].field not in values and v not in failed
+        ]
+    return readings, values, problems
+
+
+def read(environ: Mapping[str, str]) -> tuple[list[Reading], list[str]]:
+    """Every variable as a process reads it from ``environ``, and every problem (none: it loads)."""
+    readings, _, problems = _gather(environ, {})
+    return readings, problems
+
+
+def load(environ: Mapping[str, str], **overrides: object) -> Settings:
+    """The settings from ``environ``; ``overrides``, by field name, win (tests use them).
+
+    Raises one :class:`SettingsError` listing every missing or malformed value.
+    """
+    _, values, problems = _gather(environ, overrides)
+    if problems:
+        raise SettingsError(*problems)
     if "token_keys" not in values:
         values["token_keys"] = parse_token_keys("PAW_TOKEN_KEYS", DEV_TOKEN_KEYS)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+README_BEGIN = (
+    "<!-- settings table: made from worker/settings.py by `python -m worker.settings --write README.md` -->"
+)
+README_END = "<!-- end of the settings table -->"
+
+
+def markdown() -> str:
+    """The README's Configuration table, from :data:`ENV`."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("*", "\\*").replace("<", "&lt;")
+
+    rows = ["| variable | default | meaning | secret |", "|---|---|---|---|"]
+    for var in ENV.values():
+        default = cell(var.shown_default) if var.shown_default is not None else f"`{var.default}`"
+        secret = f"yes; or `{var.file_env}`" if var.secret else ""
+        rows.append(f"| `{var.env}` | {default} | {cell(var.meaning)} | {secret} |")
+    return "\n".join(rows) + "\n"
+
+
+def _table_span(text: str) -> tuple[int, int]:
+    return text.index(README_BEGIN) + len(README_BEGIN), text.index(README_END)
+
+
+def readme_table(text: str) -> str:
+    """The table between the markers in the README's ``text``."""
+    begin, end = _table_span(text)
+    return text[begin:end].strip("\n") + "\n"
+
+
+def write_readme(path: Path) -> bool:
+    """Puts :func:`markdown` between the markers of the README at ``path``; True if that changed it."""
+    text = path.read_text("utf-8")
+    begin, end = _table_span(text)
+    new = text[:begin] + "\n" + markdown() + text[end:]
+    if new != text:
+        path.write_text(new, "utf-8")
+    return new != text
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker.settings", description="The settings table.")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--markdown", action="store_true", help="print the README's table")
+    what.add_argument("--write", metavar="README", type=Path, help="put the table into this README")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        sys.stdout.write(markdown())
+    else:
+        print(f"{args.write}: {'updated' if write_readme(args.write) else 'up to date'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())

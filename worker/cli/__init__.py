@@ -3,6 +3,7 @@
 Each module adds its commands with ``register(sub)``, every parser naming its coroutine with
 ``set_defaults(func=...)``: :mod:`worker.cli.ops` (the processes, status, keys), :mod:`worker.cli.items`,
 :mod:`worker.cli.dlq`, :mod:`worker.cli.demo`. What they print is in :mod:`worker.cli.render`.
+``paw config`` (:mod:`worker.cli.config`) alone runs without loading settings: it shows what is wrong.
 """
 
 from __future__ import annotations
@@ -16,34 +17,43 @@ from collections.abc import Sequence
 import aiormq
 import asyncpg
 
-from worker import logs
+from worker import logs, reach, version
 from worker import settings as settings_mod
-from worker.cli import demo, dlq, items, ops
+from worker.cli import config, demo, dlq, items, ops
 from worker.errors import PawError, SettingsError
-from worker.settings import ENV
 
-HELP_ENV = "\n".join(f"  {var:<32} {field}" for var, (field, _) in ENV.items())
+
+class _Parser(argparse.ArgumentParser):
+    settings_help = False  # the top-level parser's help lists the settings, read when it is shown
+
+    def format_help(self) -> str:
+        if self.settings_help:
+            self.epilog = config.settings_help(os.environ)
+        return super().format_help()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="paw",
         description="Plaid + Atomic account-funding worker.",
-        epilog="Settings come from the environment:\n" + HELP_ENV,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.settings_help = True
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (ops, items, dlq, demo):
+    for module in (ops, items, dlq, demo, config):
         module.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "config":
+        return config.show_config(os.environ, args)
     try:
         s = settings_mod.load(os.environ)
     except SettingsError as e:
-        print(f"paw: configuration error: {e}", file=sys.stderr)
+        print(config.problems_text(e.problems), file=sys.stderr)
         return 2
     logs.configure(s.log_format, s.log_level)
     coro = args.func(s, args)
@@ -51,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = asyncio.run(coro)
         return code
     except PawError as e:
-        print(f"paw: {e}", file=sys.stderr)
+        print(f"paw: {reach.explain(e, s)}", file=sys.stderr)
         return 1
     except (OSError, asyncpg.PostgresError, aiormq.exceptions.AMQPError) as e:
         print(f"paw: {type(e).__name__}: {e}", file=sys.stderr)

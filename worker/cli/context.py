@@ -13,8 +13,7 @@ from typing import Any, TypeAlias
 import asyncpg
 from aio_pika.abc import AbstractRobustConnection
 
-from worker.bus.publisher import connect
-from worker.items.store import create_pool
+from worker.reach import open_broker, open_pool
 from worker.settings import Settings
 
 # A command: ``async def cmd(settings, args) -> exit code``, set on its parser with set_defaults(func=...).
@@ -37,7 +36,7 @@ def add_actor(p: argparse.ArgumentParser, actor: str) -> None:
 
 @contextlib.asynccontextmanager
 async def database(s: Settings) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(s.database_url, min_size=1, max_size=2)
+    pool = await open_pool(s, min_size=1, max_size=2)
     try:
         yield pool
     finally:
@@ -46,7 +45,7 @@ async def database(s: Settings) -> AsyncIterator[asyncpg.Pool]:
 
 @contextlib.asynccontextmanager
 async def broker(s: Settings, name: str = "paw-cli") -> AsyncIterator[AbstractRobustConnection]:
-    connection = await connect(s.amqp_url, name)
+    connection = await open_broker(s, name)
     try:
         yield connection
     finally:
