@@ -15,6 +15,7 @@ from aio_pika.abc import AbstractRobustConnection
 from worker.atomic_api import AtomicClient
 from worker.bus.publisher import Publisher
 from worker.bus.topology import Topology, declare
+from worker.errors import SettingsError
 from worker.items.pipeline import Pipeline
 from worker.items.sealing import Sealer, check_keys
 from worker.items.store import Store
@@ -37,10 +38,32 @@ class Services:
     pipeline: Pipeline
 
 
+def refuse_real_plaid_with_emulator_keys(settings: Settings) -> None:
+    """Talking to Plaid itself (no PLAID_BASE_URL) with the emulator's client id or secret can only
+    be a mistake: say so before any call is made."""
+    defaults = Settings()
+    if settings.plaid_base_url:
+        return
+    unset = [
+        var
+        for var, value, default in (
+            ("PLAID_CLIENT_ID", settings.plaid_client_id, defaults.plaid_client_id),
+            ("PLAID_SECRET", settings.plaid_secret, defaults.plaid_secret),
+        )
+        if value == default
+    ]
+    if unset:
+        raise SettingsError(
+            f"{' and '.join(unset)} must be set to talk to Plaid at {settings.plaid_host} "
+            "(or set PLAID_BASE_URL to the emulator, e.g. `paw sandbox`)"
+        )
+
+
 @contextlib.asynccontextmanager
 async def open_services(
     settings: Settings, name: str, *, pool_size: int | None = None
 ) -> AsyncIterator[Services]:
+    refuse_real_plaid_with_emulator_keys(settings)
     topo = Topology.from_settings(settings)
     sealer = Sealer(settings.token_keys)
     async with contextlib.AsyncExitStack() as stack:
@@ -77,6 +100,11 @@ async def open_services(
             connection=connection,
             publisher=publisher,
             pipeline=Pipeline(
-                store=store, sealer=sealer, plaid=plaid, atomic=atomic, lease_s=settings.item_lease_s
+                store=store,
+                sealer=sealer,
+                plaid=plaid,
+                atomic=atomic,
+                lease_s=settings.item_lease_s,
+                accept_caution=settings.accept_insights_caution,
             ),
         )

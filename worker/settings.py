@@ -66,6 +66,7 @@ class Settings:
     retry_factor: int = 4
     atomic_pending_reconcile_s: int = 900
     item_lease_s: float = 30.0
+    accept_insights_caution: bool = False
     db_pool_size: int = 20
     api_rate_per_s: float = 50.0
     max_in_flight: int = 2048
@@ -192,6 +193,15 @@ def parse_token_keys(name: str, raw: str) -> tuple[tuple[str, bytes], ...]:
             raise SettingsError(f"{name}: key id {kid!r} appears twice")
         keys.append((kid, key))
     return tuple(keys)
+
+
+def _flag(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
 
 
 def _api_keys(name: str, raw: str) -> tuple[str, ...]:
@@ -362,6 +372,12 @@ _VARS = (
         "item_lease_s",
         _float,
         "seconds a worker holds an Item between two upstream calls (a killed worker's are free after it)",
+    ),
+    Var(
+        "PAW_ACCEPT_INSIGHTS_CAUTION",
+        "accept_insights_caution",
+        _flag,
+        "fund accounts Database Insights passed only with caution (database_insights_pass_with_caution)",
     ),
     Var(
         "PAW_DB_POOL_SIZE",

@@ -224,3 +224,16 @@ def test_plaid_connection_failures_are_transient() -> None:
         "r1",
         Kind.PERMANENT,
     )
+
+
+def test_paw_refuses_to_talk_to_plaid_itself_with_the_emulators_keys() -> None:
+    from worker.errors import SettingsError
+    from worker.services import refuse_real_plaid_with_emulator_keys
+    from worker.settings import Settings
+
+    with pytest.raises(SettingsError, match="PLAID_CLIENT_ID and PLAID_SECRET must be set"):
+        refuse_real_plaid_with_emulator_keys(Settings())  # sandbox.plaid.com with the emulator's keys
+    with pytest.raises(SettingsError, match="PLAID_SECRET must be set"):
+        refuse_real_plaid_with_emulator_keys(Settings(plaid_client_id="real-client"))
+    refuse_real_plaid_with_emulator_keys(Settings(plaid_base_url="http://127.0.0.1:8090"))  # the emulator
+    refuse_real_plaid_with_emulator_keys(Settings(plaid_client_id="real-client", plaid_secret="real-secret"))

@@ -235,7 +235,12 @@ def test_paw_version_comes_from_the_package_metadata() -> None:
 @pytest.mark.parametrize("command", [["worker"], ["migrate"], ["status"]])
 def test_a_postgres_that_refuses_is_named_with_its_variable(command: list[str]) -> None:
     port = free_port()  # nothing listens there: the same error as a stopped Postgres
-    done = paw(*command, DATABASE_URL=f"postgresql://paw:hunter2@127.0.0.1:{port}/paw", PAW_LOG_FORMAT="json")
+    done = paw(
+        *command,
+        DATABASE_URL=f"postgresql://paw:hunter2@127.0.0.1:{port}/paw",
+        PLAID_BASE_URL="http://127.0.0.1:9",  # the emulator's place: paw refuses Plaid itself with its keys
+        PAW_LOG_FORMAT="json",
+    )
     assert done.returncode == 1, done.stderr
     assert f"paw: Postgres at 127.0.0.1:{port}/paw (DATABASE_URL) refused the connection" in done.stderr
     assert "hunter2" not in done.stderr and "Traceback" not in done.stderr
