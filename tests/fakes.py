@@ -299,6 +299,12 @@ class FakeStore:
         if row.atomic_removed_at is None:
             self.items[item_id] = dataclasses.replace(row, atomic_removed_at=self.now())
 
+    async def mark_plaid_removed(self, item_id: uuid.UUID) -> None:
+        self.calls.append("mark_plaid_removed")
+        row = self.items[item_id]
+        if row.plaid_removed_at is None:
+            self.items[item_id] = dataclasses.replace(row, plaid_removed_at=self.now())
+
 
 # -- Plaid and Atomic -----------------------------------------------------------------------------
 

@@ -195,5 +195,8 @@ class Handlers:
             log.info("atomic.funding_source_refreshed", funding_source_id=item.atomic_funding_source_id)
         if todo.drive:
             await self.pipeline.drive(item.id, public_token=None, cause=Cause(cause, event_id))
-        elif todo.remove_funding_source:
+        if todo.remove_at_plaid:  # the user revoked consent: Plaid first, then the tokens
+            await self.pipeline.release_access(item, must_remove=True)
+            log.info("item.removed_at_plaid")
+        if todo.remove_funding_source:
             await self.pipeline.remove_funding_source(item)

@@ -143,7 +143,7 @@ async def test_micro_deposits_expired_fails(
 
 
 @pytest.mark.parametrize("code", ["USER_PERMISSION_REVOKED", "USER_ACCOUNT_REVOKED"])
-async def test_revocation_destroys_tokens_and_removes_the_funding_source(
+async def test_revocation_removes_the_item_at_plaid_then_destroys_tokens_and_the_funding_source(
     code: str, services: Services, worker: RunningWorker, receiver: str, sandbox: Sandbox, settings: Settings
 ) -> None:
     item = await verified_item(services, sandbox, receiver)
@@ -152,10 +152,18 @@ async def test_revocation_destroys_tokens_and_removes_the_funding_source(
         sandbox.state.plaid.emit_webhook(access, "ITEM", code, item.account_id)
     else:
         sandbox.state.plaid.fire_webhook(access, code, None)
-    revoked = await state_of(services, item, State.REVOKED)
-    assert revoked.access_token is None and revoked.processor_token is None
+    await state_of(services, item, State.REVOKED)
+
+    async def tokens_gone() -> Item | None:
+        got = await services.store.get(item.id)
+        return got if got is not None and got.access_token is None and got.processor_token is None else None
+
+    revoked: Item = await eventually(tokens_gone)
     assert revoked.error_code == code
-    removed = await eventually(lambda: services.store.get(item.id))
+    # removed at Plaid first (Plaid: only /item/remove revokes the processor's access), and marked so
+    assert sandbox.state.plaid.items[item.plaid_item_id or ""].removed
+    assert revoked.plaid_removed_at is not None
+    removed = revoked
     await eventually(lambda: _removed(services, item))
     async with (
         aiohttp.ClientSession() as http,

@@ -39,6 +39,9 @@ from worker.plaid_api import PlaidClient
 
 log = structlog.get_logger(__name__)
 
+# What /item/remove answers for an Item removed before (or a token Plaid no longer knows).
+GONE_AT_PLAID = frozenset({"ITEM_NOT_FOUND", "INVALID_ACCESS_TOKEN"})
+
 
 @dataclasses.dataclass(frozen=True)
 class Done:
@@ -218,14 +221,23 @@ class Pipeline:
             await self.release_access(moved)
         return moved
 
-    async def release_access(self, item: Item) -> None:
-        """Removes the Item at Plaid (best effort: its access token dies with it) and destroys the
-        stored tokens."""
-        if item.access_token is not None:
+    async def release_access(self, item: Item, *, must_remove: bool = False) -> None:
+        """Removes the Item at Plaid (its access token, and every processor token, die with it), then
+        destroys the stored tokens. ``ITEM_NOT_FOUND`` (or a token Plaid no longer knows) means it
+        is gone already. With ``must_remove`` (revocation) any other failure is raised and the
+        tokens are kept for the retry; without it (a failed Item) removal is best effort."""
+        if item.access_token is not None and item.plaid_removed_at is None:
             try:
                 await self.plaid.remove_item(self.access_token(item))
             except UpstreamError as e:
-                log.warning("item.remove_failed", item_id=str(item.id), error_code=e.error_code)
+                if e.error_code not in GONE_AT_PLAID:
+                    if must_remove:
+                        raise
+                    log.warning("item.remove_failed", item_id=str(item.id), error_code=e.error_code)
+                else:
+                    await self.store.mark_plaid_removed(item.id)
+            else:
+                await self.store.mark_plaid_removed(item.id)
         await self.store.destroy_tokens(item.id)
 
     async def forget(self, item: Item, cause: Cause) -> Item | None:

@@ -40,12 +40,9 @@ class Decision:
     atomic_refresh: bool = False  # the funding account's numbers changed: Atomic must re-pull them
 
     def changes(self) -> Changes:
-        """The columns the transition sets: an Item that ends failed or revoked keeps the code why;
-        a revoked one loses its tokens."""
-        return Changes(
-            error_code=self.error_code if self.trigger in ENDING_IN_ERROR else None,
-            destroy_tokens=self.trigger is Trigger.REVOKED,
-        )
+        """The columns the transition sets: an Item that ends failed or revoked keeps the code why.
+        A revoked Item keeps its access token until ``/item/remove`` took it (a follow-up)."""
+        return Changes(error_code=self.error_code if self.trigger in ENDING_IN_ERROR else None)
 
     @property
     def sets_conditions(self) -> bool:
@@ -68,12 +65,15 @@ def parse_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _login_event(item: Item, sent_at: int, trigger: Trigger) -> Decision:
+def _login_event(
+    item: Item, sent_at: int, trigger: Trigger, error_code: str = "ITEM_LOGIN_REQUIRED"
+) -> Decision:
+    """The Item needs its user (``error_code`` says why) or its login was repaired."""
     if item.login_changed_at is not None and sent_at < item.login_changed_at:
         return Decision("stale")
     wanted = State.LOGIN_REQUIRED if trigger is Trigger.LOGIN_REQUIRED else None
     if trigger is Trigger.LOGIN_REQUIRED and item.state in LINKED:
-        return Decision("applied", trigger, error_code="ITEM_LOGIN_REQUIRED", login_changed_at=sent_at)
+        return Decision("applied", trigger, error_code=error_code, login_changed_at=sent_at)
     if trigger is Trigger.LOGIN_REPAIRED and item.state is State.LOGIN_REQUIRED:
         return Decision("applied", trigger, login_changed_at=sent_at)
     # Nothing to move (already there, or the opposite event has not arrived yet): remember when the
@@ -90,8 +90,9 @@ def on_plaid_webhook(item: Item | None, webhook: dict[str, Any], sent_at: int) -
     if wtype == "ITEM":
         if code == "ERROR":
             error = webhook.get("error") or {}
-            if isinstance(error, dict) and error.get("error_code") == "ITEM_LOGIN_REQUIRED":
-                return _login_event(item, sent_at, Trigger.LOGIN_REQUIRED)
+            error_code = error.get("error_code") if isinstance(error, dict) else None
+            if error_code in NEEDS_USER_CODES:  # update mode fixes it: the Item waits for its user
+                return _login_event(item, sent_at, Trigger.LOGIN_REQUIRED, str(error_code))
             return Decision("recorded")
         if code == "LOGIN_REPAIRED":
             return _login_event(item, sent_at, Trigger.LOGIN_REPAIRED)
@@ -113,12 +114,21 @@ def on_plaid_webhook(item: Item | None, webhook: dict[str, Any], sent_at: int) -
             return Decision("recorded")
         return Decision("unknown_code")
     if wtype == "AUTH":
-        if code in ("AUTOMATICALLY_VERIFIED", "VERIFICATION_EXPIRED"):
+        if code in ("AUTOMATICALLY_VERIFIED", "VERIFICATION_EXPIRED", "SMS_MICRODEPOSITS_VERIFICATION"):
+            if item.state in (State.LINK, State.EXCHANGED):
+                # ahead of the Item: it has not recorded which account waits for verification yet
+                raise EventTooEarly(f"item {item.id} has not chosen its account yet")
             if item.state is not State.AWAITING_VERIFICATION or webhook.get("account_id") != item.account_id:
                 return Decision("ignored")
-            if code == "AUTOMATICALLY_VERIFIED":
+            verified = code == "AUTOMATICALLY_VERIFIED" or (
+                code == "SMS_MICRODEPOSITS_VERIFICATION" and webhook.get("status") == "MANUALLY_VERIFIED"
+            )
+            if verified:
                 return Decision("applied", Trigger.ACCOUNT_VERIFIED)
-            return Decision("applied", Trigger.FAILED, error_code="VERIFICATION_EXPIRED")
+            why = "VERIFICATION_EXPIRED" if code == "VERIFICATION_EXPIRED" else "VERIFICATION_FAILED"
+            return Decision("applied", Trigger.FAILED, error_code=why)
+        if code == "PRODUCT_PERMISSIONS_REQUIRED":  # Auth access not granted: update mode fixes it
+            return _login_event(item, sent_at, Trigger.LOGIN_REQUIRED, "PRODUCT_PERMISSIONS_REQUIRED")
         if code == "DEFAULT_UPDATE":
             updated = webhook.get("account_ids_with_updated_auth") or {}
             if item.account_id is not None and isinstance(updated, dict) and item.account_id in updated:
@@ -164,16 +174,19 @@ class FollowUps:
 
     refresh_atomic: bool = False  # Atomic must re-pull the account numbers
     drive: bool = False  # the pipeline has a step to take
-    remove_funding_source: bool = False  # the Item is revoked: Atomic's funding source goes
+    remove_at_plaid: bool = False  # revoked: /item/remove, then the tokens go
+    remove_funding_source: bool = False  # revoked: Atomic's funding source goes
 
 
 def follow_ups(item: Item) -> FollowUps:
+    revoked = item.state is State.REVOKED
     return FollowUps(
         refresh_atomic=item.atomic_refresh_needed_at is not None
         and bool(item.atomic_funding_source_id)
         and item.state in LIVE_SOURCE,
         drive=item.state in (State.EXCHANGED, State.PROCESSOR_TOKEN_ISSUED),
-        remove_funding_source=item.state is State.REVOKED
+        remove_at_plaid=revoked and (item.access_token is not None or item.processor_token is not None),
+        remove_funding_source=revoked
         and bool(item.atomic_funding_source_id)
         and item.atomic_removed_at is None,
     )
