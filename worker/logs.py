@@ -1,46 +1,219 @@
-"""structlog set-up: JSON off a terminal, console on one, and redaction as a processor."""
+"""structlog set-up: one stream on stderr, JSON lines off a terminal, console on one.
+
+paw's own lines and every standard-library logger (aiohttp, aio-pika/aiormq, asyncpg, asyncio,
+warnings) go through the same processors and one handler on the root logger, rendered by
+:class:`structlog.stdlib.ProcessorFormatter`; redaction is one of the processors. Every line has
+``level``, ``service`` (the process role), ``version`` (the package's) and ``logger``; JSON lines also
+have ``severity`` (Google Cloud Logging's names). A traceback is a field of its line (``exception``),
+never lines of its own.
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import logging
+import re
 import sys
-from typing import Any
+import threading
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, TextIO
 
 import structlog
-from structlog.typing import EventDict, WrappedLogger
+from structlog.typing import EventDict, Processor, WrappedLogger
 
-from worker.redact import redact, redact_text
+from worker.redact import redact
+
+PACKAGE = "plaid-atomic-worker"
+# Cloud Logging reads a stderr line without ``severity`` as an error.
+SEVERITY = {"debug": "DEBUG", "info": "INFO", "warning": "WARNING", "error": "ERROR", "critical": "CRITICAL"}
+# Libraries log at INFO and above whatever PAW_LOG_LEVEL says: their DEBUG output is per-frame noise
+# (aiormq logs every AMQP frame it sends, message bodies included).
+LIBRARY_FLOOR = logging.INFO
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def redact_processor(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    """Masks tokens and secrets in every field, and in rendered exceptions."""
+    """Masks tokens and secrets in every field, rendered tracebacks included."""
     out: dict[str, Any] = redact(event_dict)
     return out
 
 
-def _redact_rendered(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    exc = event_dict.get("exception")
-    if isinstance(exc, str):
-        event_dict["exception"] = redact_text(exc)
+def add_severity(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    event_dict["severity"] = SEVERITY.get(str(event_dict.get("level")), "DEFAULT")
     return event_dict
 
 
-def configure(fmt: str = "auto", level: str = "info") -> None:
-    json_out = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    shared: list[Any] = [
+def _process_fields(service: str, version: str) -> Processor:
+    def add(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+        event_dict["service"] = service
+        event_dict["version"] = version
+        return event_dict
+
+    return add
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def aiohttp_rejections(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """aiohttp's server logs a malformed request (bad request line, oversized or invalid header) as
+    an error with a traceback whose message quotes up to 100 bytes of the offending line: that can be
+    an ``Authorization`` header. Such a record becomes one ``http.rejected`` line with the status and
+    a reason named after aiohttp's exception, without the traceback and without the quoted bytes."""
+    record = event_dict.get("_record")
+    exc_info = event_dict.get("exc_info")
+    if record is None or not record.name.startswith("aiohttp.") or not isinstance(exc_info, tuple):
+        return event_dict
+    # aiohttp is imported by whoever logged through it; paw's CLI does not import it for this
+    http_exceptions = sys.modules.get("aiohttp.http_exceptions")
+    exc = exc_info[1]
+    if http_exceptions is None or not isinstance(exc, http_exceptions.HttpProcessingError):
+        return event_dict
+    del event_dict["exc_info"]
+    event_dict["event"] = "http.rejected"
+    event_dict["status"] = exc.code or 400
+    event_dict["reason"] = _snake(type(exc).__name__)
+    # a client's error, not the server's; aiohttp already logs garbage in place of a method at DEBUG
+    event_dict["level"] = "debug" if record.levelno < logging.WARNING else "warning"
+    return event_dict
+
+
+def _library_floor(level_no: int) -> logging.Filter:
+    """paw's lines were filtered by structlog already; libraries' lines pass from max(level, INFO)."""
+    floor = max(level_no, LIBRARY_FLOOR)
+
+    class Floor(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return hasattr(record, "_logger") or record.levelno >= floor
+
+    return Floor()
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``stream``, or to whatever ``sys.stderr`` is at the time (pytest swaps it)."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        super().__init__(stream or sys.stderr)
+        self._follow_stderr = stream is None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._follow_stderr:
+            self.stream = sys.stderr
+        super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        # the default prints a multi-line traceback into the stream; one line instead
+        error = sys.exc_info()[0]
+        line = {"event": "log.unrenderable", "level": "error", "severity": "ERROR", "logger": record.name}
+        try:
+            self.stream.write(json.dumps({**line, "error": error.__name__ if error else None}) + "\n")
+        except Exception:  # noqa: S110 - nowhere left to report it
+            pass
+
+
+def _colors(environ: Mapping[str, str], stream: TextIO) -> bool:
+    """https://no-color.org and https://force-color.org: NO_COLOR wins, then FORCE_COLOR, else a tty."""
+    if environ.get("NO_COLOR"):
+        return False
+    if environ.get("FORCE_COLOR"):
+        return True
+    return stream.isatty()
+
+
+_installed: _Handler | None = None
+_default_hooks = (sys.excepthook, threading.excepthook)
+
+
+def configure(
+    fmt: str = "auto",
+    level: str = "info",
+    *,
+    service: str = "cli",
+    environ: Mapping[str, str] | None = None,
+    stream: TextIO | None = None,
+) -> None:
+    """Configures structlog and the standard library's root logger for one stream on ``stream``
+    (stderr by default). ``environ`` is read for NO_COLOR and FORCE_COLOR only."""
+    global _installed
+    out = stream or sys.stderr
+    json_out = fmt == "json" or (fmt == "auto" and not out.isatty())
+    level_no = logging.getLevelName(level.upper())
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
+        structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.format_exc_info,  # render tracebacks to text first, so they are redacted too
-        redact_processor,
-        _redact_rendered,
+        _process_fields(service, package_version()),
     ]
-    renderer: list[Any] = (
-        [structlog.processors.JSONRenderer()] if json_out else [structlog.dev.ConsoleRenderer()]
+    tail: list[Processor] = [
+        structlog.processors.format_exc_info,  # tracebacks to text first, so they are redacted too
+        redact_processor,
+    ]
+    renderer: list[Processor] = (
+        [add_severity, structlog.processors.JSONRenderer()]
+        if json_out
+        else [structlog.dev.ConsoleRenderer(colors=_colors(environ or {}, out))]
     )
     structlog.configure(
-        processors=[*shared, *renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        processors=[*shared, *tail, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        wrapper_class=structlog.make_filtering_bound_logger(level_no),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
+    )
+    handler = _Handler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, aiohttp_rejections, *tail],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
+        )
+    )
+    handler.addFilter(_library_floor(level_no))
+    root = logging.getLogger()
+    if _installed is not None:
+        root.removeHandler(_installed)
+    root.addHandler(handler)
+    root.setLevel(level_no)
+    _installed = handler
+    logging.captureWarnings(True)  # warnings.warn(...) through the py.warnings logger, one line each
+    if json_out:  # an uncaught exception is a JSON line too
+        sys.excepthook = _log_uncaught
+        threading.excepthook = _log_uncaught_in_thread
+    else:
+        sys.excepthook, threading.excepthook = _default_hooks
+
+
+def reset() -> None:
+    """Undoes :func:`configure` (for tests that configure in-process)."""
+    global _installed
+    if _installed is not None:
+        logging.getLogger().removeHandler(_installed)
+        _installed = None
+    logging.captureWarnings(False)
+    sys.excepthook, threading.excepthook = _default_hooks
+    structlog.reset_defaults()
+
+
+def _log_uncaught(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    if issubclass(exc_type, KeyboardInterrupt):
+        _default_hooks[0](exc_type, exc, tb)
+        return
+    structlog.get_logger("paw").critical("process.uncaught_exception", exc_info=(exc_type, exc, tb))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    structlog.get_logger("paw").critical(
+        "thread.uncaught_exception",
+        thread=args.thread.name if args.thread is not None else None,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
     )

@@ -28,7 +28,7 @@ def test_log_redaction_covers_fields_messages_and_plaid_exceptions(
             log.exception("boom")
         log.info("auth", headers={"Authorization": "Bearer sekret-value", "PLAID-SECRET": "s3cr3t"})
     finally:
-        structlog.reset_defaults()
+        logs.reset()
     text = capsys.readouterr().err
     assert "12345678-1234" not in text and "sekret-value" not in text and "s3cr3t" not in text
     assert text.count("[redacted]") >= 6

@@ -22,6 +22,9 @@ from worker.cli import demo, dlq, items, ops
 from worker.errors import PawError, SettingsError
 from worker.settings import ENV
 
+# The ``service`` field of every log line: the process role, or "cli" for the commands that operate.
+PROCESSES = frozenset({"worker", "receiver", "sandbox", "demo", "migrate"})
+
 HELP_ENV = "\n".join(f"  {var:<32} {field}" for var, (field, _) in ENV.items())
 
 
@@ -45,7 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as e:
         print(f"paw: configuration error: {e}", file=sys.stderr)
         return 2
-    logs.configure(s.log_format, s.log_level)
+    service = args.command if args.command in PROCESSES else "cli"
+    logs.configure(s.log_format, s.log_level, service=service, environ=os.environ)
     coro = args.func(s, args)
     try:
         code: int = asyncio.run(coro)
