@@ -11,6 +11,7 @@ from webhooks.app import Receiver, create_app
 from webhooks.keys import KeyCache, KeyFetchHealth, plaid_key_fetcher
 from webhooks.limits import InFlight, TokenBuckets
 from worker.admin import service_checks, start_admin
+from worker.logs import effective_config
 from worker.services import Services, open_services
 from worker.settings import Settings
 
@@ -56,7 +57,7 @@ async def serve_receiver(
         admin = None
         if admin_port is not None:
             admin = await start_admin(service_checks(svc), settings.admin_host, admin_port)
-        log.info("receiver.started", url=url)
+        log.info("receiver.started", url=url, config=effective_config(settings))
         try:
             await stop.wait()
         finally:

@@ -19,11 +19,14 @@ import threading
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from worker import settings as settings_mod
 from worker.redact import redact
+from worker.settings import Settings
 
 PACKAGE = "plaid-atomic-worker"
 # Cloud Logging reads a stderr line without ``severity`` as an error.
@@ -200,6 +203,68 @@ def reset() -> None:
     logging.captureWarnings(False)
     sys.excepthook, threading.excepthook = _default_hooks
     structlog.reset_defaults()
+
+
+# For the start-up line: the settings shown as they are (an allowlist: a setting added later stays out
+# until someone decides it may be logged), and the secrets, of which only "set" or "default" is said.
+SHOWN = (
+    "exchange",
+    "queue_prefix",
+    "prefetch",
+    "plaid_threads",
+    "db_pool_size",
+    "publish_timeout",
+    "http_timeout",
+    "retry_base_ms",
+    "retry_factor",
+    "retry_budget",
+    "item_lease_s",
+    "atomic_pending_reconcile_s",
+    "max_body_bytes",
+    "webhook_max_age_s",
+    "webhook_future_skew_s",
+    "api_rate_per_s",
+    "max_in_flight",
+    "log_level",
+)
+SECRETS = {
+    "PLAID_CLIENT_ID": "plaid_client_id",
+    "PLAID_SECRET": "plaid_secret",
+    "ATOMIC_API_KEY": "atomic_api_key",
+    "ATOMIC_WEBHOOK_SECRET": "atomic_webhook_secret",
+    "PAW_TOKEN_KEYS": "token_keys",
+    "PAW_API_KEYS": "api_keys",
+}
+DEFAULT_PORTS = {"postgresql": 5432, "postgres": 5432, "amqp": 5672, "amqps": 5671}
+
+
+def without_credentials(url: str) -> str:
+    """``scheme://host:port/path``: no user, no password, no query (libpq takes passwords there too)."""
+    parts = urlsplit(url)
+    port = parts.port or DEFAULT_PORTS.get(parts.scheme)
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}{f':{port}' if port else ''}{parts.path}"
+
+
+def effective_config(s: Settings) -> dict[str, Any]:
+    """What a process runs with, for its start-up line: where Plaid, Atomic, Postgres and RabbitMQ
+    are, the names and the limits. Of a secret, only whether it is set or the sandbox default."""
+    defaults = settings_mod.load({})
+    secrets: dict[str, list[str]] = {"set": [], "default": []}
+    for var, field in SECRETS.items():
+        secrets["default" if getattr(s, field) == getattr(defaults, field) else "set"].append(var)
+    return {
+        "plaid_env": s.plaid_env,
+        "plaid_host": without_credentials(s.plaid_host),
+        "atomic_host": without_credentials(s.atomic_base_url),
+        "database": without_credentials(s.database_url),
+        "broker": without_credentials(s.amqp_url),
+        **{name: getattr(s, name) for name in SHOWN},
+        "admin": f"{s.admin_host}:{s.admin_port}",
+        "active_token_key": s.active_key_id,
+        "secrets_set": secrets["set"],
+        "secrets_default": secrets["default"],
+    }
 
 
 def _log_uncaught(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:

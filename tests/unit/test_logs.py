@@ -15,6 +15,7 @@ import structlog
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
 from worker import logs
+from worker.settings import load
 
 TOKEN = "access-sandbox-12345678-1234-1234-1234-123456789abc"
 FIELDS = {"event", "level", "severity", "service", "version", "logger", "timestamp"}
@@ -139,3 +140,38 @@ def test_an_uncaught_exception_and_a_warning_are_json_lines_too() -> None:
     assert (warned["logger"], warned["level"]) == ("py.warnings", "warning") and "old" in str(warned["event"])
     assert (crashed["event"], crashed["severity"]) == ("process.uncaught_exception", "CRITICAL")
     assert "ValueError: boom" in str(crashed["exception"])
+
+
+def test_the_start_up_configuration_says_where_everything_is_and_no_secret(stream: io.StringIO) -> None:
+    s = load(
+        {
+            "DATABASE_URL": "postgresql://paw:pg-pass-1@db.internal:6432/paw?sslpassword=ssl-pass-2",
+            "AMQP_URL": "amqps://paw:amqp-pass-3@mq.internal/paw-vhost",
+            "PLAID_SECRET": "plaid-secret-4",
+            "PAW_API_KEYS": "api-key-5-0123456789",
+            "PAW_EXCHANGE": "paw.prod.events",
+        }
+    )
+    logs.configure("json", "info", service="worker", stream=stream)
+    structlog.get_logger("worker.runner").info("worker.started", config=logs.effective_config(s))
+    (line,) = lines(stream)
+    config = line["config"]
+    assert isinstance(config, dict)
+    assert config["plaid_env"] == "sandbox" and config["plaid_host"] == "https://sandbox.plaid.com"
+    assert config["database"] == "postgresql://db.internal:6432/paw"
+    assert config["broker"] == "amqps://mq.internal:5671/paw-vhost"
+    assert (config["exchange"], config["queue_prefix"], config["prefetch"]) == ("paw.prod.events", "paw", 64)
+    assert config["active_token_key"] == "dev1"
+    assert config["secrets_set"] == ["PLAID_SECRET", "PAW_API_KEYS"]
+    assert set(config["secrets_default"]) == set(logs.SECRETS) - {"PLAID_SECRET", "PAW_API_KEYS"}
+    text = stream.getvalue()
+    for secret in (
+        "pg-pass-1",
+        "ssl-pass-2",
+        "amqp-pass-3",
+        "plaid-secret-4",
+        "api-key-5",
+        "paw-sandbox-secret",
+    ):
+        assert secret not in text
+    assert "[redacted]" not in text  # nothing secret-shaped was in it to begin with
