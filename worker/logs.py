@@ -1,11 +1,11 @@
 """structlog set-up: one stream on stderr, JSON lines off a terminal, console on one.
 
-paw's own lines and every standard-library logger (aiohttp, aio-pika/aiormq, asyncpg, asyncio,
-warnings) go through the same processors and one handler on the root logger, rendered by
-:class:`structlog.stdlib.ProcessorFormatter`; redaction is one of the processors. Every line has
-``level``, ``service`` (the process role), ``version`` (the package's) and ``logger``; JSON lines also
-have ``severity`` (Google Cloud Logging's names). A traceback is a field of its line (``exception``),
-never lines of its own.
+paw's lines go through structlog's processor chain; every standard-library logger's (aiohttp,
+aio-pika/aiormq, asyncpg, asyncio, warnings) through :class:`structlog.stdlib.ProcessorFormatter`
+with the same processors, redaction included; one handler on the root logger writes both, under one
+lock. Every line has ``level``, ``logger``, ``service`` (the process role) and ``version`` (the
+package's); JSON lines also have ``severity`` (Google Cloud Logging's names). A traceback is a field
+of its line (``exception``), never lines of its own.
 """
 
 from __future__ import annotations
@@ -90,19 +90,10 @@ def aiohttp_rejections(_: WrappedLogger, __: str, event_dict: EventDict) -> Even
     return event_dict
 
 
-def _library_floor(level_no: int) -> logging.Filter:
-    """paw's lines were filtered by structlog already; libraries' lines pass from max(level, INFO)."""
-    floor = max(level_no, LIBRARY_FLOOR)
-
-    class Floor(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return hasattr(record, "_logger") or record.levelno >= floor
-
-    return Floor()
-
-
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to ``stream``, or to whatever ``sys.stderr`` is at the time (pytest swaps it)."""
+    """The one writer of the stream: the standard library's records through its formatter, paw's
+    lines (rendered by structlog already) through :meth:`write_line`, under the same lock. Writes to
+    ``stream``, or to whatever ``sys.stderr`` is at the time (pytest swaps it)."""
 
     def __init__(self, stream: TextIO | None) -> None:
         super().__init__(stream or sys.stderr)
@@ -113,6 +104,12 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
             self.stream = sys.stderr
         super().emit(record)
 
+    def write_line(self, line: str) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            stream = sys.stderr if self._follow_stderr else self.stream
+            stream.write(line + self.terminator)
+            stream.flush()
+
     def handleError(self, record: logging.LogRecord) -> None:
         # the default prints a multi-line traceback into the stream; one line instead
         error = sys.exc_info()[0]
@@ -121,6 +118,20 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
             self.stream.write(json.dumps({**line, "error": error.__name__ if error else None}) + "\n")
         except Exception:  # noqa: S110 - nowhere left to report it
             pass
+
+
+class HandlerLogger:
+    """What structlog wraps for paw's own lines: hands the rendered line to the stream's handler
+    (no LogRecord, no caller lookup: a line costs what the processors cost)."""
+
+    def __init__(self, handler: _Handler, name: str) -> None:
+        self._handler = handler
+        self.name = name
+
+    def msg(self, message: str) -> None:
+        self._handler.write_line(message)
+
+    log = debug = info = warn = warning = error = exception = critical = fatal = msg
 
 
 def _colors(environ: Mapping[str, str], stream: TextIO) -> bool:
@@ -150,41 +161,42 @@ def configure(
     out = stream or sys.stderr
     json_out = fmt == "json" or (fmt == "auto" and not out.isatty())
     level_no = logging.getLevelName(level.upper())
-    shared: list[Processor] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
+    floor = max(level_no, LIBRARY_FLOOR)
+    # The same processors for paw's lines (structlog's chain) and the libraries' (the formatter's):
+    # the fields the code does not control first, then redaction, then the ones it does.
+    untrusted: list[Processor] = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level]
+    redaction: list[Processor] = [
+        structlog.processors.format_exc_info,  # tracebacks to text first, so they are redacted too
+        redact_processor,
+    ]
+    trusted: list[Processor] = [
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _process_fields(service, package_version()),
-    ]
-    tail: list[Processor] = [
-        structlog.processors.format_exc_info,  # tracebacks to text first, so they are redacted too
-        redact_processor,
     ]
     renderer: list[Processor] = (
         [add_severity, structlog.processors.JSONRenderer()]
         if json_out
         else [structlog.dev.ConsoleRenderer(colors=_colors(environ or {}, out))]
     )
-    structlog.configure(
-        processors=[*shared, *tail, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        wrapper_class=structlog.make_filtering_bound_logger(level_no),
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        cache_logger_on_first_use=False,
-    )
     handler = _Handler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[*shared, aiohttp_rejections, *tail],
+            foreign_pre_chain=[*untrusted, aiohttp_rejections, *redaction, *trusted],
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
         )
     )
-    handler.addFilter(_library_floor(level_no))
+    structlog.configure(
+        processors=[*untrusted, *redaction, *trusted, *renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(level_no),
+        logger_factory=lambda *args: HandlerLogger(handler, str(args[0]) if args else "paw"),
+        cache_logger_on_first_use=False,
+    )
     root = logging.getLogger()
     if _installed is not None:
         root.removeHandler(_installed)
     root.addHandler(handler)
-    root.setLevel(level_no)
+    root.setLevel(floor)  # libraries: from INFO up, or from the level asked if higher
     _installed = handler
     logging.captureWarnings(True)  # warnings.warn(...) through the py.warnings logger, one line each
     if json_out:  # an uncaught exception is a JSON line too
