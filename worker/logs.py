@@ -144,7 +144,7 @@ def _colors(environ: Mapping[str, str], stream: TextIO) -> bool:
 
 
 _installed: _Handler | None = None
-_default_hooks = (sys.excepthook, threading.excepthook)
+_default_hooks = (sys.excepthook, threading.excepthook, sys.unraisablehook)
 
 
 def configure(
@@ -199,11 +199,12 @@ def configure(
     root.setLevel(floor)  # libraries: from INFO up, or from the level asked if higher
     _installed = handler
     logging.captureWarnings(True)  # warnings.warn(...) through the py.warnings logger, one line each
-    if json_out:  # an uncaught exception is a JSON line too
+    if json_out:  # an uncaught or unraisable exception is a JSON line too
         sys.excepthook = _log_uncaught
         threading.excepthook = _log_uncaught_in_thread
+        sys.unraisablehook = _log_unraisable
     else:
-        sys.excepthook, threading.excepthook = _default_hooks
+        sys.excepthook, threading.excepthook, sys.unraisablehook = _default_hooks
 
 
 def reset() -> None:
@@ -213,7 +214,7 @@ def reset() -> None:
         logging.getLogger().removeHandler(_installed)
         _installed = None
     logging.captureWarnings(False)
-    sys.excepthook, threading.excepthook = _default_hooks
+    sys.excepthook, threading.excepthook, sys.unraisablehook = _default_hooks
     structlog.reset_defaults()
 
 
@@ -293,4 +294,13 @@ def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
         "thread.uncaught_exception",
         thread=args.thread.name if args.thread is not None else None,
         exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
+
+
+def _log_unraisable(unraisable: Any) -> None:  # sys.UnraisableHookArgs
+    structlog.get_logger("paw").warning(
+        "process.unraisable_exception",
+        message=unraisable.err_msg or "Exception ignored in",
+        object=repr(unraisable.object)[:200],
+        exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback),
     )

@@ -127,17 +127,34 @@ def test_the_console_renderer_honours_no_color_and_force_color(
     assert text.count("demo") == 2 and text.count(logs.package_version()) == 2  # service and version
 
 
-def test_an_uncaught_exception_and_a_warning_are_json_lines_too() -> None:
-    code = (
-        "import warnings; from worker import logs; logs.configure('json', 'info', service='cli');"
-        "warnings.warn('old'); raise ValueError('boom')"
-    )
+UNCAUGHT = """
+import gc, warnings
+from worker import logs
+
+logs.configure("json", "info", service="cli")
+warnings.warn("old")
+
+
+class Bad:
+    def __del__(self):
+        raise RuntimeError("in del")
+
+
+Bad()
+gc.collect()
+raise ValueError("boom")
+"""
+
+
+def test_an_uncaught_exception_a_warning_and_an_unraisable_are_json_lines_too() -> None:
     proc = subprocess.run(  # noqa: S603 - the test's own interpreter
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+        [sys.executable, "-c", UNCAUGHT], capture_output=True, text=True, timeout=30, check=False
     )
     assert proc.returncode == 1
-    warned, crashed = (json.loads(line) for line in proc.stderr.splitlines())
+    warned, unraisable, crashed = (json.loads(line) for line in proc.stderr.splitlines())
     assert (warned["logger"], warned["level"]) == ("py.warnings", "warning") and "old" in str(warned["event"])
+    assert unraisable["event"] == "process.unraisable_exception"
+    assert "RuntimeError: in del" in str(unraisable["exception"])
     assert (crashed["event"], crashed["severity"]) == ("process.uncaught_exception", "CRITICAL")
     assert "ValueError: boom" in str(crashed["exception"])
 
