@@ -64,7 +64,8 @@ def _process_fields(service: str, version: str) -> Processor:
 
 
 def _snake(name: str) -> str:
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+    """``LineTooLong`` -> ``line_too_long``, ``InvalidURLError`` -> ``invalid_url_error``."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
 
 def aiohttp_rejections(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:

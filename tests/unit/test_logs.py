@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 import structlog
-from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.http_exceptions import BadHttpMessage, InvalidURLError, LineTooLong
 
 from worker import logs
 from worker.settings import load
@@ -79,6 +79,7 @@ def test_a_malformed_request_is_one_http_rejected_line_without_the_quoted_bytes(
     for error in (
         LineTooLong(secret.encode()[:100] + b"...", 8190),
         BadHttpMessage(f"Invalid header: {secret!r}"),
+        InvalidURLError(f"Invalid URL: /?{secret}"),
     ):
         try:
             raise error
@@ -88,8 +89,12 @@ def test_a_malformed_request_is_one_http_rejected_line_without_the_quoted_bytes(
         raise RuntimeError("handler bug")
     except RuntimeError as e:  # not a malformed request: the traceback stays, in its field
         server.exception("Error handling request from %s", "203.0.113.9", exc_info=e)
-    too_long, invalid, bug = lines(stream)
-    for line, reason in ((too_long, "line_too_long"), (invalid, "bad_http_message")):
+    too_long, invalid, url, bug = lines(stream)
+    for line, reason in (
+        (too_long, "line_too_long"),
+        (invalid, "bad_http_message"),
+        (url, "invalid_url_error"),
+    ):
         assert line["event"] == "http.rejected"
         assert (line["status"], line["reason"], line["level"], line["severity"]) == (
             400,
