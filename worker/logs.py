@@ -145,7 +145,7 @@ def _colors(environ: Mapping[str, str], stream: TextIO) -> bool:
 
 
 _installed: _Handler | None = None
-_default_hooks = (sys.excepthook, threading.excepthook, sys.unraisablehook)
+_saved_hooks = (sys.excepthook, threading.excepthook, sys.unraisablehook)  # before configure()
 
 
 def configure(
@@ -158,7 +158,9 @@ def configure(
 ) -> None:
     """Configures structlog and the standard library's root logger for one stream on ``stream``
     (stderr by default). ``environ`` is read for NO_COLOR and FORCE_COLOR only."""
-    global _installed
+    global _installed, _saved_hooks
+    if _installed is None:
+        _saved_hooks = (sys.excepthook, threading.excepthook, sys.unraisablehook)
     out = stream or sys.stderr
     json_out = fmt == "json" or (fmt == "auto" and not out.isatty())
     level_no = logging.getLevelName(level.upper())
@@ -205,7 +207,7 @@ def configure(
         threading.excepthook = _log_uncaught_in_thread
         sys.unraisablehook = _log_unraisable
     else:
-        sys.excepthook, threading.excepthook, sys.unraisablehook = _default_hooks
+        sys.excepthook, threading.excepthook, sys.unraisablehook = _saved_hooks
 
 
 def reset() -> None:
@@ -215,7 +217,7 @@ def reset() -> None:
         logging.getLogger().removeHandler(_installed)
         _installed = None
     logging.captureWarnings(False)
-    sys.excepthook, threading.excepthook, sys.unraisablehook = _default_hooks
+    sys.excepthook, threading.excepthook, sys.unraisablehook = _saved_hooks
     structlog.reset_defaults()
 
 
@@ -283,7 +285,7 @@ def effective_config(s: Settings) -> dict[str, Any]:
 
 def _log_uncaught(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
     if issubclass(exc_type, KeyboardInterrupt):
-        _default_hooks[0](exc_type, exc, tb)
+        sys.__excepthook__(exc_type, exc, tb)
         return
     structlog.get_logger("paw").critical("process.uncaught_exception", exc_info=(exc_type, exc, tb))
 
