@@ -179,7 +179,7 @@ async def plaid_webhook(request: web.Request) -> web.Response:
         routing_key=routing_key,
         event_id=event_id,
         kid=verified.kid,
-        item_id=hook.get("item_id"),
+        plaid_item_id=hook.get("item_id"),
     )
     return web.json_response({"event_id": event_id})
 

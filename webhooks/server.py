@@ -13,6 +13,7 @@ from webhooks.limits import InFlight, TokenBuckets
 from worker import metrics
 from worker.admin import service_checks, start_admin
 from worker.http_server import start_http
+from worker.logs import effective_config
 from worker.services import Services, open_services
 from worker.settings import Settings
 
@@ -60,7 +61,7 @@ async def serve_receiver(
                 admin_port,
                 details={"plaid_keys": lambda: plaid_keys_health(rx)},
             )
-        log.info("receiver.started", url=url)
+        log.info("receiver.started", url=url, config=effective_config(settings))
         try:
             await stop.wait()
         finally:

@@ -35,13 +35,13 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
             if m.version in done:
                 continue
             if m.version < latest:  # merged from a branch after a newer one was applied
-                log.warning("db.migration_out_of_order", version=m.version, latest_applied=latest)
+                log.warning("db.migration_out_of_order", migration=m.version, latest_applied=latest)
             async with conn.transaction():
                 await conn.execute(m.sql)
                 await conn.execute(
                     "INSERT INTO paw_migrations (version, name) VALUES ($1, $2)", m.version, m.name
                 )
-            log.info("db.migrated", version=m.version, name=m.name)
+            log.info("db.migrated", migration=m.version, name=m.name)
             applied_now.append(m.version)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_ID)

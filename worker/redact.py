@@ -27,10 +27,20 @@ SECRET_KEYS = frozenset(
     }
 )
 MASK = "[redacted]"
+# A credential header quoted inside text (an exception message, a library's log line, a repr):
+# "Authorization: Bearer x", b'authorization: Basic x', {'PLAID-SECRET': 'x'}.
+HEADER_IN_TEXT = re.compile(
+    r"(?i)\b(authorization|proxy-authorization|plaid-secret|plaid-verification|x-atomic-signature)"
+    r"(['\"]?\s*[:=]\s*['\"]?)((?:bearer|basic|token)\s+)?[^\s'\",;}]+"
+)
+# The password of a URL: postgresql://user:password@host/db, amqp://guest:guest@host/
+URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s@/]+@")
 
 
 def redact_text(text: str) -> str:
-    return TOKEN.sub(lambda m: f"{m[1]}-{m[2]}-{MASK}", text)
+    text = TOKEN.sub(lambda m: f"{m[1]}-{m[2]}-{MASK}", text)
+    text = HEADER_IN_TEXT.sub(lambda m: f"{m[1]}{m[2]}{m[3] or ''}{MASK}", text)
+    return URL_PASSWORD.sub(lambda m: f"{m[1]}{MASK}@", text)
 
 
 def redact(value: Any, _depth: int = 0) -> Any:

@@ -16,6 +16,7 @@ from worker.bus.topology import queue_depth
 from worker.handlers import Handlers
 from worker.items.reconciler import interval_for, reconcile_once
 from worker.items.states import State
+from worker.logs import effective_config
 from worker.services import Services
 
 log = structlog.get_logger(__name__)
@@ -48,7 +49,7 @@ async def run_worker(
         queue = await channel.declare_queue(name, passive=True)
         tag = await queue.consume(consumer)
         consumers.append((consumer, queue, tag))
-    log.info("worker.started", queues=list(svc.topo.work_queues), prefetch=svc.settings.prefetch)
+    log.info("worker.started", queues=list(svc.topo.work_queues), config=effective_config(svc.settings))
     if ready is not None:
         ready.set()
     older_than_s = svc.settings.atomic_pending_reconcile_s

@@ -32,6 +32,10 @@ class _Parser(argparse.ArgumentParser):
         return super().format_help()
 
 
+# The ``service`` field of every log line: the process role, or "cli" for the commands that operate.
+PROCESSES = frozenset({"worker", "receiver", "sandbox", "demo", "migrate"})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="paw",
@@ -55,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as e:
         print(config.problems_text(e.problems), file=sys.stderr)
         return 2
-    logs.configure(s.log_format, s.log_level)
+    service = args.command if args.command in PROCESSES else "cli"
+    logs.configure(s.log_format, s.log_level, service=service, environ=os.environ)
     coro = args.func(s, args)
     try:
         code: int = asyncio.run(coro)
