@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # A command may refuse an environment outright (paw demo: PLAID_ENV=production), before settings load.
+    if (refuse := getattr(args, "refuse", None)) and (why := refuse(os.environ)):
+        print(f"paw {args.command}: {why}", file=sys.stderr)
+        return 2
     try:
         s = settings_mod.load(os.environ)
     except SettingsError as e:
