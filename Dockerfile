@@ -6,12 +6,18 @@
 FROM python:3.11.7-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# The runtime packages come from uv.lock (README, at the top): uv exports them with their hashes
+# (refusing a lock that no longer matches pyproject.toml) and pip installs exactly those; then paw
+# itself, with no dependency resolution of its own. uv stays in this stage.
+RUN pip install --no-cache-dir uv==0.13.9
+COPY pyproject.toml uv.lock README.md ./
+RUN uv export --locked --no-dev --no-emit-project --quiet --output-file /tmp/requirements.txt \
+    && pip install --no-cache-dir --require-hashes --prefix=/install -r /tmp/requirements.txt
 COPY worker worker
 COPY webhooks webhooks
 COPY schemas schemas
 COPY sandbox sandbox
-RUN pip install --no-cache-dir --prefix=/install .
+RUN pip install --no-cache-dir --no-deps --prefix=/install .
 
 FROM python:3.11.7-slim-bookworm
 RUN groupadd --system --gid 10001 paw \

@@ -9,6 +9,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -224,6 +225,16 @@ async def run_paw(
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     assert proc.returncode is not None
     return proc.returncode, out, err
+
+
+def take_demo_log(out: bytes) -> bytes:
+    """The log file that ``paw demo`` names on its ``logs:`` line: its contents; the file is removed."""
+    (path,) = re.findall(rb"^logs: (.+)$", out, re.M)
+    log = Path(path.decode())
+    try:
+        return log.read_bytes()
+    finally:
+        log.unlink()
 
 
 TOKEN_PATTERNS = (b"access-sandbox-", b"processor-sandbox-", b"public-sandbox-")

@@ -54,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "config":
         return config.show_config(os.environ, args)
+    # A command may refuse an environment outright (paw demo: PLAID_ENV=production), before settings load.
+    if (refuse := getattr(args, "refuse", None)) and (why := refuse(os.environ)):
+        print(f"paw {args.command}: {why}", file=sys.stderr)
+        return 2
     try:
         s = settings_mod.load(os.environ)
     except SettingsError as e:

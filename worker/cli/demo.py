@@ -1,27 +1,44 @@
 """``paw demo``: sandbox + receiver + worker in one process, a handful of Items through the flow.
 
-It uses the configured Postgres and RabbitMQ, with its own exchange and queue names (deleted at the
-end unless ``--keep``), and the emulator on free local ports.
+It never writes to the configured database: it creates ``<name>_demo`` beside it (same server, same
+role), migrates it, runs there and drops it at the end, even on failure. It uses the configured
+RabbitMQ with its own exchange and queue names, deleted at the end too; ``--keep`` keeps the
+database and the queues and says how to look at them. The emulator runs on free local ports. It
+refuses to run with ``PLAID_ENV=production``.
+
+What it prints is the story: the Items with their full ids, each one's history, the verdict, and
+what to try next. The logs go to a file it names at the end (``--verbose``: to stderr).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
+import os
 import socket
+import sys
+import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+import asyncpg
 from rich.console import Console
+from rich.markup import escape
 
+from worker import logs
 from worker.bus.topology import undeclare
 from worker.cli.context import Subparsers, database
 from worker.cli.ops import sandbox_config
 from worker.cli.render import history_table, items_table
+from worker.errors import PawError
 from worker.items.model import HistoryEntry, Item, token_hash
 from worker.items.states import State
 from worker.items.store import Store
@@ -87,14 +104,194 @@ def sandbox_public_token(api: plaid_api.PlaidApi, username: str, webhook: str) -
 
 
 def register(sub: Subparsers) -> None:
-    p = sub.add_parser("demo", help="drive sandbox Items through the whole flow in one process")
-    p.add_argument("--keep", action="store_true", help="keep the demo's queues afterwards")
-    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser(
+        "demo",
+        help="drive sandbox Items through the whole flow in one process, in a database of its own",
+        description="Creates <database>_demo beside DATABASE_URL's database, runs sandbox + receiver + "
+        "worker there, prints the Items and their histories, and drops it again. Logs go to a file "
+        "named at the end. Refused with PLAID_ENV=production.",
+    )
+    p.add_argument(
+        "--keep", action="store_true", help="keep the demo's database and queues afterwards, to look at them"
+    )
+    p.add_argument("--verbose", action="store_true", help="logs on stderr instead of in a file")
+    p.set_defaults(func=cmd_demo, refuse=refuse)
+
+
+def refuse(environ: Mapping[str, str]) -> str | None:
+    """Why the demo will not run with this environment, or None. ``main()`` asks before it loads the
+    settings, so the refusal does not wait on production's required secrets."""
+    if environ.get("PLAID_ENV", "").strip().lower() == "production":
+        return (
+            "refused with PLAID_ENV=production: the demo plays Plaid and Atomic with the sandbox and "
+            "creates and drops a database beside DATABASE_URL's; run it with sandbox settings"
+        )
+    return None
+
+
+# -- its own database ----------------------------------------------------------------------------
+
+# On every database the demo creates, so that it only ever drops its own.
+DEMO_MARK = "created by paw demo, dropped when it ends or by the next paw demo"
+
+
+def database_name(dsn: str) -> str:
+    parts = urlsplit(dsn)
+    return unquote(parts.path.lstrip("/")) or unquote(parts.username or "") or "postgres"
+
+
+def demo_database_url(dsn: str) -> str:
+    """DATABASE_URL with ``<name>_demo`` for its database: same server, same role, same options."""
+    name = f"{database_name(dsn)}_demo"
+    if len(name.encode()) > 63:
+        raise PawError(f"the demo's database name {name!r} is longer than Postgres allows (63 bytes)")
+    return urlunsplit(urlsplit(dsn)._replace(path="/" + quote(name)))
+
+
+def shown_url(dsn: str) -> str:
+    """``dsn`` to print: its password masked."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:****@{host}"))
+
+
+def ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def admin_connection(dsn: str) -> asyncpg.Connection:
+    """A connection to issue CREATE/DROP DATABASE from: the configured database (nothing is written
+    there), or ``postgres`` where that does not exist yet."""
+    try:
+        return await asyncpg.connect(dsn)
+    except asyncpg.InvalidCatalogNameError:
+        return await asyncpg.connect(urlunsplit(urlsplit(dsn)._replace(path="/postgres")))
+
+
+@contextlib.asynccontextmanager
+async def own_database(configured: str, *, keep: bool, console: Console) -> AsyncIterator[str]:
+    """Creates the demo's database, yields its URL, and drops it afterwards (even on failure) unless
+    ``keep``. One left by an earlier ``--keep`` is dropped first; a database of that name that the demo
+    did not create is left alone, and the demo stops."""
+    dsn = demo_database_url(configured)
+    name = database_name(dsn)
+    admin = await admin_connection(configured)
+    try:
+        existing = await admin.fetchrow(
+            "SELECT shobj_description(oid, 'pg_database') AS note FROM pg_database WHERE datname = $1", name
+        )
+        if existing is not None and existing["note"] != DEMO_MARK:
+            raise PawError(
+                f"database {name} exists and paw demo did not create it; the demo runs in a database of "
+                f"its own, <name>_demo, which it drops at the end: drop or rename {name} first"
+            )
+        if existing is not None:
+            await admin.execute(f"DROP DATABASE {ident(name)} WITH (FORCE)")
+            console.print(f"(dropped {escape(name)}, kept by an earlier paw demo --keep)")
+        try:
+            await admin.execute(f"CREATE DATABASE {ident(name)}")
+        except asyncpg.InsufficientPrivilegeError as e:
+            raise PawError(
+                f"paw demo runs in a database of its own, {name}, and the role in DATABASE_URL may not "
+                f"create it ({e}): grant it CREATEDB, or point DATABASE_URL at a server where it may"
+            ) from None
+        except asyncpg.DuplicateDatabaseError:
+            raise PawError(f"database {name} appeared meanwhile: is another paw demo running?") from None
+        await admin.execute(f"COMMENT ON DATABASE {ident(name)} IS '{DEMO_MARK}'")
+    finally:
+        await admin.close()
+    try:
+        yield dsn
+    finally:
+        if not keep:
+            admin = await admin_connection(configured)
+            try:
+                await admin.execute(f"DROP DATABASE IF EXISTS {ident(name)} WITH (FORCE)")
+            finally:
+                await admin.close()
+
+
+# -- quiet output --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def logs_to_file(s: Settings) -> Iterator[Path]:
+    """Points file descriptor 2 at a new file while the demo runs, so every log line lands there:
+    paw's own, the libraries' (aiohttp, aio-pika, asyncpg through logging), Python's warnings.
+    Yields the file's path; stderr is itself again afterwards."""
+    fd, name = tempfile.mkstemp(prefix="paw-demo-", suffix=".log")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(fd, 2)
+    os.close(fd)
+    logs.configure(s.log_format, s.log_level, service="demo", environ=os.environ)  # "auto": a file: JSON
+    try:
+        yield Path(name)
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        logs.configure(s.log_format, s.log_level, service="demo", environ=os.environ)
+
+
+def demo_console() -> Console:
+    return Console(width=None if Console().is_terminal else 150)
+
+
+# -- the run -------------------------------------------------------------------------------------
 
 
 async def run_demo(
-    base: Settings, *, keep: bool = False, console: Console | None = None, timeout: float = 60
+    base: Settings,
+    *,
+    keep: bool = False,
+    console: Console | None = None,
+    timeout: float = 60,
+    log_file: Path | None = None,
 ) -> int:
+    if refuse({"PLAID_ENV": base.plaid_env}):
+        raise PawError("paw demo does not run with PLAID_ENV=production")
+    console = console or demo_console()
+    run = uuid.uuid4().hex[:8]
+    async with own_database(base.database_url, keep=keep, console=console) as dsn:
+        s = dataclasses.replace(
+            base, database_url=dsn, exchange=f"paw-demo-{run}.events", queue_prefix=f"paw-demo-{run}"
+        )
+        console.print(
+            f"[bold]paw demo[/bold]: {len(CASES)} sandbox Items through receiver and worker, in database "
+            f"{escape(database_name(dsn))} (made for this run) and queues {escape(s.queue_prefix)}.*\n"
+        )
+        await migrate_database(dsn)
+        items = await drive(s, keep=keep, console=console, timeout=timeout)
+        if items is None:
+            ok = False
+        else:
+            ok = await tell(s, items, console)
+    console.print(
+        "\n[green]demo finished: every Item ended where expected[/green]"
+        if ok
+        else "\n[red]demo failed[/red]"
+    )
+    where = f"database {escape(database_name(dsn))} and queues {escape(s.queue_prefix)}.*"
+    console.print(f"kept: {where}" if keep else f"dropped: {where} (--keep keeps them)")
+    console.print(f"logs: {escape(str(log_file))}" if log_file else "logs: on stderr (--verbose)")
+    first = next((i for i in items or () if i is not None), None)
+    look = f"DATABASE_URL={shown_url(dsn)} paw item show"
+    console.print(
+        f"try: {escape(look)} {first.id if first else '<item id>'}"
+        if keep
+        else f"try: paw demo --keep, then {escape(look)} <item id>",
+        soft_wrap=True,
+    )
+    return 0 if ok else 1
+
+
+async def drive(s: Settings, *, keep: bool, console: Console, timeout: float) -> list[Item | None] | None:
+    """Starts the emulator, the receiver and the worker, submits the cases and waits for them to
+    settle; everything started is stopped again (and the queues deleted unless ``keep``). None when
+    a submission was refused."""
     import aiohttp
     import plaid
     from plaid.api import plaid_api
@@ -104,28 +301,15 @@ async def run_demo(
     from worker.runner import run_worker
     from worker.services import open_services
 
-    console = console or Console(width=None if Console().is_terminal else 150)
-    run = uuid.uuid4().hex[:8]
     receiver_port = free_port()
     receiver_url = f"http://127.0.0.1:{receiver_port}"
     sandbox_runner, sandbox_url = await serve(
-        sandbox_config(
-            base, atomic_webhook_url=f"{receiver_url}/webhooks/atomic", atomic_decision_delay_s=0.2
-        ),
+        sandbox_config(s, atomic_webhook_url=f"{receiver_url}/webhooks/atomic", atomic_decision_delay_s=0.2),
         "127.0.0.1",
         0,
     )
     s = dataclasses.replace(
-        base,
-        plaid_env="sandbox",
-        plaid_base_url=sandbox_url,
-        atomic_base_url=f"{sandbox_url}/atomic",
-        exchange=f"paw-demo-{run}.events",
-        queue_prefix=f"paw-demo-{run}",
-    )
-    await migrate_database(s.database_url)
-    console.print(
-        f"[bold]paw demo[/bold]  sandbox {sandbox_url}  receiver {receiver_url}  exchange {s.exchange}"
+        s, plaid_env="sandbox", plaid_base_url=sandbox_url, atomic_base_url=f"{sandbox_url}/atomic"
     )
     api = plaid_api.PlaidApi(
         plaid.ApiClient(
@@ -167,7 +351,7 @@ async def run_demo(
                         ):
                             if resp.status != 202:
                                 console.print(f"[red]POST /v1/items answered {resp.status}[/red]")
-                                return 1
+                                return None
                     else:
                         await svc.publisher.publish(
                             "item.link", json.dumps(body).encode(), message_id=str(uuid.uuid4())
@@ -175,6 +359,7 @@ async def run_demo(
                 items = await wait_for_items(svc.store, tokens, timeout)
                 if items[0] is not None and items[0].state is State.ATOMIC_VERIFIED:
                     items[0] = await login_breaks_and_is_repaired(svc.store, sandbox_url, items[0], timeout)
+                return items
             finally:
                 stop.set()
                 await worker
@@ -186,6 +371,10 @@ async def run_demo(
     finally:
         await sandbox_runner.cleanup()
         api.api_client.close()
+
+
+async def tell(s: Settings, items: list[Item | None], console: Console) -> bool:
+    """Prints the Items and their histories; True when every one ended where its case expects."""
     rows = [(case.label, item) for case, item in zip(CASES, items, strict=True) if item is not None]
     console.print(items_table(rows))
     ok = True
@@ -199,12 +388,7 @@ async def run_demo(
         if item.state is not case.expect:
             console.print(f"[red]expected {case.expect.value}[/red]")
             ok = False
-    console.print(
-        "\n[green]demo finished: every Item ended where expected[/green]"
-        if ok
-        else "\n[red]demo failed[/red]"
-    )
-    return 0 if ok else 1
+    return ok
 
 
 async def login_breaks_and_is_repaired(store: Store, sandbox_url: str, item: Item, timeout: float) -> Item:
@@ -255,4 +439,15 @@ async def wait_for_items(store: Store, tokens: list[str], timeout: float) -> lis
 
 
 async def cmd_demo(s: Settings, args: argparse.Namespace) -> int:
-    return await run_demo(s, keep=args.keep)
+    if why := refuse({"PLAID_ENV": s.plaid_env}):
+        print(f"paw demo: {why}", file=sys.stderr)
+        return 2
+    console = demo_console()
+    if args.verbose:
+        return await run_demo(s, keep=args.keep, console=console)
+    with logs_to_file(s) as log_file:
+        try:
+            return await run_demo(s, keep=args.keep, console=console, log_file=log_file)
+        except BaseException:
+            console.print(f"logs: {escape(str(log_file))}")
+            raise

@@ -51,7 +51,7 @@ def print_item(item: Item, history: Sequence[HistoryEntry], console: Console | N
 def items_table(rows: Sequence[tuple[str, Item]]) -> Table:
     table = Table(title="Items", show_lines=False)
     for col in ("case", "item id", "state", "error_code", "account", "funding source"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "item id", min_width=36 if col == "item id" else None)
     for label, item in rows:
         table.add_row(
             label,
