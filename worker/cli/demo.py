@@ -62,6 +62,17 @@ class Case:
     client_user_id: str
     via: str  # "http" or "amqp"
     expect: State
+    password: str | None = None  # Plaid's Sandbox test password (pass_good when None)
+
+
+# Plaid's user_custom recipes: the accounts a user's bank login gives, as JSON in the password.
+SAVINGS_ONLY = (
+    '{"override_accounts": [{"type": "depository", "subtype": "savings", "starting_balance": 210}]}'
+)
+NO_DEPOSITORY = (
+    '{"override_accounts": [{"type": "credit", "subtype": "credit card", "starting_balance": 410},'
+    ' {"type": "loan", "subtype": "student", "starting_balance": 65262}]}'
+)
 
 
 CASES = (
@@ -73,11 +84,16 @@ CASES = (
         State.ATOMIC_VERIFIED,
     ),
     Case(
-        "savings only, submitted over AMQP", "user_savings_only", "demo-user-2", "amqp", State.ATOMIC_VERIFIED
+        "savings only, submitted over AMQP",
+        "user_custom",
+        "demo-user-2",
+        "amqp",
+        State.ATOMIC_VERIFIED,
+        SAVINGS_ONLY,
     ),
     Case("Atomic rejects the customer", "user_good", "reject-demo-user-3", "http", State.ATOMIC_REJECTED),
     Case("invalid public token", None, "demo-user-4", "amqp", State.FAILED),
-    Case("no checking or savings account", "user_no_depository", "demo-user-5", "http", State.FAILED),
+    Case("no checking or savings account", "user_custom", "demo-user-5", "http", State.FAILED, NO_DEPOSITORY),
 )
 
 
@@ -88,7 +104,9 @@ def free_port() -> int:
         return port
 
 
-def sandbox_public_token(api: plaid_api.PlaidApi, username: str, webhook: str) -> str:
+def sandbox_public_token(
+    api: plaid_api.PlaidApi, username: str, webhook: str, password: str | None = None
+) -> str:
     from plaid.model.products import Products
     from plaid.model.sandbox_public_token_create_request import SandboxPublicTokenCreateRequest
     from plaid.model.sandbox_public_token_create_request_options import (
@@ -98,7 +116,11 @@ def sandbox_public_token(api: plaid_api.PlaidApi, username: str, webhook: str) -
     req = SandboxPublicTokenCreateRequest(
         institution_id=INSTITUTION,
         initial_products=[Products("auth")],
-        options=SandboxPublicTokenCreateRequestOptions(webhook=webhook, override_username=username),
+        options=SandboxPublicTokenCreateRequestOptions(
+            webhook=webhook,
+            override_username=username,
+            **({"override_password": password} if password else {}),
+        ),
     )
     return str(api.sandbox_public_token_create(req)["public_token"])
 
@@ -336,7 +358,11 @@ async def drive(s: Settings, *, keep: bool, console: Console, timeout: float) ->
                         token = f"public-sandbox-{uuid.uuid4()}"
                     else:
                         token = await asyncio.to_thread(
-                            sandbox_public_token, api, case.username, f"{receiver_url}/webhooks/plaid"
+                            sandbox_public_token,
+                            api,
+                            case.username,
+                            f"{receiver_url}/webhooks/plaid",
+                            case.password,
                         )
                     tokens.append(token)
                     body = {"public_token": token, "client_user_id": case.client_user_id}
