@@ -66,6 +66,12 @@ null), ``auth_method`` SAME_DAY_MICRODEPOSITS, one checking account 0000 with ``
 ``pending_manual_verification``, no balances, routing ``110000000``; processor tokens are refused
 (PRODUCT_NOT_READY) while it is pending.
 
+Beyond the real Sandbox: ``POST /sandbox/control/public_token/create_database_insights``
+{``verification_status`` (``database_insights_pass``, ``_pass_with_caution``, ``_fail``, ``_pending``),
+``webhook``?} → {``public_token``}: the Item Link would leave after Database Insights (``auth_method``
+DATABASE_INSIGHTS, one checking account 0000, no institution, no balances). ``POST
+/sandbox/control/item/set_verification_status`` gives an account any documented status, silently.
+
 Account numbers are unique per account and end in the mask (unless ``user_custom`` sets them); routing
 is ``011401533``, wire routing ``021000021`` unless set.
 

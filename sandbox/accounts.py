@@ -164,6 +164,13 @@ SAME_DAY_CHECKING = AccountSpec(
     verification_status=PENDING_MANUAL_VERIFICATION, routing="110000000", wire_routing=None,
 )  # fmt: skip
 
+# Database Insights (emulator-only lever, see sandbox.control_routes): the user typed routing and
+# account numbers into Link and Plaid checked them against its data; no institution connection, so no
+# balances. The verification_status (database_insights_pass, ...) is the lever's choice.
+DATABASE_INSIGHTS_CHECKING = AccountSpec(
+    "Plaid Checking", None, "0000", "depository", "checking", None, None, wire_routing=None,
+)  # fmt: skip
+
 _ID_ALPHABET = string.ascii_letters + string.digits
 
 

@@ -6,10 +6,16 @@ another process drives the emulator here; a test that uses one of these goes bey
   GET ``webhooks`` → {webhooks: [{id, source, url, created_at, outcome, next_attempt_at, attempts:
   [{at, elapsed_s, took_s, status, error, retry_after_s}]}]} (every webhook sent, oldest first; no
   bodies).
-- POST ``item/fire_webhook`` {item_id, webhook_type, webhook_code, account_id?}: any webhook the
-  emulator can build, also those ``/sandbox/item/fire_webhook`` refuses (ITEM PENDING_EXPIRATION,
+- POST ``item/fire_webhook`` {item_id, webhook_type, webhook_code, account_id?, status?}: any webhook
+  the emulator can build, also those ``/sandbox/item/fire_webhook`` refuses (ITEM PENDING_EXPIRATION,
   WEBHOOK_UPDATE_ACKNOWLEDGED, ITEM ERROR with ITEM_LOGIN_REQUIRED, AUTH DEFAULT_UPDATE or
-  USER_ACCOUNT_REVOKED for a chosen account, ...), with the same side effects.
+  USER_ACCOUNT_REVOKED for a chosen account, AUTH SMS_MICRODEPOSITS_VERIFICATION with ``status``
+  VERIFICATION_FAILED, ...), with the same side effects.
+- POST ``item/set_verification_status`` {item_id, account_id?, verification_status}: the account (the
+  first Auth account if none is named) gets any ``verification_status`` Plaid documents (``unsent``,
+  ``database_insights_pending`` → ``_pass``, ...), silently. The real
+  ``/sandbox/item/set_verification_status`` sets only ``automatically_verified`` or
+  ``verification_expired`` on an automated micro-deposit account, and sends their webhook.
 - POST ``item/repair_login`` {item_id, elsewhere: bool}: the user repaired the bank login, in update
   mode in your app (``elsewhere`` false: Plaid sends nothing) or elsewhere (Plaid sends ITEM
   LOGIN_REPAIRED).
@@ -26,6 +32,11 @@ another process drives the emulator here; a test that uses one of these goes bey
   app). An unknown or expired link token answers 400 {error, error_type: INVALID_INPUT,
   error_code: INVALID_LINK_TOKEN}, as Link would report it; other Plaid refusals (e.g.
   INVALID_CREDENTIALS) come the same way.
+- POST ``public_token/create_database_insights`` {verification_status, webhook?} → {public_token}: the
+  Item a Database Insights (Database Auth) session in Link would leave: one checking account, no
+  institution, ``auth_method`` DATABASE_INSIGHTS, ``verification_status`` one of
+  ``database_insights_pass``, ``_pass_with_caution``, ``_fail``, ``_pending``. Plaid's Sandbox makes
+  such Items only through Link.
 - POST ``public_token/create_same_day`` {initial_products? (only ["auth"]), webhook?} →
   {public_token}: the Item a Same-Day Micro-deposits session in Link would leave (one checking
   account ``pending_manual_verification``, no institution). Plaid's Sandbox makes such Items only
@@ -140,6 +151,21 @@ async def create_same_day(request: web.Request) -> web.Response:
     return web.json_response({"public_token": token})
 
 
+async def create_database_insights(request: web.Request) -> web.Response:
+    try:
+        body = await _body(request)
+        status = _typed(body, "verification_status", (str,), required=True)
+        webhook = _typed(body, "webhook", (str,), required=False) or None
+        if webhook is not None and urlsplit(webhook).scheme not in ("http", "https"):
+            raise _BadControl("webhook must be an http or https URL")
+        token = request.app[SANDBOX].plaid.create_database_insights_public_token(status, webhook)
+    except _BadControl as exc:
+        return _bad(str(exc))
+    except PlaidAPIError as exc:
+        return _bad(exc.error_message)
+    return web.json_response({"public_token": token})
+
+
 async def rotate_key(request: web.Request) -> web.Response:
     return web.json_response({"kid": request.app[SANDBOX].rotate_key()})
 
@@ -187,6 +213,18 @@ async def item_fire_webhook(request: web.Request) -> web.Response:
             _typed(body, "webhook_type", (str,), required=True),
             _typed(body, "webhook_code", (str,), required=True),
             _typed(body, "account_id", (str,), required=False),
+            _typed(body, "status", (str,), required=False),
+        )
+
+    return await _item_control(request, act)
+
+
+async def item_set_verification_status(request: web.Request) -> web.Response:
+    def act(state: SandboxState, access_token: str, body: dict[str, Any]) -> None:
+        state.plaid.set_any_verification_status(
+            access_token,
+            _typed(body, "account_id", (str,), required=False),
+            _typed(body, "verification_status", (str,), required=True),
         )
 
     return await _item_control(request, act)
@@ -227,6 +265,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(f"{PREFIX}/stats", stats)
     app.router.add_post(f"{PREFIX}/item/fire_webhook", item_fire_webhook)
     app.router.add_post(f"{PREFIX}/item/repair_login", item_repair_login)
+    app.router.add_post(f"{PREFIX}/item/set_verification_status", item_set_verification_status)
+    app.router.add_post(f"{PREFIX}/public_token/create_database_insights", create_database_insights)
     app.router.add_post(f"{PREFIX}/processors", set_processor)
     app.router.add_post(f"{PREFIX}/link/complete", link_complete)
     app.router.add_get(f"{PREFIX}/webhooks", webhooks)

@@ -15,6 +15,7 @@ from typing import Any
 
 from sandbox import credentials, webhook_bodies
 from sandbox.accounts import (
+    DATABASE_INSIGHTS_CHECKING,
     PENDING_AUTOMATIC_VERIFICATION,
     PENDING_MANUAL_VERIFICATION,
     PENDING_VERIFICATION,
@@ -75,6 +76,26 @@ INSTITUTIONS = {
     "ins_133503": "Platypus Bank RUX Match",
 }
 SAME_DAY_MICRODEPOSITS = "SAME_DAY_MICRODEPOSITS"
+DATABASE_INSIGHTS = "DATABASE_INSIGHTS"
+# Every verification_status Plaid documents (AccountBase.verification_status), for the emulator-only
+# lever that sets one on any account; and those a Database Insights Item can be created with.
+VERIFICATION_STATUSES = frozenset(
+    {
+        "automatically_verified",
+        "pending_automatic_verification",
+        "pending_manual_verification",
+        "manually_verified",
+        "verification_expired",
+        "verification_failed",
+        "unsent",
+        "database_matched",
+        "database_insights_pending",
+        "database_insights_pass",
+        "database_insights_pass_with_caution",
+        "database_insights_fail",
+    }
+)
+DATABASE_INSIGHTS_STATUSES = frozenset(s for s in VERIFICATION_STATUSES if s.startswith("database_insights"))
 PROCESSORS = frozenset(
     "dwolla galileo modern_treasury ocrolus vesta drivewealth vopay achq check checkbook circle sila_money "
     "rize svb_api unit wyre lithic alpaca astra moov treasury_prime marqeta checkout solid highnote gemini "
@@ -232,6 +253,27 @@ class PlaidLedger:
             webhook=webhook,
             accounts={a.account_id: a for a in build_accounts((SAME_DAY_CHECKING,), self._rng)},
             auth_method=SAME_DAY_MICRODEPOSITS,
+        )
+        return self._issue_public_token(item)
+
+    def create_database_insights_public_token(self, verification_status: str, webhook: str | None) -> str:
+        """Emulator-only: the public token Link would give after a Database Insights (Database Auth)
+        session: one checking account whose ``verification_status`` is the one asked for
+        (``database_insights_pass``, ``_pass_with_caution``, ``_fail`` or ``_pending``), no
+        institution. Plaid's Sandbox makes such Items only through Link."""
+        if verification_status not in DATABASE_INSIGHTS_STATUSES:
+            raise invalid_request(
+                "INVALID_FIELD", f"verification_status must be one of {sorted(DATABASE_INSIGHTS_STATUSES)}"
+            )
+        spec = dataclasses.replace(DATABASE_INSIGHTS_CHECKING, verification_status=verification_status)
+        item = SandboxItem(
+            item_id=plaid_id(self._rng),
+            institution_id=None,
+            institution_name=None,
+            products=["auth"],
+            webhook=webhook,
+            accounts={a.account_id: a for a in build_accounts((spec,), self._rng)},
+            auth_method=DATABASE_INSIGHTS,
         )
         return self._issue_public_token(item)
 
@@ -466,17 +508,47 @@ class PlaidLedger:
 
     # -- Sandbox controls (beyond the real Sandbox: /sandbox/control/...) -----------------------
 
-    def emit_webhook(self, access_token: str, webhook_type: str, code: str, account_id: str | None) -> None:
+    def emit_webhook(
+        self,
+        access_token: str,
+        webhook_type: str,
+        code: str,
+        account_id: str | None,
+        status: str | None = None,
+    ) -> None:
         """Sends any webhook the emulator can build (also those Plaid's Sandbox cannot fire, such as
-        ITEM PENDING_EXPIRATION or AUTH DEFAULT_UPDATE for a chosen account), with its side effects."""
+        ITEM PENDING_EXPIRATION or AUTH DEFAULT_UPDATE for a chosen account), with its side effects.
+        ``status``: only for AUTH SMS_MICRODEPOSITS_VERIFICATION, ``MANUALLY_VERIFIED`` (the default)
+        or ``VERIFICATION_FAILED`` (the user got the code wrong 3 times: the account becomes
+        ``verification_failed``), which Plaid's fire_webhook cannot send."""
         if code not in webhook_bodies.CODES_BY_TYPE.get(webhook_type, ()):
             raise invalid_request("INVALID_FIELD", f"the emulator cannot build {webhook_type} {code}")
+        if status is not None and (
+            code != "SMS_MICRODEPOSITS_VERIFICATION"
+            or status not in ("MANUALLY_VERIFIED", "VERIFICATION_FAILED")
+        ):
+            raise invalid_request(
+                "INVALID_FIELD",
+                "status is for SMS_MICRODEPOSITS_VERIFICATION: MANUALLY_VERIFIED or VERIFICATION_FAILED",
+            )
         item = self.item_for(access_token)
         if not item.webhook:
             raise sandbox_error("SANDBOX_WEBHOOK_INVALID", "the Item has no webhook URL")
         if account_id is not None:
             self._account(item, account_id)
-        self._emit(item.webhook, self._fired_body(item, webhook_type, code, account_id))
+        self._emit(item.webhook, self._fired_body(item, webhook_type, code, account_id, status))
+
+    def set_any_verification_status(self, access_token: str, account_id: str | None, status: str) -> None:
+        """Emulator-only: the account (the Item's first Auth account if none is named) gets any
+        documented ``verification_status``, silently (no webhook: Plaid sends none for Database
+        Insights, nor for a Same-Day account verified in Link). The real
+        ``/sandbox/item/set_verification_status`` takes only the automated micro-deposit outcomes."""
+        if status not in VERIFICATION_STATUSES:
+            raise invalid_request(
+                "INVALID_FIELD", f"verification_status must be one of {sorted(VERIFICATION_STATUSES)}"
+            )
+        item = self.item_for(access_token)
+        self._pick_account(item, account_id).verification_status = status
 
     def repair_login(self, access_token: str, *, elsewhere: bool) -> None:
         """The user repaired the bank login: in update mode in your app (Plaid sends no webhook), or
@@ -487,7 +559,12 @@ class PlaidLedger:
             self._emit(item.webhook, webhook_bodies.login_repaired(item.item_id))
 
     def _fired_body(
-        self, item: SandboxItem, webhook_type: str, code: str, account_id: str | None
+        self,
+        item: SandboxItem,
+        webhook_type: str,
+        code: str,
+        account_id: str | None,
+        status: str | None = None,
     ) -> dict[str, Any]:
         """The body for a fired webhook; codes that imply a state change also make it."""
         now = self._now()
@@ -525,8 +602,11 @@ class PlaidLedger:
                     account.verification_status = "verification_expired"
                 return webhook_bodies.verification_expired(item_id, account.account_id)
             if code == "SMS_MICRODEPOSITS_VERIFICATION":
-                account.verification_status = "manually_verified"
-                return webhook_bodies.sms_microdeposits_verification(item_id, account.account_id)
+                failed = status == "VERIFICATION_FAILED"
+                account.verification_status = "verification_failed" if failed else "manually_verified"
+                return webhook_bodies.sms_microdeposits_verification(
+                    item_id, account.account_id, status or "MANUALLY_VERIFIED"
+                )
             # DEFAULT_UPDATE: the bank changed the account number.
             account.account_number = account_number(self._rng, account.mask)
             return webhook_bodies.default_update(item_id, [], {account.account_id: ["ACCOUNT_NUMBER"]})

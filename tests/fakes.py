@@ -288,6 +288,16 @@ class FakeStore:
         self.history[item.id].append(dataclasses.replace(entry, detail=dict(detail or {})))
         return moved
 
+    async def touch(self, item_id: uuid.UUID) -> None:
+        self.calls.append("touch")
+        self.items[item_id] = dataclasses.replace(self.items[item_id], updated_at=self.now())
+
+    async def awaiting_since(self, item_id: uuid.UUID) -> datetime | None:
+        self.calls.append("awaiting_since")
+        return min(
+            (h.at for h in self.history[item_id] if h.to_state == "awaiting_verification"), default=None
+        )
+
     async def destroy_tokens(self, item_id: uuid.UUID) -> None:
         self.calls.append("destroy_tokens")
         row = self.items[item_id]

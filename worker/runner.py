@@ -1,10 +1,12 @@
-"""The worker process: the consumers of the work queues, and two loops beside them (the Atomic
-reconciler, the gauges), until told to stop; then it drains."""
+"""The worker process: the consumers of the work queues, and loops beside them (the Atomic and the
+verification reconcilers, the gauges), until told to stop; then it drains."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import uuid
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -14,7 +16,7 @@ from worker import metrics
 from worker.bus.consumer import Consumer
 from worker.bus.topology import queue_depth
 from worker.handlers import Handlers
-from worker.items.reconciler import interval_for, reconcile_once
+from worker.items.reconciler import interval_for, reconcile_once, reconcile_verification_once
 from worker.items.states import State
 from worker.logs import effective_config
 from worker.services import Services
@@ -62,15 +64,25 @@ async def run_worker(
             traceback=True,
         )
     )
+    waited_s = svc.settings.verification_reconcile_s
+    verifier = asyncio.create_task(
+        every(
+            interval_for(waited_s),
+            stop,
+            lambda: reconcile_verification_once(svc.store, _drive_via(svc), older_than_s=waited_s),
+            failed="reconcile_verification.failed",
+            traceback=True,
+        )
+    )
     gauges = Gauges(svc)
     gauges_loop = asyncio.create_task(every(5.0, stop, gauges.refresh, failed="gauges.refresh_failed"))
     try:
         await stop.wait()
     finally:
         await _drain(consumers, drain_timeout)
-        for task in (reconciler, gauges_loop):
+        for task in (reconciler, verifier, gauges_loop):
             task.cancel()
-        await asyncio.gather(reconciler, gauges_loop, return_exceptions=True)
+        await asyncio.gather(reconciler, verifier, gauges_loop, return_exceptions=True)
         await gauges.close()
         with contextlib.suppress(Exception, TimeoutError):
             async with asyncio.timeout(5):
@@ -81,6 +93,16 @@ async def run_worker(
             totals[k] = totals.get(k, 0) + v
     log.info("worker.stopped", **totals)
     return totals
+
+
+def _drive_via(svc: Services) -> Callable[[uuid.UUID, str], Awaitable[None]]:
+    """Sends ``item.drive`` for an Item (retried through the broker like any other drive)."""
+
+    async def drive(item_id: uuid.UUID, reason: str) -> None:
+        body = json.dumps({"item_id": str(item_id), "reason": reason}).encode()
+        await svc.publisher.publish("item.drive", body, message_id=str(uuid.uuid4()))
+
+    return drive
 
 
 async def _drain(consumers: list[tuple[Consumer, AbstractQueue, str]], timeout: float) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import asyncpg
 from aio_pika.abc import AbstractRobustConnection
@@ -106,5 +107,6 @@ async def open_services(
                 atomic=atomic,
                 lease_s=settings.item_lease_s,
                 accept_caution=settings.accept_insights_caution,
+                automated_expiry=timedelta(seconds=settings.automated_microdeposits_expiry_s),
             ),
         )

@@ -65,6 +65,8 @@ class Settings:
     retry_budget: int = 5
     retry_factor: int = 4
     atomic_pending_reconcile_s: int = 900
+    verification_reconcile_s: int = 4 * 3600
+    automated_microdeposits_expiry_s: int = 7 * 86400
     item_lease_s: float = 30.0
     accept_insights_caution: bool = False
     db_pool_size: int = 20
@@ -366,6 +368,19 @@ _VARS = (
         "atomic_pending_reconcile_s",
         _int(1, 7 * 86400),
         "seconds an Item waits for Atomic's webhook before the reconciler asks Atomic",
+    ),
+    Var(
+        "PAW_VERIFICATION_RECONCILE_S",
+        "verification_reconcile_s",
+        _int(1, 7 * 86400),
+        "seconds between two looks at an Item in awaiting_verification (re-reading Plaid's /accounts/get)",
+    ),
+    Var(
+        "PAW_MICRODEPOSITS_EXPIRY_S",
+        "automated_microdeposits_expiry_s",
+        _int(1, 30 * 86400),
+        "seconds an automated micro-deposit account may stay pending before its Item fails with "
+        "VERIFICATION_EXPIRED (Plaid gives up after 7 days)",
     ),
     Var(
         "PAW_ITEM_LEASE_S",

@@ -15,6 +15,7 @@ import dataclasses
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import structlog
@@ -23,6 +24,7 @@ from worker.atomic_api import AtomicClient
 from worker.errors import ItemBusy, UpstreamError
 from worker.items.model import NO_CHANGES, Cause, Changes, Item, Sealed
 from worker.items.rules import (
+    AUTOMATED_MICRODEPOSITS_EXPIRY,
     STEPPING,
     Kind,
     Step,
@@ -30,6 +32,7 @@ from worker.items.rules import (
     classify,
     failure_trigger,
     next_step,
+    on_verification_status,
     operator_hint,
 )
 from worker.items.sealing import Sealer, aad
@@ -45,9 +48,10 @@ GONE_AT_PLAID = frozenset({"ITEM_NOT_FOUND", "INVALID_ACCESS_TOKEN"})
 
 @dataclasses.dataclass(frozen=True)
 class Done:
-    """What an upstream call leads to: the transition, its history detail and the columns it sets."""
+    """What an upstream call leads to: the transition, its history detail and the columns it sets.
+    No ``trigger``: the Item stays where it is (an account still waiting for verification)."""
 
-    trigger: Trigger
+    trigger: Trigger | None
     detail: dict[str, object]
     changes: Changes = NO_CHANGES
 
@@ -75,6 +79,8 @@ class Pipeline:
         atomic: AtomicClient,
         lease_s: float,
         accept_caution: bool = False,
+        automated_expiry: timedelta = AUTOMATED_MICRODEPOSITS_EXPIRY,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         """``lease_s``: how long this worker may hold an Item between two steps (PAW_ITEM_LEASE_S).
         Renewed by every step's commit, so it only has to outlast one step (at most two upstream
@@ -82,6 +88,9 @@ class Pipeline:
         again within this time."""
         self.lease_s = lease_s
         self.accept_caution = accept_caution  # fund accounts Database Insights passed with caution
+        # an automated micro-deposit account still pending this long after the Item began waiting fails
+        self.automated_expiry = automated_expiry
+        self.now = now
         self.store = store
         self.sealer = sealer
         self.plaid = plaid
@@ -90,6 +99,7 @@ class Pipeline:
             Step.EXCHANGE: self._exchange,
             Step.ISSUE_PROCESSOR_TOKEN: self._issue_processor_token,
             Step.SUBMIT_TO_ATOMIC: self._submit_to_atomic,
+            Step.CHECK_VERIFICATION: self._check_verification,
         }
 
     async def drive(
@@ -118,8 +128,8 @@ class Pipeline:
             raise ItemBusy()
         held = True
         try:
-            for _ in range(10):
-                step = self._step_for(item, public_token)
+            for n in range(10):
+                step = self._step_for(item, public_token, resuming=n == 0)
                 if step is None:
                     return item
                 moved, released = await self._take(item, step, public_token, cause, owner)
@@ -135,8 +145,8 @@ class Pipeline:
             if held:
                 await self.store.release(item_id, owner)
 
-    def _step_for(self, item: Item, public_token: str | None) -> StepFn | None:
-        step = next_step(item.state, has_public_token=public_token is not None)
+    def _step_for(self, item: Item, public_token: str | None, *, resuming: bool) -> StepFn | None:
+        step = next_step(item.state, has_public_token=public_token is not None, resuming=resuming)
         return None if step is None else self._calls[step]
 
     async def _take(
@@ -157,6 +167,10 @@ class Pipeline:
             if kind is not Kind.PERMANENT:  # transient: retried through the broker
                 raise
             return await self.fail(item, err, cause), False
+        if done.trigger is None:  # nothing changes; the reconciler asks again after another full wait
+            await self.store.touch(item.id)
+            log.info("item.still_waiting", item_id=str(item.id), **done.detail)
+            return item, False
         release = next_state(item.state, done.trigger) not in STEPPING
         moved = await self._commit(item, done, cause, lease=(owner, None if release else self.lease_s))
         return moved, release and moved is not None
@@ -175,13 +189,15 @@ class Pipeline:
         ``COMMIT_PATIENCE_S``: the call has happened and may not be repeatable (a public token is
         spent by its exchange). If the database stays away, a fresh access token is removed at
         Plaid rather than left live and unrecorded."""
+        trigger = done.trigger
+        assert trigger is not None
         deadline = time.monotonic() + COMMIT_PATIENCE_S
         delay = 0.05
         while True:
             try:
                 return await self.store.transition(
                     item,
-                    done.trigger,
+                    trigger,
                     cause=cause.name,
                     event_id=cause.event_id,
                     detail=done.detail,
@@ -193,7 +209,7 @@ class Pipeline:
                     log.error(
                         "item.commit_lost",
                         item_id=str(item.id),
-                        trigger=done.trigger.value,
+                        trigger=trigger.value,
                         error=type(e).__name__,
                     )
                     if done.changes.access_token is not None:
@@ -327,6 +343,38 @@ class Pipeline:
                 plaid_request_id=request_id,
             ),
         )
+
+    async def _check_verification(self, item: Item, _: str | None) -> Done:
+        """Asks Plaid again about the account an Item in ``awaiting_verification`` waits for, and
+        applies what Plaid says now (:func:`rules.on_verification_status`): verified, the Item goes
+        back to ``exchanged`` and on to its processor token in the same drive; refused or expired, it
+        fails (and is removed at Plaid) with the code why; still pending, it stays."""
+        assert item.account_id is not None, f"item {item.id} waits for verification of no account"
+        accounts, request_id = await self.plaid.accounts(self.access_token(item), [item.account_id])
+        account = next((a for a in accounts if a.account_id == item.account_id), None)
+        if account is None:
+            raise UpstreamError(
+                "the account waiting for verification is no longer an account of this Item",
+                service="paw",
+                status=422,
+                error_code="NO_USABLE_ACCOUNT",
+            )
+        verdict = on_verification_status(
+            account.verification_status,
+            waiting_since=await self.store.awaiting_since(item.id) or item.created_at,
+            now=self.now(),
+            accept_caution=self.accept_caution,
+            automated_expiry=self.automated_expiry,
+        )
+        detail = {"verification_status": account.verification_status, "request_id": request_id}
+        if verdict.trigger is Trigger.FAILED:
+            raise UpstreamError(
+                verdict.reason or "the account was not verified",
+                service="paw",
+                status=422,
+                error_code=verdict.error_code or "ACCOUNT_NOT_VERIFIED",
+            )
+        return Done(verdict.trigger, {"account_id": item.account_id, **detail})
 
     async def _submit_to_atomic(self, item: Item, _: str | None) -> Done:
         assert item.processor_token is not None

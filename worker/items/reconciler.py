@@ -1,8 +1,18 @@
-"""Polls Atomic for Items stuck in ``atomic_pending``: a lost or early webhook must not leave an Item
-waiting forever. Several workers may run it at once; the guarded transition applies each answer once."""
+"""The reconcilers: a lost or early webhook must not leave an Item waiting forever.
+
+- :func:`reconcile_once` polls Atomic for Items stuck in ``atomic_pending``;
+- :func:`reconcile_verification_once` asks Plaid again (``/accounts/get``) about Items in
+  ``awaiting_verification``: an ``AUTOMATICALLY_VERIFIED`` lost on its way, a Same-Day account
+  verified in Link (Plaid sends no webhook for that), Database Insights that finished, automated
+  micro-deposits Plaid gave up on after 7 days.
+
+Several workers may run them at once; the guarded transition (and, for Plaid, the Item's lease)
+applies each answer once."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import structlog
@@ -42,6 +52,27 @@ async def _reconcile(store: Store, atomic: AtomicClient, item: Item) -> int:
     if done is not None:
         log.info("reconcile.applied", item_id=str(item.id), status=source.status)
     return int(done is not None)
+
+
+# Sends ``item.drive`` for one Item, with a reason (the worker process gives its publisher).
+Drive = Callable[[uuid.UUID, str], Awaitable[object]]
+VERIFICATION_REASON = "verification reconciler: re-read /accounts/get"
+
+
+async def reconcile_verification_once(
+    store: Store, drive: Drive, *, older_than_s: float, limit: int = 200
+) -> int:
+    """Sends ``item.drive`` for each Item in ``awaiting_verification`` not looked at for
+    ``older_than_s``; the drive re-reads ``/accounts/get`` and applies what Plaid says now (the same
+    check ``paw item retry`` makes), with the broker's retries if Plaid is away. Each Item is marked
+    looked-at in the same statement that picks it, so several workers do not ask twice. Returns how
+    many were sent."""
+    items = await store.due_awaiting_verification(timedelta(seconds=older_than_s), limit)
+    for item in items:
+        await drive(item.id, VERIFICATION_REASON)
+    if items:
+        log.info("reconcile.verification_drives", items=len(items))
+    return len(items)
 
 
 def interval_for(older_than_s: float) -> float:

@@ -201,6 +201,7 @@ class Step(StrEnum):
     EXCHANGE = "exchange"  # /item/public_token/exchange
     ISSUE_PROCESSOR_TOKEN = "issue_processor_token"  # noqa: S105 - /accounts/get, /processor/token/create
     SUBMIT_TO_ATOMIC = "submit_to_atomic"  # Atomic's funding source
+    CHECK_VERIFICATION = "check_verification"  # /accounts/get: is the waiting account verified now?
 
 
 _STEPS = {
@@ -214,11 +215,16 @@ _STEPS = {
 STEPPING = frozenset(_STEPS)
 
 
-def next_step(state: State, *, has_public_token: bool) -> Step | None:
+def next_step(state: State, *, has_public_token: bool, resuming: bool = False) -> Step | None:
     """The pipeline's next call from ``state``; ``None``: the Item waits for someone else. Only the
-    ``item.link`` message carries the public token, so only it can exchange."""
+    ``item.link`` message carries the public token, so only it can exchange. A drive that *starts*
+    (``resuming``: ``item.drive``, ``paw item retry``, the verification reconciler) at an Item in
+    ``awaiting_verification`` asks Plaid once whether the account is verified now; a drive that
+    just put it there does not ask again."""
     if state is State.LINK and not has_public_token:
         return None
+    if state is State.AWAITING_VERIFICATION:
+        return Step.CHECK_VERIFICATION if resuming else None
     return _STEPS.get(state)
 
 
@@ -375,3 +381,73 @@ def choose_account(
         )
         return Choice(None, reason=why, error_code="ACCOUNT_NOT_VERIFIED")
     return Choice(account.account_id, awaiting_verification=status in PENDING_VERIFICATION)
+
+
+# -- An account waiting for verification, asked again -----------------------------------------
+
+# "Plaid was unable to automatically verify the deposit within 7 calendar days and will no longer
+# attempt to validate the Item" (verification_status verification_expired, OpenAPI AccountBase).
+AUTOMATED_MICRODEPOSITS_EXPIRY = timedelta(days=7)
+# Numbers known good: micro-deposits verified, Database Insights passed (or matched, deprecated), or
+# no verification flow at all (null or empty).
+VERIFIED = frozenset(
+    {"automatically_verified", "manually_verified", "database_insights_pass", "database_matched"}
+)
+# The code a refused account leaves on the Item.
+REFUSED_CODES: Mapping[str, str] = {
+    "verification_expired": "VERIFICATION_EXPIRED",
+    "verification_failed": "VERIFICATION_FAILED",
+    "database_insights_fail": "ACCOUNT_NOT_VERIFIED",
+    CAUTION_VERIFICATION: "ACCOUNT_NOT_VERIFIED",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Verification:
+    """What Plaid's ``verification_status`` of the waiting account, read again, means for the Item:
+    ``trigger`` ACCOUNT_VERIFIED (go on: a processor token, then Atomic), FAILED (``error_code`` and
+    ``reason`` say why), or ``None`` (still pending: ask again later)."""
+
+    trigger: Trigger | None
+    error_code: str | None = None
+    reason: str | None = None
+
+
+def on_verification_status(
+    status: str | None,
+    *,
+    waiting_since: datetime,
+    now: datetime,
+    accept_caution: bool = False,
+    automated_expiry: timedelta = AUTOMATED_MICRODEPOSITS_EXPIRY,
+) -> Verification:
+    """What the account's ``verification_status`` as Plaid gives it now does to an Item in
+    ``awaiting_verification`` since ``waiting_since`` (when it *first* entered that state: Plaid's 7
+    days run from the micro-deposits, sent before paw ever saw the Item, and neither a broken login
+    nor a check that found it still pending restarts them).
+
+    An automated micro-deposit account Plaid still reports pending ``automated_expiry`` after that is
+    failed with ``VERIFICATION_EXPIRED``: Plaid gives up after 7 days, so its own
+    ``verification_expired`` (or the webhook) is late or lost. Same-Day (``pending_manual_
+    verification``), ``unsent`` and ``database_insights_pending`` wait for Plaid's answer however long
+    it takes: Plaid itself moves them to ``verification_expired`` / ``verification_failed``."""
+    if not status or status in VERIFIED or (status == CAUTION_VERIFICATION and accept_caution):
+        return Verification(Trigger.ACCOUNT_VERIFIED)
+    if status in REFUSED_CODES:
+        reason = (
+            "Database Insights is not sure the numbers are right (refused unless PAW_ACCEPT_INSIGHTS_CAUTION)"
+            if status == CAUTION_VERIFICATION
+            else f"the account's verification status is {status}"
+        )
+        return Verification(Trigger.FAILED, REFUSED_CODES[status], reason)
+    if status == "pending_automatic_verification" and now - waiting_since >= automated_expiry:
+        days = automated_expiry / timedelta(days=1)
+        return Verification(
+            Trigger.FAILED,
+            "VERIFICATION_EXPIRED",
+            f"automated micro-deposits still pending {days:g} days after the Item began waiting",
+        )
+    if status in PENDING_VERIFICATION:
+        return Verification(None)
+    # a status Plaid added after this code was written: not known good, so not funded; keep waiting
+    return Verification(None, reason=f"unknown verification status {status!r}")

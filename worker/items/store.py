@@ -163,6 +163,16 @@ class Store:
         rows = await self.pool.fetch(query("stuck_atomic_pending"), older_than, limit)
         return [Item.from_record(r) for r in rows]
 
+    async def due_awaiting_verification(self, older_than: timedelta, limit: int) -> list[Item]:
+        """Items in ``awaiting_verification`` not looked at for ``older_than``, marked looked-at now."""
+        rows = await self.pool.fetch(query("due_awaiting_verification"), older_than, limit)
+        return [Item.from_record(r) for r in rows]
+
+    async def awaiting_since(self, item_id: uuid.UUID) -> datetime | None:
+        """When the Item first entered ``awaiting_verification`` (None: never)."""
+        at: datetime | None = await self.pool.fetchval(query("awaiting_since"), item_id)
+        return at
+
     async def touch(self, item_id: uuid.UUID) -> None:
         await self.pool.execute(query("touch_item"), item_id)
 

@@ -96,6 +96,25 @@ WHERE state = 'atomic_pending' AND updated_at < now() - $1::interval
 ORDER BY updated_at
 LIMIT $2;
 
+-- name: due_awaiting_verification
+-- Items waiting for their account's verification, not looked at for $1: marked looked-at (updated_at)
+-- and returned, for the reconciler to re-drive. SKIP LOCKED: two workers never pick the same Item.
+-- $1 older than (interval), $2 limit
+UPDATE items SET updated_at = now()
+WHERE id IN (
+    SELECT id FROM items
+    WHERE state = 'awaiting_verification' AND updated_at < now() - $1::interval
+    ORDER BY updated_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING *;
+
+-- name: awaiting_since
+-- When the Item first entered awaiting_verification (Plaid's micro-deposit clock runs from before
+-- then; a return from login_required or a later re-entry does not restart it). $1 item id
+SELECT min(at) FROM item_history WHERE item_id = $1 AND to_state = 'awaiting_verification';
+
 -- name: claim_item
 -- Takes the Item's lease unless another worker holds an unexpired one.
 -- $1 id, $2 owner, $3 lease seconds (float)
