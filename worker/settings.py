@@ -65,6 +65,8 @@ class Settings:
     retry_budget: int = 5
     retry_factor: int = 4
     atomic_pending_reconcile_s: int = 900
+    login_check_s: int = 600
+    public_webhook_url: str = ""
     item_lease_s: float = 30.0
     accept_insights_caution: bool = False
     db_pool_size: int = 20
@@ -368,6 +370,20 @@ _VARS = (
         "seconds an Item waits for Atomic's webhook before the reconciler asks Atomic",
     ),
     Var(
+        "PAW_LOGIN_CHECK_S",
+        "login_check_s",
+        _int(1, 7 * 86400),
+        "seconds between two checks with Plaid (/item/get) of a login_required Item nobody reported repaired",
+    ),
+    Var(
+        "PAW_PUBLIC_WEBHOOK_URL",
+        "public_webhook_url",
+        _url("http", "https"),
+        "the receiver's Plaid webhook URL as Plaid reaches it (https://.../webhooks/plaid), put into "
+        "update-mode link tokens; required against real Plaid",
+        shown_default="none (sandbox only)",
+    ),
+    Var(
         "PAW_ITEM_LEASE_S",
         "item_lease_s",
         _float,
@@ -434,6 +450,7 @@ REQUIRED_IN_PRODUCTION = (
     "ATOMIC_WEBHOOK_SECRET",
     "PAW_TOKEN_KEYS",
     "PAW_API_KEYS",
+    "PAW_PUBLIC_WEBHOOK_URL",
 )
 
 
