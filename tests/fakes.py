@@ -20,7 +20,7 @@ from worker.errors import PublishFailed, UpstreamError
 from worker.items.model import NO_CHANGES, Changes, HistoryEntry, Item, Sealed
 from worker.items.sealing import Sealer, aad
 from worker.items.states import State, Trigger, next_state
-from worker.plaid_api import Account, Exchange
+from worker.plaid_api import Account, Exchange, ItemHealth
 
 T = TypeVar("T")
 ACCESS_TOKEN = "access-sandbox-1"  # what FakePlaid's exchange returns, and linked_item's default
@@ -365,6 +365,7 @@ class FakePlaid(_Upstream):
         super().__init__()
         self.accounts_list = [CHECKING] if accounts is None else accounts
         self.access_token = access_token
+        self.item_error: str | None = None  # what /item/get says of the Item's login
 
     async def exchange_public_token(self, public_token: str) -> Exchange:
         self._enter("exchange_public_token", public_token)
@@ -384,6 +385,11 @@ class FakePlaid(_Upstream):
     async def remove_item(self, access_token: str) -> str:
         self._enter("remove_item", access_token)
         return "req-remove"
+
+    async def item_get(self, access_token: str) -> ItemHealth:
+        self._enter("item_get", access_token)
+        await asyncio.sleep(0)
+        return ItemHealth(self.item_error, "ITEM_ERROR" if self.item_error else None, "req-item-get")
 
 
 class FakeAtomic(_Upstream):

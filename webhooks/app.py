@@ -26,11 +26,13 @@ from webhooks.verification import VerificationError, unverified_kid, verify
 from worker import metrics
 from worker.atomic_api import SIGNATURE_HEADER, signature_valid
 from worker.bus.publisher import Publisher
-from worker.errors import PawError, Poison, PublishFailed
-from worker.items.model import token_hash
-from worker.items.states import State
+from worker.errors import PawError, Poison, PublishFailed, UpstreamError
+from worker.items.model import Item, token_hash
+from worker.items.sealing import Sealer, aad
+from worker.items.states import LINKED, State
 from worker.items.store import Store
-from worker.messages import validated
+from worker.messages import checked, parse_json, validated
+from worker.plaid_api import PlaidClient
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -75,6 +77,8 @@ class Receiver:
     key_health: KeyFetchHealth = dataclasses.field(default_factory=KeyFetchHealth)
     api_rate: TokenBuckets | None = None
     in_flight: InFlight | None = None
+    plaid: PlaidClient | None = None  # update-mode link tokens
+    sealer: Sealer | None = None  # opens the Item's access token for them
 
 
 RECEIVER = web.AppKey("receiver", Receiver)
@@ -314,6 +318,119 @@ async def get_item(request: web.Request) -> web.Response:
     return web.json_response({**item.public(), "history": [h.public() for h in history]})
 
 
+# Where Link update mode can repair the Item: it has a live access token.
+REPAIRABLE = LINKED | {State.LOGIN_REQUIRED}
+LINK_TOKEN_OPTIONS = {"client_name", "language", "country_codes", "redirect_uri"}
+
+
+async def _item_for(request: web.Request) -> Item | web.Response:
+    rx = request.app[RECEIVER]
+    assert rx.store is not None
+    try:
+        item_id = uuid.UUID(request.match_info["id"])
+    except ValueError:
+        return problem(404, "not_found")
+    item = await rx.store.get(item_id)
+    if item is None:
+        return problem(404, "not_found")
+    if item.state not in REPAIRABLE or item.access_token is None:
+        return problem(
+            409, "not_repairable", detail=f"the Item is {item.state.value}: it has no bank link to repair"
+        )
+    return item
+
+
+def _link_token_options(body: bytes) -> dict[str, Any]:
+    """The optional request body: ``client_name``, ``language``, ``country_codes``, ``redirect_uri``."""
+    if not body.strip():
+        return {}
+    data = parse_json(body)
+    if not isinstance(data, dict) or set(data) - LINK_TOKEN_OPTIONS:
+        raise Poison(f"the body may only hold {', '.join(sorted(LINK_TOKEN_OPTIONS))}")
+    for name in ("client_name", "language", "redirect_uri"):
+        if name in data and not (isinstance(data[name], str) and 0 < len(data[name]) <= 200):
+            raise Poison(f"{name} must be a non-empty string")
+    codes = data.get("country_codes", ["US"])
+    if not (isinstance(codes, list) and codes and all(isinstance(c, str) and len(c) == 2 for c in codes)):
+        raise Poison("country_codes must be a list of two-letter codes")
+    return data
+
+
+async def create_link_token(request: web.Request) -> web.Response:
+    """A Link token in update mode for the Item (Plaid /link/token/create with its access token, no
+    products): the upstream app opens Link with it so its user can repair the login."""
+    rx = request.app[RECEIVER]
+    body = await read_body(request, 16 * 1024)
+    found = await _item_for(request)
+    if isinstance(found, web.Response):
+        return found
+    item = found
+    try:
+        options = _link_token_options(body)
+    except Poison as e:
+        return problem(400, "invalid_request", detail=str(e))
+    webhook = rx.settings.public_webhook_url
+    if not webhook and not rx.settings.plaid_base_url:
+        return problem(
+            503,
+            "not_configured",
+            detail="PAW_PUBLIC_WEBHOOK_URL must be set to make link tokens for Plaid itself",
+        )
+    assert rx.plaid is not None and rx.sealer is not None and item.access_token is not None
+    try:
+        token = await rx.plaid.update_link_token(
+            rx.sealer.open(item.access_token, aad=aad(item.id, "access_token")),
+            client_user_id=item.client_user_id,
+            client_name=options.get("client_name", "paw"),
+            language=options.get("language", "en"),
+            country_codes=options.get("country_codes", ["US"]),
+            webhook=webhook or None,
+            redirect_uri=options.get("redirect_uri"),
+        )
+    except UpstreamError as e:
+        return plaid_refused(e)
+    log.info("item.link_token_created", item_id=str(item.id), request_id=token.request_id)
+    return web.json_response(
+        {"link_token": token.link_token, "expiration": token.expiration, "request_id": token.request_id}
+    )
+
+
+def plaid_refused(e: UpstreamError) -> web.Response:
+    """Plaid's error, as the caller may act on it: its ``error_code`` and ``request_id``. 503 when it
+    is worth retrying (Plaid down, rate limited), else 502: paw's call was refused."""
+    retry = e.status is None or e.status == 429 or e.status >= 500
+    body = {
+        "error": "plaid_unavailable" if retry else "plaid_error",
+        "detail": str(e)[:300],
+        "error_code": e.error_code,
+        "request_id": e.request_id,
+    }
+    headers = {"Retry-After": str(max(1, round(e.retry_after)))} if retry and e.retry_after else None
+    return web.json_response(body, status=503 if retry else 502, headers=headers)
+
+
+async def report_repaired(request: web.Request) -> web.Response:
+    """The user finished Link update mode (Link's onSuccess). Plaid sends no webhook for it: paw is
+    told here, publishes ``item.repaired``, and the worker confirms with Plaid and resumes the Item."""
+    rx = request.app[RECEIVER]
+    body = await read_body(request, 16 * 1024)
+    found = await _item_for(request)
+    if isinstance(found, web.Response):
+        return found
+    item = found
+    try:
+        extra = parse_json(body) if body.strip() else {}
+        if not isinstance(extra, dict) or set(extra) - {"request_id"}:
+            raise Poison("the body may only hold request_id")
+        message = checked("item.repaired", {"item_id": str(item.id), **extra})
+    except Poison as e:
+        return problem(400, "invalid_request", detail=str(e))
+    failed = await publish_or_503(rx, "item.repaired", message, str(uuid.uuid4()))
+    if failed is not None:
+        return failed
+    return web.json_response({"id": str(item.id), "state": item.state.value}, status=202)
+
+
 def plaid_keys_health(rx: Receiver) -> dict[str, Any]:
     """Whether Plaid's webhook key endpoint answers (``/healthz`` detail; ``paw_upstream_up``)."""
     detail = rx.key_health.detail()
@@ -350,6 +467,8 @@ def create_app(receiver: Receiver) -> web.Application:
     app.router.add_post("/webhooks/atomic", atomic_webhook)
     app.router.add_post("/v1/items", submit_item)
     app.router.add_get("/v1/items/{id}", get_item)
+    app.router.add_post("/v1/items/{id}/link_token", create_link_token)
+    app.router.add_post("/v1/items/{id}/repaired", report_repaired)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app

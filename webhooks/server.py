@@ -31,6 +31,8 @@ def receiver_for(svc: Services) -> Receiver:
         key_health=health,
         api_rate=TokenBuckets(svc.settings.api_rate_per_s, burst=max(1.0, 2 * svc.settings.api_rate_per_s)),
         in_flight=InFlight(svc.settings.max_in_flight),
+        plaid=svc.plaid,
+        sealer=svc.sealer,
     )
 
 

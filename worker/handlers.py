@@ -16,7 +16,13 @@ import structlog
 from worker.errors import Poison
 from worker.items.model import Cause, Item, token_hash
 from worker.items.pipeline import Pipeline
-from worker.items.rules import Decision, follow_ups, on_atomic_status, on_plaid_webhook
+from worker.items.rules import (
+    Decision,
+    follow_ups,
+    on_atomic_status,
+    on_plaid_webhook,
+    redelivery_worth_checking,
+)
 from worker.items.store import Store
 from worker.messages import schema_for, validated
 
@@ -41,6 +47,8 @@ class Handlers:
             await self.item_link(data, message_id)
         elif name == "item.drive":
             await self.item_drive(data, message_id)
+        elif name == "item.repaired":
+            await self.item_repaired(data, message_id)
         elif name == "webhook.atomic":
             await self.atomic_webhook(routing_key, data)
         else:
@@ -77,6 +85,18 @@ class Handlers:
         ):
             log.warning("item.unknown", reason=data["reason"])
 
+    async def item_repaired(self, data: dict[str, Any], message_id: str | None) -> None:
+        """The upstream app says its user finished Link update mode (which sends no webhook): ask
+        Plaid, and resume the Item from where it stopped if its login works again."""
+        item_id = uuid.UUID(data["item_id"])
+        structlog.contextvars.bind_contextvars(item_id=str(item_id))
+        cause = Cause("item.repaired", data.get("request_id") or message_id)
+        item = await self.pipeline.drive(item_id, public_token=None, cause=cause, check_login=True)
+        if item is None:
+            log.warning("item.unknown", reason="item.repaired")
+        else:
+            log.info("item.repair_reported", state=item.state.value)
+
     async def atomic_webhook(self, routing_key: str, envelope: dict[str, Any]) -> None:
         hook = envelope["webhook"]
         try:
@@ -108,15 +128,19 @@ class Handlers:
                 else None
             )
 
-        item = await self._apply(
+        item, decision, duplicate = await self._apply(
             f"plaid:{envelope['body_sha256']}",
             routing_key,
             envelope,
             lock,
             lambda item: on_plaid_webhook(item, hook, envelope["sent_at"]),
         )
+        # A login webhook only makes the worker ask Plaid; the inbox's 24 h body hash suppresses
+        # the call only where the Item already shows what the body says (a second break within a
+        # day sends the same body and must still be looked at).
+        check = decision.check_login and (not duplicate or redelivery_worth_checking(item, hook))
         if item is not None:
-            await self.follow_up(item.id, routing_key, envelope["event_id"])
+            await self.follow_up(item.id, routing_key, envelope["event_id"], check_login=check)
 
     async def _apply(
         self,
@@ -125,10 +149,13 @@ class Handlers:
         envelope: dict[str, Any],
         lock: Callable[[asyncpg.Connection], Awaitable[Item | None]],
         decide_for: Callable[[Item | None], Decision],
-    ) -> Item | None:
+    ) -> tuple[Item | None, Decision, bool]:
         """In one transaction: lock the Item's row, decide, apply, and record the event in the inbox.
-        A duplicate (the inbox holds the key) rolls everything back. Returns the Item, if known."""
+        A duplicate (the inbox holds the key) rolls everything back. Returns the Item (if known), the
+        decision, and whether the event was a duplicate."""
         payload = {"event_id": envelope["event_id"], "webhook": envelope["webhook"]}
+        item: Item | None = None
+        decision = Decision("unknown_item")
         try:
             async with self.store.pool.acquire() as conn, conn.transaction():
                 item = await lock(conn)
@@ -159,7 +186,7 @@ class Handlers:
                     await self.store.set_conditions(
                         conn,
                         item.id,
-                        login_changed_at=decision.login_changed_at,
+                        login_changed_at=None,
                         consent_expires_at=decision.consent_expires_at,
                         disconnect_at=decision.disconnect_at,
                         disconnect_reason=decision.disconnect_reason,
@@ -177,11 +204,13 @@ class Handlers:
                     raise Duplicate()
         except Duplicate:
             log.info("event.duplicate", event_key=event_key)
-            return item
+            return item, decision, True
         log.info("event.processed", outcome=outcome)
-        return item
+        return item, decision, False
 
-    async def follow_up(self, item_id: uuid.UUID, cause: str, event_id: str) -> None:
+    async def follow_up(
+        self, item_id: uuid.UUID, cause: str, event_id: str, *, check_login: bool = False
+    ) -> None:
         """What a committed event leaves to do outside the transaction. Idempotent: it runs again
         when a redelivered event is found in the inbox, so a crash in between loses nothing."""
         item = await self.store.get(item_id)
@@ -193,8 +222,10 @@ class Handlers:
             await self.pipeline.atomic.refresh_funding_source(item.atomic_funding_source_id)
             await self.store.atomic_refreshed(item.id, item.atomic_refresh_needed_at)
             log.info("atomic.funding_source_refreshed", funding_source_id=item.atomic_funding_source_id)
-        if todo.drive:
-            await self.pipeline.drive(item.id, public_token=None, cause=Cause(cause, event_id))
+        if todo.drive or check_login:
+            await self.pipeline.drive(
+                item.id, public_token=None, cause=Cause(cause, event_id), check_login=check_login
+            )
         if todo.remove_at_plaid:  # the user revoked consent: Plaid first, then the tokens
             await self.pipeline.release_access(item, must_remove=True)
             log.info("item.removed_at_plaid")

@@ -77,6 +77,8 @@ def schema_for(routing_key: str) -> str | None:
         return "item.link"
     if routing_key == "item.drive":
         return "item.drive"
+    if routing_key == "item.repaired":
+        return "item.repaired"
     if routing_key.startswith("webhook.plaid."):
         return "webhook.plaid"
     if routing_key.startswith("webhook.atomic."):

@@ -22,8 +22,12 @@ import urllib3
 from plaid.api import plaid_api
 from plaid.model.accounts_get_request import AccountsGetRequest
 from plaid.model.accounts_get_request_options import AccountsGetRequestOptions
+from plaid.model.country_code import CountryCode
+from plaid.model.item_get_request import ItemGetRequest
 from plaid.model.item_public_token_exchange_request import ItemPublicTokenExchangeRequest
 from plaid.model.item_remove_request import ItemRemoveRequest
+from plaid.model.link_token_create_request import LinkTokenCreateRequest
+from plaid.model.link_token_create_request_user import LinkTokenCreateRequestUser
 from plaid.model.processor_token_create_request import ProcessorTokenCreateRequest
 from plaid.model.webhook_verification_key_get_request import WebhookVerificationKeyGetRequest
 
@@ -50,6 +54,22 @@ class Account:
     subtype: str | None
     verification_status: str | None
     mask: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemHealth:
+    """What ``/item/get`` says of an Item now: its error (``None``: healthy)."""
+
+    error_code: str | None
+    error_type: str | None
+    request_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LinkToken:
+    link_token: str
+    expiration: str  # ISO 8601, as Plaid sends it
+    request_id: str
 
 
 class MalformedResponse(Exception):
@@ -201,6 +221,53 @@ class PlaidClient:
             "/item/remove", self._api.item_remove, lambda: ItemRemoveRequest(access_token=access_token)
         )
         return str(resp["request_id"])
+
+    async def item_get(self, access_token: str) -> ItemHealth:
+        """``/item/get``: the Item's health now (its ``error``, null when the login works)."""
+        resp = await self._call(
+            "/item/get", self._api.item_get, lambda: ItemGetRequest(access_token=access_token)
+        )
+        item = resp.get("item")
+        if not isinstance(item, dict):
+            raise to_upstream_error(MalformedResponse())
+        error = item.get("error")
+        if not isinstance(error, dict):
+            return ItemHealth(None, None, str(resp["request_id"]))
+        code, kind = error.get("error_code"), error.get("error_type")
+        return ItemHealth(
+            str(code) if code else "UNKNOWN", str(kind) if kind else None, str(resp["request_id"])
+        )
+
+    async def update_link_token(
+        self,
+        access_token: str,
+        *,
+        client_user_id: str,
+        client_name: str,
+        language: str,
+        country_codes: list[str],
+        webhook: str | None,
+        redirect_uri: str | None,
+    ) -> LinkToken:
+        """``/link/token/create`` in update mode: for the Item of ``access_token``, no products."""
+
+        def request() -> LinkTokenCreateRequest:
+            optional: dict[str, Any] = {}
+            if webhook:
+                optional["webhook"] = webhook
+            if redirect_uri:
+                optional["redirect_uri"] = redirect_uri
+            return LinkTokenCreateRequest(
+                client_name=client_name,
+                language=language,
+                country_codes=[CountryCode(c) for c in country_codes],
+                user=LinkTokenCreateRequestUser(client_user_id=client_user_id),
+                access_token=access_token,
+                **optional,
+            )
+
+        resp = await self._call("/link/token/create", self._api.link_token_create, request)
+        return LinkToken(str(resp["link_token"]), str(resp["expiration"]), str(resp["request_id"]))
 
     async def webhook_verification_key(self, kid: str) -> dict[str, Any]:
         resp = await self._call(

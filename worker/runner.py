@@ -1,5 +1,6 @@
 """The worker process: the consumers of the work queues, and loops beside them (the Atomic and the
-verification reconcilers, the gauges), until told to stop; then it drains."""
+verification reconcilers, the check of login_required Items with Plaid, the gauges), until told to
+stop; then it drains."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from worker import metrics
 from worker.bus.consumer import Consumer
 from worker.bus.topology import queue_depth
 from worker.handlers import Handlers
+from worker.items import login_check
 from worker.items.reconciler import interval_for, reconcile_once, reconcile_verification_once
 from worker.items.states import State
 from worker.logs import effective_config
@@ -74,15 +76,25 @@ async def run_worker(
             traceback=True,
         )
     )
+    login_s = svc.settings.login_check_s
+    logins = asyncio.create_task(
+        every(
+            login_check.interval_for(login_s),
+            stop,
+            lambda: login_check.check_logins_once(svc.pipeline, older_than_s=login_s),
+            failed="login_check.failed",
+            traceback=True,
+        )
+    )
     gauges = Gauges(svc)
     gauges_loop = asyncio.create_task(every(5.0, stop, gauges.refresh, failed="gauges.refresh_failed"))
     try:
         await stop.wait()
     finally:
         await _drain(consumers, drain_timeout)
-        for task in (reconciler, verifier, gauges_loop):
+        for task in (reconciler, verifier, logins, gauges_loop):
             task.cancel()
-        await asyncio.gather(reconciler, verifier, gauges_loop, return_exceptions=True)
+        await asyncio.gather(reconciler, verifier, logins, gauges_loop, return_exceptions=True)
         await gauges.close()
         with contextlib.suppress(Exception, TimeoutError):
             async with asyncio.timeout(5):

@@ -67,6 +67,8 @@ class Settings:
     atomic_pending_reconcile_s: int = 900
     verification_reconcile_s: int = 4 * 3600
     automated_microdeposits_expiry_s: int = 7 * 86400
+    login_check_s: int = 600
+    public_webhook_url: str = ""
     item_lease_s: float = 30.0
     accept_insights_caution: bool = False
     db_pool_size: int = 20
@@ -383,6 +385,20 @@ _VARS = (
         "VERIFICATION_EXPIRED (Plaid gives up after 7 days)",
     ),
     Var(
+        "PAW_LOGIN_CHECK_S",
+        "login_check_s",
+        _int(1, 7 * 86400),
+        "seconds between two checks with Plaid (/item/get) of a login_required Item nobody reported repaired",
+    ),
+    Var(
+        "PAW_PUBLIC_WEBHOOK_URL",
+        "public_webhook_url",
+        _url("http", "https"),
+        "the receiver's Plaid webhook URL as Plaid reaches it (https://.../webhooks/plaid), put into "
+        "update-mode link tokens; required against real Plaid",
+        shown_default="none (sandbox only)",
+    ),
+    Var(
         "PAW_ITEM_LEASE_S",
         "item_lease_s",
         _float,
@@ -449,6 +465,7 @@ REQUIRED_IN_PRODUCTION = (
     "ATOMIC_WEBHOOK_SECRET",
     "PAW_TOKEN_KEYS",
     "PAW_API_KEYS",
+    "PAW_PUBLIC_WEBHOOK_URL",
 )
 
 

@@ -210,6 +210,8 @@ async def test_same_webhook_five_times_makes_one_transition(
     services: Services, worker: RunningWorker, receiver: str, sandbox: Sandbox, settings: Settings
 ) -> None:
     item = await verified_item(services, sandbox, receiver)
+    # the login broken at Plaid without its webhook: the five deliveries below are the only trigger
+    sandbox.state.plaid.items[item.plaid_item_id or ""].login_required = True
     body = {**LOGIN_ERROR, "item_id": item.plaid_item_id}
     for _ in range(5):
         assert await post_signed(receiver, sandbox, body) == 200
@@ -230,10 +232,18 @@ async def test_same_webhook_five_times_makes_one_transition(
     assert [r["event_key"] for r in await inbox(settings)].count(key) == 1
 
 
-async def test_repaired_arriving_before_error_keeps_the_later_truth(
-    services: Services, worker: RunningWorker, receiver: str, sandbox: Sandbox, settings: Settings
+@pytest.mark.parametrize("broken_at_plaid", [False, True], ids=["repaired", "broken"])
+async def test_repaired_arriving_before_error_ends_where_plaid_says(
+    broken_at_plaid: bool,
+    services: Services,
+    worker: RunningWorker,
+    receiver: str,
+    sandbox: Sandbox,
+    settings: Settings,
 ) -> None:
+    """The bodies and their send times decide nothing: each makes the worker ask /item/get."""
     item = await verified_item(services, sandbox, receiver)
+    sandbox.state.plaid.items[item.plaid_item_id or ""].login_required = broken_at_plaid
     now = int(time.time())
     repaired = {"webhook_type": "ITEM", "webhook_code": "LOGIN_REPAIRED", "item_id": item.plaid_item_id}
     error = {**LOGIN_ERROR, "item_id": item.plaid_item_id}
@@ -241,9 +251,12 @@ async def test_repaired_arriving_before_error_keeps_the_later_truth(
     await eventually(lambda: _inbox_has(settings, 1))
     assert await post_signed(receiver, sandbox, error, iat=now - 5) == 200  # sent first, arrives late
     rows = await eventually(lambda: _inbox_has(settings, 2))
-    assert [r["outcome"] for r in rows] == ["noted", "stale"]
+    assert [r["outcome"] for r in rows] == ["check", "check"]
+    want = State.LOGIN_REQUIRED if broken_at_plaid else State.ATOMIC_VERIFIED
+    await state_of(services, item, want)
+    await asyncio.sleep(0.3)  # nothing moves it afterwards
     final = await services.store.get(item.id)
-    assert final is not None and final.state is State.ATOMIC_VERIFIED
+    assert final is not None and final.state is want
 
 
 async def _inbox_has(settings: Settings, n: int) -> list[asyncpg.Record] | None:
@@ -308,8 +321,7 @@ async def test_fifty_concurrent_events_with_four_consumers_leave_a_legal_history
             assert to.value == h.to_state
             resume = state if to is State.LOGIN_REQUIRED else None
         state = State(h.to_state)
-    # the last event sent (i=49, NEW_ACCOUNTS...) doesn't move it; the last login event sent is i=48
-    # (LOGIN_REPAIRED): so the later truth is "repaired"
+    # whatever the bodies say, Plaid says the login works: the Item ends where it was
     assert state is State.ATOMIC_VERIFIED
 
 

@@ -193,6 +193,54 @@ async def test_login_required_waits_for_the_user_and_keeps_the_tokens() -> None:
     assert w.store.lease_of(item.id) is None
 
 
+async def test_a_repaired_login_resumes_and_drives_on_in_the_same_lease() -> None:
+    """item.repaired / item.drive / the periodic check: /item/get says no error, the Item goes back
+    to where it stopped and carries on."""
+    w = World()
+    item = w.add(linked_item(State.EXCHANGED))
+    w.plaid.fail_on("accounts", permanent("ITEM_LOGIN_REQUIRED"))
+    broken = await w.drive(item)
+    assert broken is not None and broken.state is State.LOGIN_REQUIRED
+    w.plaid.item_error = "ITEM_LOGIN_REQUIRED"
+    still = await w.drive(broken)  # any drive of a login_required Item asks Plaid first
+    assert still is not None and still.state is State.LOGIN_REQUIRED
+    w.plaid.item_error = None
+    done = await w.drive(broken)
+    assert done is not None and done.state is State.ATOMIC_PENDING
+    assert w.store.path(item.id) == [
+        "exchanged",
+        "login_required",
+        "exchanged",
+        "processor_token_issued",
+        "atomic_pending",
+    ]
+    assert w.plaid.names().count("item_get") == 2 and w.store.lease_of(item.id) is None
+
+
+async def test_a_login_check_of_a_working_item_finds_it_broken() -> None:
+    w = World()
+    item = w.add(linked_item(State.ATOMIC_VERIFIED, processor="processor-sandbox-x"))
+    w.plaid.item_error = "ITEM_LOCKED"
+    done = await w.pipeline.drive(item.id, public_token=None, cause=CAUSE, check_login=True)
+    assert done is not None and done.state is State.LOGIN_REQUIRED
+    assert done.error_code == "ITEM_LOCKED" and done.resume_state is State.ATOMIC_VERIFIED
+    assert w.plaid.names() == ["item_get"] and w.store.lease_of(item.id) is None
+
+
+@pytest.mark.parametrize("error", [permanent("ITEM_NOT_FOUND"), transient()])
+async def test_a_login_check_plaid_cannot_answer_changes_nothing(error: UpstreamError) -> None:
+    w = World()
+    item = w.add(linked_item(State.LOGIN_REQUIRED))
+    w.plaid.fail_on("item_get", error)
+    if error.status == 503:
+        with pytest.raises(UpstreamError):  # retried through the broker
+            await w.drive(item)
+    else:
+        done = await w.drive(item)
+        assert done is not None and done.state is State.LOGIN_REQUIRED
+    assert w.store.items[item.id].state is State.LOGIN_REQUIRED and w.store.lease_of(item.id) is None
+
+
 async def test_awaiting_verification_releases_the_lease_with_its_transition() -> None:
     pending = Account("acc-md", "depository", "checking", "pending_manual_verification", "1111")
     w = World(accounts=[pending])

@@ -32,6 +32,7 @@ from worker.items.rules import (
     classify,
     failure_trigger,
     next_step,
+    on_item_health,
     on_verification_status,
     operator_hint,
 )
@@ -110,10 +111,15 @@ class Pipeline:
         cause: Cause,
         leased: Item | None = None,
         owner: uuid.UUID | None = None,
+        check_login: bool = False,
     ) -> Item | None:
         """Takes the Item's lease (or uses ``leased``, an Item just created with the lease of
         ``owner``) and steps it on until it waits for someone else. Each transition renews the lease;
         the last releases it.
+
+        With ``check_login``, and always for an Item in ``login_required``, it first asks Plaid
+        (``/item/get``) what the login is now and applies that (:meth:`_check_login`): a repaired
+        Item resumes from where it stopped and is driven on in the same lease.
 
         The lease belongs to this one drive, not to the process: two messages about the same Item in
         one worker (the same public token submitted twice) do not drive it at once; the second finds
@@ -128,6 +134,12 @@ class Pipeline:
             raise ItemBusy()
         held = True
         try:
+            if check_login or item.state is State.LOGIN_REQUIRED:
+                checked = await self._check_login(item, cause, owner)
+                if checked is None:  # our lease ran out and another worker took the Item over
+                    held = False
+                    return await self.store.get(item_id)
+                item = checked
             for n in range(10):
                 step = self._step_for(item, public_token, resuming=n == 0)
                 if step is None:
@@ -144,6 +156,65 @@ class Pipeline:
         finally:
             if held:
                 await self.store.release(item_id, owner)
+
+    async def _check_login(self, item: Item, cause: Cause, owner: uuid.UUID) -> Item | None:
+        """Asks Plaid what the Item's login is now and applies it, holding the Item's lease.
+
+        The call is made outside any transaction (no connection or row lock waits on Plaid); the
+        lease, which every drive and check of this Item takes, orders them: no other check or step
+        of this Item runs between this ``/item/get`` and its transition, so the last answer applied
+        is the last one asked for. Transitions from elsewhere (a revocation, Atomic) are guarded by
+        the state this one was decided in: if one won, the Item is read again and decided again.
+        ``None``: the lease was lost."""
+        for _ in range(3):
+            if item.access_token is None or on_item_health(item, None).outcome == "ignored":
+                return item
+            try:
+                health = await self.plaid.item_get(self.access_token(item))
+            except UpstreamError as err:
+                kind = classify(err)
+                if kind is Kind.OPERATOR:
+                    await self._operator_alert(err, "check_login")
+                if kind is not Kind.PERMANENT:
+                    raise
+                # ITEM_NOT_FOUND and the like: nothing to learn about the login; the Item stays
+                log.warning("item.login_check_failed", item_id=str(item.id), error_code=err.error_code)
+                return item
+            decision = on_item_health(item, health.error_code)
+            log.info(
+                "item.login_checked",
+                item_id=str(item.id),
+                state=item.state.value,
+                plaid_error_code=health.error_code,
+                outcome=decision.outcome,
+                request_id=health.request_id,
+            )
+            if decision.trigger is None:
+                return item
+            moved = await self.store.transition(
+                item,
+                decision.trigger,
+                cause=cause.name,
+                event_id=cause.event_id,
+                detail={
+                    k: v
+                    for k, v in (
+                        ("error_code", decision.error_code),
+                        ("request_id", health.request_id),
+                        ("checked", "/item/get"),
+                    )
+                    if v is not None
+                },
+                changes=decision.changes(),
+                lease=(owner, self.lease_s),
+            )
+            if moved is not None:
+                return moved
+            refreshed = await self.store.claim(item.id, owner, self.lease_s)  # moved on meanwhile
+            if refreshed is None:
+                return None
+            item = refreshed
+        return item
 
     def _step_for(self, item: Item, public_token: str | None, *, resuming: bool) -> StepFn | None:
         step = next_step(item.state, has_public_token=public_token is not None, resuming=resuming)

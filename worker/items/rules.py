@@ -8,9 +8,11 @@ pipeline and the reconciler only carry out what these return.
 - :func:`classify`: whether an upstream error is worth retrying;
 - :func:`choose_account`: which account funds the Atomic account.
 
-Plaid does not guarantee order, so events that set a condition (the bank login broken or repaired)
-carry Plaid's send time (the verified JWT ``iat``). An event older than the one that last set the
-login condition is recorded but changes nothing: the later truth wins.
+Plaid does not guarantee order and sends duplicates, and a webhook's body says what was true when it
+was sent. So a webhook about the login (ITEM ``ERROR``, ``LOGIN_REPAIRED``) decides nothing itself: it
+makes the worker ask Plaid (``/item/get``) and :func:`on_item_health` applies what Plaid says now. The
+same check runs when the upstream app reports a repair in its own app (``item.repaired``), when
+``item.drive`` meets a ``login_required`` Item, and periodically for ``login_required`` Items.
 """
 
 from __future__ import annotations
@@ -30,27 +32,28 @@ PENDING_DISCONNECT_NOTICE = timedelta(days=7)  # Plaid sends PENDING_DISCONNECT 
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
-    outcome: str  # recorded in the inbox: applied, recorded, stale, ignored, unknown_item, ...
+    outcome: str  # recorded in the inbox: applied, recorded, check, ignored, unknown_item, ...
     trigger: Trigger | None = None
     error_code: str | None = None
-    login_changed_at: int | None = None  # set items.login_changed_at to this send time
+    check_login: bool = False  # ask Plaid (/item/get) what the login is now, and apply that
     consent_expires_at: datetime | None = None
     disconnect_at: datetime | None = None
     disconnect_reason: str | None = None
     atomic_refresh: bool = False  # the funding account's numbers changed: Atomic must re-pull them
 
     def changes(self) -> Changes:
-        """The columns the transition sets: an Item that ends failed or revoked keeps the code why.
+        """The columns the transition sets: an Item that ends failed or revoked, or waits for its
+        user, keeps the code why.
         A revoked Item keeps its access token until ``/item/remove`` took it (a follow-up)."""
         return Changes(error_code=self.error_code if self.trigger in ENDING_IN_ERROR else None)
 
     @property
     def sets_conditions(self) -> bool:
-        return bool(self.login_changed_at or self.consent_expires_at or self.disconnect_at)
+        return bool(self.consent_expires_at or self.disconnect_at)
 
 
 # Triggers after which the Item keeps the error code that caused them.
-ENDING_IN_ERROR = frozenset({Trigger.FAILED, Trigger.REVOKED})
+ENDING_IN_ERROR = frozenset({Trigger.FAILED, Trigger.REVOKED, Trigger.LOGIN_REQUIRED})
 # States in which Atomic holds a funding source worth refreshing.
 LIVE_SOURCE = frozenset({State.ATOMIC_PENDING, State.ATOMIC_VERIFIED})
 
@@ -65,21 +68,47 @@ def parse_time(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _login_event(
-    item: Item, sent_at: int, trigger: Trigger, error_code: str = "ITEM_LOGIN_REQUIRED"
-) -> Decision:
-    """The Item needs its user (``error_code`` says why) or its login was repaired."""
-    if item.login_changed_at is not None and sent_at < item.login_changed_at:
-        return Decision("stale")
-    wanted = State.LOGIN_REQUIRED if trigger is Trigger.LOGIN_REQUIRED else None
-    if trigger is Trigger.LOGIN_REQUIRED and item.state in LINKED:
-        return Decision("applied", trigger, error_code=error_code, login_changed_at=sent_at)
-    if trigger is Trigger.LOGIN_REPAIRED and item.state is State.LOGIN_REQUIRED:
-        return Decision("applied", trigger, login_changed_at=sent_at)
-    # Nothing to move (already there, or the opposite event has not arrived yet): remember when the
-    # condition was last set, so an older opposite event arriving later does not undo it.
-    already = wanted is not None and item.state is wanted
-    return Decision("recorded" if already else "noted", login_changed_at=sent_at)
+# Webhooks that say something about the Item's login: triggers for asking Plaid, never the answer.
+LOGIN_SIGNALS = frozenset({("ITEM", "ERROR"), ("ITEM", "LOGIN_REPAIRED")})
+# Where the login matters and Plaid can be asked (the Item has an access token).
+LOGIN_CHECKED = LINKED | {State.LOGIN_REQUIRED}
+
+
+def _login_signal(item: Item) -> Decision:
+    if item.state not in LOGIN_CHECKED:
+        return Decision("ignored")
+    return Decision("check", check_login=True)
+
+
+def redelivery_worth_checking(item: Item | None, webhook: dict[str, Any]) -> bool:
+    """A login webhook whose body the inbox has seen in the last 24 h: a redelivery, or the same
+    event again (break, repair, break sends one ITEM ERROR body twice). Asking Plaid is skipped only
+    when the Item already shows what the webhook says; otherwise Plaid decides."""
+    if item is None or item.state not in LOGIN_CHECKED:
+        return False
+    if webhook.get("webhook_code") == "LOGIN_REPAIRED":
+        return item.state is State.LOGIN_REQUIRED
+    error = webhook.get("error")
+    code = error.get("error_code") if isinstance(error, dict) else None
+    return item.state is not State.LOGIN_REQUIRED or code != item.error_code
+
+
+def on_item_health(item: Item, error_code: str | None) -> Decision:
+    """What Plaid's ``/item/get`` answer (the Item's ``error.error_code`` now, ``None`` when there is
+    none) does to the Item: an error update mode fixes puts it in ``login_required`` keeping the
+    code; no error takes a ``login_required`` Item back to the state it stopped in. Any other error
+    (the institution down, ...) is not the user's to fix and changes nothing."""
+    if item.state not in LOGIN_CHECKED:
+        return Decision("ignored")
+    if error_code is None:
+        if item.state is State.LOGIN_REQUIRED:
+            return Decision("applied", Trigger.LOGIN_REPAIRED)
+        return Decision("healthy")
+    if error_code in NEEDS_USER_CODES:
+        if item.state is State.LOGIN_REQUIRED:
+            return Decision("still_required", error_code=error_code)
+        return Decision("applied", Trigger.LOGIN_REQUIRED, error_code=error_code)
+    return Decision("recorded", error_code=error_code)
 
 
 def on_plaid_webhook(item: Item | None, webhook: dict[str, Any], sent_at: int) -> Decision:
@@ -88,14 +117,8 @@ def on_plaid_webhook(item: Item | None, webhook: dict[str, Any], sent_at: int) -
         return Decision("unknown_item")
     wtype, code = webhook.get("webhook_type"), webhook.get("webhook_code")
     if wtype == "ITEM":
-        if code == "ERROR":
-            error = webhook.get("error") or {}
-            error_code = error.get("error_code") if isinstance(error, dict) else None
-            if error_code in NEEDS_USER_CODES:  # update mode fixes it: the Item waits for its user
-                return _login_event(item, sent_at, Trigger.LOGIN_REQUIRED, str(error_code))
-            return Decision("recorded")
-        if code == "LOGIN_REPAIRED":
-            return _login_event(item, sent_at, Trigger.LOGIN_REPAIRED)
+        if (wtype, code) in LOGIN_SIGNALS:  # what Plaid says now decides, not this body
+            return _login_signal(item)
         if code == "PENDING_EXPIRATION":
             return Decision("recorded", consent_expires_at=parse_time(webhook.get("consent_expiration_time")))
         if code == "PENDING_DISCONNECT":
@@ -128,7 +151,10 @@ def on_plaid_webhook(item: Item | None, webhook: dict[str, Any], sent_at: int) -
             why = "VERIFICATION_EXPIRED" if code == "VERIFICATION_EXPIRED" else "VERIFICATION_FAILED"
             return Decision("applied", Trigger.FAILED, error_code=why)
         if code == "PRODUCT_PERMISSIONS_REQUIRED":  # Auth access not granted: update mode fixes it
-            return _login_event(item, sent_at, Trigger.LOGIN_REQUIRED, "PRODUCT_PERMISSIONS_REQUIRED")
+            # /item/get shows no Item error for it: the body decides, once (a repeat changes nothing)
+            if item.state in LINKED:
+                return Decision("applied", Trigger.LOGIN_REQUIRED, error_code="PRODUCT_PERMISSIONS_REQUIRED")
+            return Decision("recorded")
         if code == "DEFAULT_UPDATE":
             updated = webhook.get("account_ids_with_updated_auth") or {}
             if item.account_id is not None and isinstance(updated, dict) and item.account_id in updated:

@@ -173,6 +173,12 @@ class Store:
         at: datetime | None = await self.pool.fetchval(query("awaiting_since"), item_id)
         return at
 
+    async def logins_to_check(self, older_than: timedelta, limit: int) -> list[uuid.UUID]:
+        """Up to ``limit`` ``login_required`` Items not looked at for ``older_than``, marked as looked
+        at now (several workers may run the check: each takes different ones)."""
+        rows = await self.pool.fetch(query("logins_to_check"), older_than, limit)
+        return [r["id"] for r in rows]
+
     async def touch(self, item_id: uuid.UUID) -> None:
         await self.pool.execute(query("touch_item"), item_id)
 

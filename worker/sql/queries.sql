@@ -207,3 +207,23 @@ WHERE last_seen > now() - $1::interval ORDER BY last_seen DESC;
 -- name: mark_plaid_removed
 -- $1 id
 UPDATE items SET plaid_removed_at = now() WHERE id = $1 AND plaid_removed_at IS NULL;
+
+-- name: logins_to_check
+-- login_required Items not looked at for $1 (interval), the longest-waiting first, at most $2: the
+-- periodic check asks Plaid whether their login was repaired with nobody telling paw. An Item
+-- waiting for AUTH PRODUCT_PERMISSIONS_REQUIRED is left out (/item/get shows no error for it).
+-- Each one checked is touched, so the next run takes the next ones.
+-- $1 older than (interval), $2 limit
+WITH due AS (
+    SELECT id FROM items
+    WHERE state = 'login_required'
+      AND access_token_sealed IS NOT NULL
+      AND error_code IS DISTINCT FROM 'PRODUCT_PERMISSIONS_REQUIRED'
+      AND updated_at < now() - $1::interval
+      AND (lease_until IS NULL OR lease_until < now())
+    ORDER BY updated_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE items AS i SET updated_at = now() FROM due WHERE i.id = due.id
+RETURNING i.id;
