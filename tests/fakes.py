@@ -261,6 +261,7 @@ class FakeStore:
             return None
         c = changes
         keep = not c.destroy_tokens
+        repaired = trigger is Trigger.LOGIN_REPAIRED
         moved = dataclasses.replace(
             row,
             state=to_state,
@@ -270,9 +271,10 @@ class FakeStore:
             access_token=_coalesce(c.access_token, row.access_token) if keep else None,
             processor_token=_coalesce(c.processor_token, row.processor_token) if keep else None,
             atomic_funding_source_id=_coalesce(c.atomic_funding_source_id, row.atomic_funding_source_id),
-            error_code=_coalesce(c.error_code, row.error_code),
-            error_type=_coalesce(c.error_type, row.error_type),
-            error_message=_coalesce(c.error_message, row.error_message),
+            # as the SQL: a repaired login clears the error that made the Item wait for its user
+            error_code=None if repaired else _coalesce(c.error_code, row.error_code),
+            error_type=None if repaired else _coalesce(c.error_type, row.error_type),
+            error_message=None if repaired else _coalesce(c.error_message, row.error_message),
             plaid_request_id=_coalesce(c.plaid_request_id, row.plaid_request_id),
             updated_at=self.now(),
             version=row.version + 1,

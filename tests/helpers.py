@@ -403,3 +403,35 @@ async def take_envelopes(
 async def call(fn: Callable[..., Any], *args: Any) -> Any:
     """plaid-python is synchronous: run it off the event loop that serves the sandbox."""
     return await asyncio.to_thread(fn, *args)
+
+
+async def verified_item(
+    services: Services, sandbox: Sandbox, receiver: str, username: str = "user_good"
+) -> Item:
+    token = await new_public_token(sandbox, username, webhook=f"{receiver}/webhooks/plaid")
+    await submit_amqp(services, {"public_token": token, "client_user_id": f"u-{uuid.uuid4().hex[:6]}"})
+    want = (
+        State.AWAITING_VERIFICATION if username == "user_automated_microdeposits" else State.ATOMIC_VERIFIED
+    )
+    return await settled(services, token, want)
+
+
+async def state_of(services: Services, item: Item, *states: State) -> Item:
+    async def check() -> Item | None:
+        got = await services.store.get(item.id)
+        return got if got is not None and got.state in states else None
+
+    result: Item = await eventually(check)
+    return result
+
+
+async def post_signed(
+    receiver: str, sandbox: Sandbox, body: dict[str, Any], *, iat: int | None = None
+) -> int:
+    raw = json.dumps(body, indent=2).encode()
+    headers = {"Plaid-Verification": sandbox.state.sign(raw, iat=iat), "Content-Type": "application/json"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{receiver}/webhooks/plaid", data=raw, headers=headers) as r,
+    ):
+        return r.status

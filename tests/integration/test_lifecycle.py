@@ -10,7 +10,6 @@ import asyncio
 import hashlib
 import json
 import time
-import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -28,9 +27,12 @@ from tests.helpers import (
     all_cells,
     eventually,
     new_public_token,
+    post_signed,
     queue_messages,
     settled,
+    state_of,
     submit_amqp,
+    verified_item,
 )
 from worker.items.model import Item
 from worker.items.states import State, Trigger, next_state
@@ -48,38 +50,6 @@ def sandbox_config(sandbox_config_for_receiver: SandboxConfig) -> SandboxConfig:
 
 
 # -- end to end ---------------------------------------------------------------------------------
-
-
-async def verified_item(
-    services: Services, sandbox: Sandbox, receiver: str, username: str = "user_good"
-) -> Item:
-    token = await new_public_token(sandbox, username, webhook=f"{receiver}/webhooks/plaid")
-    await submit_amqp(services, {"public_token": token, "client_user_id": f"u-{uuid.uuid4().hex[:6]}"})
-    want = (
-        State.AWAITING_VERIFICATION if username == "user_automated_microdeposits" else State.ATOMIC_VERIFIED
-    )
-    return await settled(services, token, want)
-
-
-async def state_of(services: Services, item: Item, *states: State) -> Item:
-    async def check() -> Item | None:
-        got = await services.store.get(item.id)
-        return got if got is not None and got.state in states else None
-
-    result: Item = await eventually(check)
-    return result
-
-
-async def post_signed(
-    receiver: str, sandbox: Sandbox, body: dict[str, Any], *, iat: int | None = None
-) -> int:
-    raw = json.dumps(body, indent=2).encode()
-    headers = {"Plaid-Verification": sandbox.state.sign(raw, iat=iat), "Content-Type": "application/json"}
-    async with (
-        aiohttp.ClientSession() as http,
-        http.post(f"{receiver}/webhooks/plaid", data=raw, headers=headers) as r,
-    ):
-        return r.status
 
 
 async def inbox(settings: Settings) -> list[asyncpg.Record]:

@@ -17,11 +17,19 @@ from typing import Any
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from sandbox import webhook_bodies
 from sandbox.app import SandboxConfig
-from tests.helpers import RunningWorker, Sandbox, access_token_of, eventually
-from tests.integration.test_lifecycle import post_signed, state_of, verified_item
+from tests.helpers import (
+    RunningWorker,
+    Sandbox,
+    access_token_of,
+    eventually,
+    post_signed,
+    state_of,
+    verified_item,
+)
 from worker.items.model import Item
 from worker.items.states import State
 from worker.services import Services
@@ -97,8 +105,9 @@ async def test_login_broken_before_the_processor_token_repaired_in_update_mode_r
     ):
         assert r.status == 200 and (await r.json())["public_token"] is None
     assert not login_broken_at_plaid(sandbox, item)
-    await asyncio.sleep(0.3)
-    still = await services.store.get(item.id)  # nobody told paw yet, and Plaid sent nothing
+    await asyncio.wait_for(sandbox.state.drain(), 10)
+    assert not login_repaired_sent(sandbox)  # a repair in the app: Plaid sends nothing
+    still = await services.store.get(item.id)  # so nobody has told paw yet
     assert still is not None and still.state is State.LOGIN_REQUIRED
 
     status, answer = await call(
@@ -108,6 +117,7 @@ async def test_login_broken_before_the_processor_token_repaired_in_update_mode_r
     back = await state_of(services, item, State.AWAITING_VERIFICATION)
     sandbox.state.plaid.set_verification_status(access, back.account_id or "", "automatically_verified")
     done = await state_of(services, item, State.ATOMIC_VERIFIED)
+    assert done.error_code is None  # the repair cleared ITEM_LOGIN_REQUIRED
     assert sandbox.state.atomic_funding_sources(str(done.id)) == 1
     assert not login_repaired_sent(sandbox)
     history = await services.store.history(item.id)
@@ -130,7 +140,7 @@ async def test_break_repair_break_repair_follows_plaid_after_each_step(
         want = plaid_state(sandbox, item, State.ATOMIC_VERIFIED)
         assert want is (State.LOGIN_REQUIRED if step % 2 == 0 else State.ATOMIC_VERIFIED)
         await state_of(services, item, want)
-    await asyncio.sleep(0.3)
+    await _queues_idle(services)
     final = await services.store.get(item.id)
     assert final is not None and final.state is State.ATOMIC_VERIFIED
     moves = [(h.from_state, h.to_state) for h in await services.store.history(item.id)][-4:]
@@ -186,12 +196,20 @@ async def test_shuffled_and_duplicated_deliveries_end_where_plaid_says(
 
 
 async def _queues_idle(services: Services) -> None:
-    """Every work and delay queue empty (deferred checks come back through the delay queues)."""
+    """Nothing left to do: every work and delay queue empty (a deferred check comes back through a
+    delay queue) and no Item leased (a message in hand holds its Item's lease)."""
+    topo = services.topo
+    names = [*topo.work_queues] + [
+        topo.retry_queue(q, d) for q in topo.work_queues for d in topo.retry_delays_ms
+    ]
 
     async def idle() -> bool:
+        leased = await services.store.pool.fetchval("SELECT count(*) FROM items WHERE lease_until > now()")
+        if leased:
+            return False
         channel = await services.connection.channel()
         try:
-            for name in services.topo.work_queues:
+            for name in names:
                 q = await channel.declare_queue(name, passive=True)
                 if q.declaration_result.message_count:
                     return False
@@ -199,8 +217,6 @@ async def _queues_idle(services: Services) -> None:
         finally:
             await channel.close()
 
-    await eventually(idle, timeout=30)
-    await asyncio.sleep(1.0)  # a deferred check waiting out its delay comes back within a second
     await eventually(idle, timeout=30)
 
 
@@ -212,7 +228,8 @@ async def test_the_periodic_check_finds_a_repair_nobody_reported(
     access = access_token_of(sandbox, item.plaid_item_id or "")
     sandbox.state.plaid.reset_login(access)
     await state_of(services, item, State.LOGIN_REQUIRED)
-    await asyncio.sleep(2.5)  # checked meanwhile: still broken, it stays
+    with capture_logs() as logs:  # the periodic check looks: Plaid still says broken, it stays
+        await eventually(lambda: checked(logs, item), timeout=15)
     still = await services.store.get(item.id)
     assert still is not None and still.state is State.LOGIN_REQUIRED
     sandbox.state.plaid.repair_login(access, elsewhere=False)  # update mode in the app; no webhook
@@ -231,8 +248,9 @@ async def test_item_drive_of_a_login_required_item_confirms_with_plaid(
     sandbox.state.plaid.reset_login(access)
     await state_of(services, item, State.LOGIN_REQUIRED)
     body = json.dumps({"item_id": str(item.id), "reason": "test"}).encode()
-    await services.publisher.publish("item.drive", body, message_id=str(uuid.uuid4()))
-    await asyncio.sleep(0.5)
+    with capture_logs() as logs:
+        await services.publisher.publish("item.drive", body, message_id=str(uuid.uuid4()))
+        await eventually(lambda: checked(logs, item))
     still = await services.store.get(item.id)
     assert still is not None and still.state is State.LOGIN_REQUIRED
     sandbox.state.plaid.repair_login(access, elsewhere=False)
@@ -246,9 +264,10 @@ async def test_repaired_when_plaid_still_says_broken_changes_nothing(
     item = await verified_item(services, sandbox, receiver)
     sandbox.state.plaid.reset_login(access_token_of(sandbox, item.plaid_item_id or ""))
     await state_of(services, item, State.LOGIN_REQUIRED)
-    status, _ = await call(settings, "POST", f"{receiver}/v1/items/{item.id}/repaired")
-    assert status == 202
-    await asyncio.sleep(0.5)
+    with capture_logs() as logs:
+        status, _ = await call(settings, "POST", f"{receiver}/v1/items/{item.id}/repaired")
+        assert status == 202
+        await eventually(lambda: checked(logs, item))
     still = await services.store.get(item.id)
     assert still is not None and still.state is State.LOGIN_REQUIRED
 
@@ -284,3 +303,8 @@ async def test_link_token_and_repaired_refusals(
     for path in ("link_token", "repaired"):
         status, answer = await call(settings, "POST", f"{receiver}/v1/items/{item.id}/{path}")
         assert (status, answer["error"]) == (409, "not_repairable")
+
+
+async def checked(logs: list[dict[str, Any]], item: Item) -> bool:
+    """The worker asked Plaid about ``item``'s login (its ``item.login_checked`` line)."""
+    return any(e["event"] == "item.login_checked" and e.get("item_id") == str(item.id) for e in logs)

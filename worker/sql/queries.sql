@@ -32,7 +32,8 @@ SELECT * FROM item_history WHERE item_id = $1 ORDER BY id;
 -- name: transition
 -- One guarded state change and its history row, in one statement. No row back: the Item was not in
 -- one of the allowed states (illegal, or already applied by someone else). Entering login_required
--- remembers the state it left; leaving it (login repaired, failed, revoked) forgets it.
+-- remembers the state it left; leaving it (login repaired, failed, revoked) forgets it, and a repair
+-- clears the error that made the Item wait for its user.
 -- $1 id, $2 to_state, $3 allowed from (text[]), $4 trigger, $5 cause, $6 event_id, $7 detail (jsonb),
 -- $8 plaid_item_id, $9 account_id, $10 access_token_key_id, $11 access_token_sealed,
 -- $12 processor_token_key_id, $13 processor_token_sealed, $14 atomic_funding_source_id,
@@ -52,9 +53,10 @@ WITH prev AS (
         processor_token_key_id = CASE WHEN $19 THEN NULL ELSE COALESCE($12, i.processor_token_key_id) END,
         processor_token_sealed = CASE WHEN $19 THEN NULL ELSE COALESCE($13, i.processor_token_sealed) END,
         atomic_funding_source_id = COALESCE($14, i.atomic_funding_source_id),
-        error_code = COALESCE($15, i.error_code),
-        error_type = COALESCE($16, i.error_type),
-        error_message = COALESCE($17, i.error_message),
+        -- a repaired login clears the error that made the Item wait for its user
+        error_code = CASE WHEN $4 = 'login_repaired' THEN NULL ELSE COALESCE($15, i.error_code) END,
+        error_type = CASE WHEN $4 = 'login_repaired' THEN NULL ELSE COALESCE($16, i.error_type) END,
+        error_message = CASE WHEN $4 = 'login_repaired' THEN NULL ELSE COALESCE($17, i.error_message) END,
         plaid_request_id = COALESCE($18, i.plaid_request_id),
         updated_at = now(),
         version = i.version + 1,
