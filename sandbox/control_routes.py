@@ -132,6 +132,14 @@ async def set_latency(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+def _webhook(body: dict[str, Any]) -> str | None:
+    """The optional ``webhook`` URL of a lever that makes an Item."""
+    webhook = _typed(body, "webhook", (str,), required=False) or None
+    if webhook is not None and urlsplit(webhook).scheme not in ("http", "https"):
+        raise _BadControl("webhook must be an http or https URL")
+    return webhook
+
+
 async def create_same_day(request: web.Request) -> web.Response:
     try:
         body = await _body(request)
@@ -140,10 +148,7 @@ async def create_same_day(request: web.Request) -> web.Response:
             products = ["auth"]
         if not all(isinstance(p, str) for p in products):
             raise _BadControl("initial_products must be a list of strings")
-        webhook = _typed(body, "webhook", (str,), required=False) or None
-        if webhook is not None and urlsplit(webhook).scheme not in ("http", "https"):
-            raise _BadControl("webhook must be an http or https URL")
-        token = request.app[SANDBOX].plaid.create_same_day_public_token(products, webhook)
+        token = request.app[SANDBOX].plaid.create_same_day_public_token(products, _webhook(body))
     except _BadControl as exc:
         return _bad(str(exc))
     except PlaidAPIError as exc:
@@ -155,10 +160,7 @@ async def create_database_insights(request: web.Request) -> web.Response:
     try:
         body = await _body(request)
         status = _typed(body, "verification_status", (str,), required=True)
-        webhook = _typed(body, "webhook", (str,), required=False) or None
-        if webhook is not None and urlsplit(webhook).scheme not in ("http", "https"):
-            raise _BadControl("webhook must be an http or https URL")
-        token = request.app[SANDBOX].plaid.create_database_insights_public_token(status, webhook)
+        token = request.app[SANDBOX].plaid.create_database_insights_public_token(status, _webhook(body))
     except _BadControl as exc:
         return _bad(str(exc))
     except PlaidAPIError as exc:

@@ -20,6 +20,7 @@ from sandbox.accounts import (
     PENDING_MANUAL_VERIFICATION,
     PENDING_VERIFICATION,
     SAME_DAY_CHECKING,
+    AccountSpec,
     SandboxAccount,
     account_number,
     build_accounts,
@@ -245,16 +246,7 @@ class PlaidLedger:
             # "products array should include only auth or transfer when using same-day manual
             # micro-deposit verification" (plaid.com/docs/auth/coverage/same-day/)
             raise invalid_request("INVALID_FIELD", "Same-Day micro-deposit Items take only the auth product")
-        item = SandboxItem(
-            item_id=plaid_id(self._rng),
-            institution_id=None,
-            institution_name=None,
-            products=["auth"],
-            webhook=webhook,
-            accounts={a.account_id: a for a in build_accounts((SAME_DAY_CHECKING,), self._rng)},
-            auth_method=SAME_DAY_MICRODEPOSITS,
-        )
-        return self._issue_public_token(item)
+        return self._linkless_public_token(SAME_DAY_CHECKING, SAME_DAY_MICRODEPOSITS, webhook)
 
     def create_database_insights_public_token(self, verification_status: str, webhook: str | None) -> str:
         """Emulator-only: the public token Link would give after a Database Insights (Database Auth)
@@ -266,6 +258,11 @@ class PlaidLedger:
                 "INVALID_FIELD", f"verification_status must be one of {sorted(DATABASE_INSIGHTS_STATUSES)}"
             )
         spec = dataclasses.replace(DATABASE_INSIGHTS_CHECKING, verification_status=verification_status)
+        return self._linkless_public_token(spec, DATABASE_INSIGHTS, webhook)
+
+    def _linkless_public_token(self, spec: AccountSpec, auth_method: str, webhook: str | None) -> str:
+        """An Item Link makes from account numbers alone (no institution, one checking account of
+        ``spec``, Auth only), and its public token."""
         item = SandboxItem(
             item_id=plaid_id(self._rng),
             institution_id=None,
@@ -273,7 +270,7 @@ class PlaidLedger:
             products=["auth"],
             webhook=webhook,
             accounts={a.account_id: a for a in build_accounts((spec,), self._rng)},
-            auth_method=DATABASE_INSIGHTS,
+            auth_method=auth_method,
         )
         return self._issue_public_token(item)
 
