@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from webhooks import listing
 from webhooks.envelopes import Refused, atomic_envelope, parse_webhook_body, plaid_envelope
 from webhooks.keys import KeyCache, KeyFetchHealth, KeyFetchUnavailable, UnknownKey
 from webhooks.limits import InFlight, TokenBuckets
@@ -32,8 +33,8 @@ from worker.items.sealing import Sealer, aad
 from worker.items.states import LINKED, State
 from worker.items.store import Store
 from worker.messages import checked, parse_json, validated
-from worker.plaid_api import PlaidClient
-from worker.settings import Settings
+from worker.plaid_api import LinkToken, PlaidClient
+from worker.settings import LINK_COUNTRY_CODES, LINK_LANGUAGES, Settings
 
 log = structlog.get_logger(__name__)
 
@@ -318,8 +319,33 @@ async def get_item(request: web.Request) -> web.Response:
     return web.json_response({**item.public(), "history": [h.public() for h in history]})
 
 
+async def list_items(request: web.Request) -> web.Response:
+    """One page of Items (``webhooks/listing.py`` says which, in what order, and why), each as
+    ``GET /v1/items/{id}`` shows it without its history; never a token."""
+    rx = request.app[RECEIVER]
+    assert rx.store is not None
+    repeated = {k for k in request.query if len(request.query.getall(k)) > 1}
+    try:
+        q = listing.parse_query(request.query, repeated)
+    except listing.BadQuery as e:
+        return problem(400, "invalid_query", detail=str(e))
+    found = await rx.store.page(
+        client_user_id=q.client_user_id,
+        after=q.after,
+        states=[s.value for s in q.states] if q.states is not None else None,
+        limit=q.limit + 1,  # one more says whether another page follows
+    )
+    page = found[: q.limit]
+    last = page[-1] if page else None
+    cursor = listing.encode_cursor(last.updated_at, last.id) if last else request.query.get("cursor")
+    return web.json_response(
+        {"items": [i.public() for i in page], "next_cursor": cursor, "has_more": len(found) > q.limit}
+    )
+
+
 # Where Link update mode can repair the Item: it has a live access token.
 REPAIRABLE = LINKED | {State.LOGIN_REQUIRED}
+NEW_ITEM_PRODUCTS = ("auth",)  # paw funds accounts: Auth is what /processor/token/create needs
 LINK_TOKEN_OPTIONS = {"client_name", "language", "country_codes", "redirect_uri"}
 
 
@@ -340,20 +366,74 @@ async def _item_for(request: web.Request) -> Item | web.Response:
     return item
 
 
-def _link_token_options(body: bytes) -> dict[str, Any]:
-    """The optional request body: ``client_name``, ``language``, ``country_codes``, ``redirect_uri``."""
-    if not body.strip():
-        return {}
-    data = parse_json(body)
-    if not isinstance(data, dict) or set(data) - LINK_TOKEN_OPTIONS:
-        raise Poison(f"the body may only hold {', '.join(sorted(LINK_TOKEN_OPTIONS))}")
+def link_token_options(body: bytes, settings: Settings, *, new_item: bool = False) -> dict[str, Any]:
+    """What the link token is made with: the request body's ``client_name``, ``language``,
+    ``country_codes`` and ``redirect_uri`` over the settings' (``PAW_LINK_*``); for a new Item also
+    its ``client_user_id`` (required). :class:`Poison` names what is wrong."""
+    data = parse_json(body) if body.strip() else {}
+    allowed = LINK_TOKEN_OPTIONS | ({"client_user_id"} if new_item else set())
+    if not isinstance(data, dict) or set(data) - allowed:
+        raise Poison(f"the body may only hold {', '.join(sorted(allowed))}")
+    if new_item:
+        user = data.get("client_user_id")
+        if not (isinstance(user, str) and 0 < len(user) <= 128):
+            raise Poison("client_user_id must be a string of 1 to 128 characters (your id for the user)")
     for name in ("client_name", "language", "redirect_uri"):
         if name in data and not (isinstance(data[name], str) and 0 < len(data[name]) <= 200):
             raise Poison(f"{name} must be a non-empty string")
-    codes = data.get("country_codes", ["US"])
-    if not (isinstance(codes, list) and codes and all(isinstance(c, str) and len(c) == 2 for c in codes)):
-        raise Poison("country_codes must be a list of two-letter codes")
-    return data
+    if data.get("language", settings.link_language) not in LINK_LANGUAGES:
+        raise Poison(f"language must be one of {', '.join(LINK_LANGUAGES)}")
+    codes = data.get("country_codes", list(settings.link_country_codes))
+    if not (isinstance(codes, list) and codes and all(c in LINK_COUNTRY_CODES for c in codes)):
+        raise Poison(f"country_codes must be a non-empty list of {', '.join(LINK_COUNTRY_CODES)}")
+    return {
+        "client_name": settings.link_client_name,
+        "language": settings.link_language,
+        "redirect_uri": None,
+        **data,
+        "country_codes": codes,
+    }
+
+
+def public_webhook(rx: Receiver) -> str | web.Response | None:
+    """The webhook URL every link token carries (``PAW_PUBLIC_WEBHOOK_URL``); a 503 against Plaid
+    itself when it is unset (Plaid would send the Item's webhooks nowhere); ``None`` in the emulator."""
+    webhook = rx.settings.public_webhook_url
+    if not webhook and not rx.settings.plaid_base_url:
+        return problem(
+            503,
+            "not_configured",
+            detail="PAW_PUBLIC_WEBHOOK_URL must be set to make link tokens for Plaid itself",
+        )
+    return webhook or None
+
+
+def link_token_answer(token: LinkToken) -> web.Response:
+    return web.json_response(
+        {"link_token": token.link_token, "expiration": token.expiration, "request_id": token.request_id}
+    )
+
+
+async def create_new_link_token(request: web.Request) -> web.Response:
+    """A Link token for a new Item (Plaid /link/token/create with ``products: ["auth"]``) whose
+    ``webhook`` is paw's receiver: the upstream app opens Link with it and hands the public token
+    from ``onSuccess`` to ``POST /v1/items``."""
+    rx = request.app[RECEIVER]
+    body = await read_body(request, 16 * 1024)
+    try:
+        options = link_token_options(body, rx.settings, new_item=True)
+    except Poison as e:
+        return problem(400, "invalid_request", detail=str(e))
+    webhook = public_webhook(rx)
+    if isinstance(webhook, web.Response):
+        return webhook
+    assert rx.plaid is not None
+    try:
+        token = await rx.plaid.link_token(**options, webhook=webhook, products=list(NEW_ITEM_PRODUCTS))
+    except UpstreamError as e:
+        return plaid_refused(e)
+    log.info("link_token.created", mode="new_item", request_id=token.request_id)
+    return link_token_answer(token)
 
 
 async def create_link_token(request: web.Request) -> web.Response:
@@ -366,33 +446,24 @@ async def create_link_token(request: web.Request) -> web.Response:
         return found
     item = found
     try:
-        options = _link_token_options(body)
+        options = link_token_options(body, rx.settings)
     except Poison as e:
         return problem(400, "invalid_request", detail=str(e))
-    webhook = rx.settings.public_webhook_url
-    if not webhook and not rx.settings.plaid_base_url:
-        return problem(
-            503,
-            "not_configured",
-            detail="PAW_PUBLIC_WEBHOOK_URL must be set to make link tokens for Plaid itself",
-        )
+    webhook = public_webhook(rx)
+    if isinstance(webhook, web.Response):
+        return webhook
     assert rx.plaid is not None and rx.sealer is not None and item.access_token is not None
     try:
-        token = await rx.plaid.update_link_token(
-            rx.sealer.open(item.access_token, aad=aad(item.id, "access_token")),
+        token = await rx.plaid.link_token(
+            **options,
             client_user_id=item.client_user_id,
-            client_name=options.get("client_name", "paw"),
-            language=options.get("language", "en"),
-            country_codes=options.get("country_codes", ["US"]),
-            webhook=webhook or None,
-            redirect_uri=options.get("redirect_uri"),
+            webhook=webhook,
+            access_token=rx.sealer.open(item.access_token, aad=aad(item.id, "access_token")),
         )
     except UpstreamError as e:
         return plaid_refused(e)
     log.info("item.link_token_created", item_id=str(item.id), request_id=token.request_id)
-    return web.json_response(
-        {"link_token": token.link_token, "expiration": token.expiration, "request_id": token.request_id}
-    )
+    return link_token_answer(token)
 
 
 def plaid_refused(e: UpstreamError) -> web.Response:
@@ -466,7 +537,9 @@ def create_app(receiver: Receiver) -> web.Application:
     app.router.add_post("/webhooks/plaid", plaid_webhook)
     app.router.add_post("/webhooks/atomic", atomic_webhook)
     app.router.add_post("/v1/items", submit_item)
+    app.router.add_get("/v1/items", list_items)
     app.router.add_get("/v1/items/{id}", get_item)
+    app.router.add_post("/v1/link_tokens", create_new_link_token)
     app.router.add_post("/v1/items/{id}/link_token", create_link_token)
     app.router.add_post("/v1/items/{id}/repaired", report_repaired)
     app.router.add_get("/healthz", healthz)

@@ -29,6 +29,7 @@ from plaid.model.item_remove_request import ItemRemoveRequest
 from plaid.model.link_token_create_request import LinkTokenCreateRequest
 from plaid.model.link_token_create_request_user import LinkTokenCreateRequestUser
 from plaid.model.processor_token_create_request import ProcessorTokenCreateRequest
+from plaid.model.products import Products
 from plaid.model.webhook_verification_key_get_request import WebhookVerificationKeyGetRequest
 
 from worker import metrics
@@ -238,9 +239,8 @@ class PlaidClient:
             str(code) if code else "UNKNOWN", str(kind) if kind else None, str(resp["request_id"])
         )
 
-    async def update_link_token(
+    async def link_token(
         self,
-        access_token: str,
         *,
         client_user_id: str,
         client_name: str,
@@ -248,8 +248,11 @@ class PlaidClient:
         country_codes: list[str],
         webhook: str | None,
         redirect_uri: str | None,
+        access_token: str | None = None,
+        products: list[str] | None = None,
     ) -> LinkToken:
-        """``/link/token/create`` in update mode: for the Item of ``access_token``, no products."""
+        """``/link/token/create``: for a new Item with ``products`` (paw asks for ``["auth"]``), or
+        in update mode for the Item of ``access_token`` (no products)."""
 
         def request() -> LinkTokenCreateRequest:
             optional: dict[str, Any] = {}
@@ -257,12 +260,15 @@ class PlaidClient:
                 optional["webhook"] = webhook
             if redirect_uri:
                 optional["redirect_uri"] = redirect_uri
+            if access_token is not None:
+                optional["access_token"] = access_token
+            if products:
+                optional["products"] = [Products(p) for p in products]
             return LinkTokenCreateRequest(
                 client_name=client_name,
                 language=language,
                 country_codes=[CountryCode(c) for c in country_codes],
                 user=LinkTokenCreateRequestUser(client_user_id=client_user_id),
-                access_token=access_token,
                 **optional,
             )
 

@@ -38,6 +38,10 @@ PLAID_HOSTS = {
 
 MASKED = "****"
 
+# What Plaid's /link/token/create accepts (plaid-python's CountryCode; Plaid's Link languages).
+LINK_LANGUAGES = tuple("da de en es et fr hi it lt lv nl no pl pt ro sv vi".split())
+LINK_COUNTRY_CODES = tuple("US GB ES NL FR IE CA DE IT PL DK NO SE EE LT LV PT BE AT FI".split())
+
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
@@ -69,6 +73,9 @@ class Settings:
     automated_microdeposits_expiry_s: int = 7 * 86400
     login_check_s: int = 600
     public_webhook_url: str = ""
+    link_client_name: str = "paw"
+    link_language: str = "en"
+    link_country_codes: tuple[str, ...] = ("US",)
     item_lease_s: float = 30.0
     accept_insights_caution: bool = False
     db_pool_size: int = 20
@@ -197,6 +204,24 @@ def parse_token_keys(name: str, raw: str) -> tuple[tuple[str, bytes], ...]:
             raise SettingsError(f"{name}: key id {kid!r} appears twice")
         keys.append((kid, key))
     return tuple(keys)
+
+
+def _client_name(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not 1 <= len(value) <= 30:
+        raise SettingsError(f"{name} must be 1 to 30 characters (Link shows it to the user), got {raw!r}")
+    return value
+
+
+def _country_codes(name: str, raw: str) -> tuple[str, ...]:
+    codes = tuple(dict.fromkeys(c.strip().upper() for c in raw.split(",") if c.strip()))
+    unknown = [c for c in codes if c not in LINK_COUNTRY_CODES]
+    if not codes or unknown:
+        raise SettingsError(
+            f"{name} must be comma-separated country codes Plaid supports "
+            f"({', '.join(LINK_COUNTRY_CODES)}), got {raw!r}"
+        )
+    return codes
 
 
 def _flag(name: str, raw: str) -> bool:
@@ -395,8 +420,26 @@ _VARS = (
         "public_webhook_url",
         _url("http", "https"),
         "the receiver's Plaid webhook URL as Plaid reaches it (https://.../webhooks/plaid), put into "
-        "update-mode link tokens; required against real Plaid",
+        "every link token paw makes (new Items and update mode); required against real Plaid",
         shown_default="none (sandbox only)",
+    ),
+    Var(
+        "PAW_LINK_CLIENT_NAME",
+        "link_client_name",
+        _client_name,
+        "the app name Link shows the user in the link tokens paw makes (at most 30 characters)",
+    ),
+    Var(
+        "PAW_LINK_LANGUAGE",
+        "link_language",
+        _choice(*LINK_LANGUAGES),
+        f"Link's language in the link tokens paw makes: {', '.join(LINK_LANGUAGES)}",
+    ),
+    Var(
+        "PAW_LINK_COUNTRY_CODES",
+        "link_country_codes",
+        _country_codes,
+        "countries whose institutions Link offers in the link tokens paw makes, comma-separated",
     ),
     Var(
         "PAW_ITEM_LEASE_S",

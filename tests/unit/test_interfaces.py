@@ -364,3 +364,153 @@ def test_asyncapi_documents_least_privilege_for_upstream_publishers() -> None:
     assert re.search(topic[2], "item.link") and not any(
         re.search(topic[2], key) for key in ("item.drive", "webhook.plaid.ITEM.ERROR", "item.linked")
     )
+
+
+# -- OpenAPI examples and limits -----------------------------------------------------------------
+
+
+def openapi_validator(schema_ref: str) -> Draft202012Validator:
+    """A validator for the document's schema at ``schema_ref`` (``#/components/schemas/X``), its
+    references into the document and into schemas/messages resolved as they are written."""
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    def retrieve(uri: str) -> Resource[Any]:
+        path = Path(urldefrag(uri)[0].removeprefix("file://"))
+        return DRAFT202012.create_resource(load(path))
+
+    base = OPENAPI_PATH.resolve().as_uri()
+    registry: Registry[Any] = Registry(retrieve=retrieve).with_resource(  # type: ignore[call-arg]
+        base, DRAFT202012.create_resource(openapi())
+    )
+    return Draft202012Validator({"$ref": base + schema_ref}, registry=registry)
+
+
+def operations() -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, item in openapi()["paths"].items():
+        for method, op in item.items():
+            if method in HTTP_METHODS:
+                yield path, method, op
+
+
+def media_examples(media: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    for name, example in media.get("examples", {}).items():
+        example, _ = deref(example, OPENAPI_PATH)
+        yield name, example["value"]
+
+
+def responses_of(op: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for status, response in op["responses"].items():
+        yield status, deref(response, OPENAPI_PATH)[0]
+
+
+def test_every_openapi_example_is_valid_against_its_schema() -> None:
+    checked = 0
+    for path, method, op in operations():
+        escaped = path.replace("~", "~0").replace("/", "~1")
+        bodies = []
+        if "requestBody" in op:
+            body, _ = deref(op["requestBody"], OPENAPI_PATH)
+            where = f"#/paths/{escaped}/{method}/requestBody/content/application~1json/schema"
+            bodies.append(("request", body["content"]["application/json"], where))
+        for status, response in responses_of(op):
+            for kind, media in response.get("content", {}).items():
+                ref = op["responses"][status].get("$ref")
+                where = (
+                    f"{ref}/content/{kind.replace('/', '~1')}/schema"
+                    if ref
+                    else f"#/paths/{escaped}/{method}/responses/{status}/content/{kind.replace('/', '~1')}/schema"
+                )
+                bodies.append((status, media, where))
+        for what, media, where in bodies:
+            validator = openapi_validator(where)
+            for name, value in media_examples(media):
+                errors = list(validator.iter_errors(value))
+                assert not errors, f"{method.upper()} {path} {what} example {name}: {errors[0].message}"
+                checked += 1
+    assert checked >= 25
+
+
+def test_every_route_documents_overload_and_every_v1_route_the_rate_limit() -> None:
+    for path, method, op in operations():
+        responses = dict(responses_of(op))
+        name = f"{method.upper()} {path}"
+        assert "503" in responses, name
+        errors = {
+            value.get("error")
+            for media in responses["503"]["content"].values()
+            for _, value in media_examples(media)
+        }
+        assert "overloaded" in errors, f"{name}: a 503 `overloaded` example"
+        if path.startswith("/v1/"):
+            limited = responses.get("429")
+            assert limited is not None, name
+            assert "Retry-After" in limited["headers"], name
+            (example,) = [v for m in limited["content"].values() for _, v in media_examples(m)]
+            assert example["error"] == "rate_limited", name
+        else:
+            assert "429" not in responses, f"{name}: only /v1/* is rate limited"
+
+
+def concrete(path: str) -> str:
+    return path.replace("{id}", "5f0c6a52-1d4b-4c1e-9a8e-0f5b2c7d9e11")
+
+
+async def test_limits_answer_as_documented() -> None:
+    """The real app, its limits set so that every request meets them: what comes back is what the
+    document says, for every documented route."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from webhooks.limits import InFlight, TokenBuckets
+
+    settings = Settings()
+    auth = {"Authorization": f"Bearer {settings.api_keys[0]}"}
+    for limit in ("overloaded", "rate_limited"):
+        receiver = Receiver(settings=settings, publisher=None, store=None, keys=None)  # type: ignore[arg-type]
+        receiver.in_flight = InFlight(0 if limit == "overloaded" else 10)
+        receiver.api_rate = TokenBuckets(rate=1.0, burst=0.0)
+        async with TestClient(TestServer(create_app(receiver))) as client:
+            for path, method, op in operations():
+                if limit == "rate_limited" and not path.startswith("/v1/"):
+                    continue
+                async with client.request(method.upper(), concrete(path), headers=auth, json={}) as r:
+                    body = await r.json()
+                    status = "503" if limit == "overloaded" else "429"
+                    assert (str(r.status), body["error"]) == (status, limit), f"{method} {path}"
+                    response = dict(responses_of(op))[status]
+                    documented = [
+                        v
+                        for m in response["content"].values()
+                        for _, v in media_examples(m)
+                        if v.get("error") == limit
+                    ]
+                    assert documented and set(body) == set(documented[0]), f"{method} {path}"
+                    if status == "429":  # Retry-After, always (a 503 carries it only from Plaid)
+                        assert set(response["headers"]) == {"Retry-After"}, f"{method} {path}"
+                        assert r.headers["Retry-After"].isdigit(), f"{method} {path}"
+
+
+def test_item_summary_is_what_item_public_shows() -> None:
+    from tests.fakes import linked_item
+
+    summary = openapi()["components"]["schemas"]["ItemSummary"]
+    shown = linked_item(State.ATOMIC_VERIFIED).public()
+    assert set(summary["properties"]) == set(shown)
+    openapi_validator("#/components/schemas/ItemSummary").validate(json.loads(json.dumps(shown)))
+
+
+def test_link_options_are_the_settings_choices() -> None:
+    from worker.settings import LINK_COUNTRY_CODES, LINK_LANGUAGES
+
+    schemas_ = openapi()["components"]["schemas"]
+    assert sorted(schemas_["LinkLanguage"]["enum"]) == sorted(LINK_LANGUAGES)
+    assert sorted(schemas_["LinkCountryCodes"]["items"]["enum"]) == sorted(LINK_COUNTRY_CODES)
+
+
+def test_list_parameters_are_the_ones_the_route_reads() -> None:
+    from webhooks.listing import DEFAULT_LIMIT, MAX_LIMIT, PARAMETERS
+
+    params = {p["name"]: p for p in operation("/v1/items", "get")["parameters"]}
+    assert set(params) == set(PARAMETERS)
+    assert params["limit"]["schema"]["maximum"] == MAX_LIMIT
+    assert params["limit"]["schema"]["default"] == DEFAULT_LIMIT

@@ -77,6 +77,22 @@ class Store:
         row = await self.pool.fetchrow(query("get_item"), item_id)
         return None if row is None else Item.from_record(row)
 
+    async def page(
+        self,
+        *,
+        client_user_id: str | None,
+        after: tuple[datetime, uuid.UUID],
+        states: list[str] | None,
+        limit: int,
+    ) -> list[Item]:
+        """Up to ``limit`` Items in ``(updated_at, id)`` order after the position ``after``: one
+        user's (``client_user_id``) or everyone's, in ``states`` (``None``: any)."""
+        if client_user_id is not None:
+            rows = await self.pool.fetch(query("list_items_for_user"), client_user_id, *after, states, limit)
+        else:
+            rows = await self.pool.fetch(query("list_items"), *after, states, limit)
+        return [Item.from_record(r) for r in rows]
+
     async def claim(self, item_id: uuid.UUID, owner: uuid.UUID, lease_s: float) -> Item | None:
         """The Item, leased to ``owner``; ``None`` if another worker holds it (or it does not exist)."""
         row = await self.pool.fetchrow(query("claim_item"), item_id, owner, lease_s)
