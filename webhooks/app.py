@@ -305,7 +305,8 @@ async def submit_item(request: web.Request) -> web.Response:
     return web.json_response({"id": str(item.id), "state": item.state.value}, status=202)
 
 
-async def get_item(request: web.Request) -> web.Response:
+async def _lookup(request: web.Request) -> Item | web.Response:
+    """The Item the path's ``{id}`` names, or the 404 to answer."""
     rx = request.app[RECEIVER]
     assert rx.store is not None
     try:
@@ -313,9 +314,16 @@ async def get_item(request: web.Request) -> web.Response:
     except ValueError:
         return problem(404, "not_found")
     item = await rx.store.get(item_id)
-    if item is None:
-        return problem(404, "not_found")
-    history = await rx.store.history(item_id)
+    return problem(404, "not_found") if item is None else item
+
+
+async def get_item(request: web.Request) -> web.Response:
+    item = await _lookup(request)
+    if isinstance(item, web.Response):
+        return item
+    store = request.app[RECEIVER].store
+    assert store is not None
+    history = await store.history(item.id)
     return web.json_response({**item.public(), "history": [h.public() for h in history]})
 
 
@@ -350,15 +358,10 @@ LINK_TOKEN_OPTIONS = {"client_name", "language", "country_codes", "redirect_uri"
 
 
 async def _item_for(request: web.Request) -> Item | web.Response:
-    rx = request.app[RECEIVER]
-    assert rx.store is not None
-    try:
-        item_id = uuid.UUID(request.match_info["id"])
-    except ValueError:
-        return problem(404, "not_found")
-    item = await rx.store.get(item_id)
-    if item is None:
-        return problem(404, "not_found")
+    """The Item to repair, or the 404/409 to answer."""
+    item = await _lookup(request)
+    if isinstance(item, web.Response):
+        return item
     if item.state not in REPAIRABLE or item.access_token is None:
         return problem(
             409, "not_repairable", detail=f"the Item is {item.state.value}: it has no bank link to repair"
