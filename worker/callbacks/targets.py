@@ -88,7 +88,7 @@ def address_refusal(address: str, *, allow_private: bool) -> str | None:
         return f"{ip} is a cloud metadata address"
     if ip.is_link_local:
         return f"{ip} is link-local (where cloud metadata services live)"
-    if ip.is_unspecified or ip.is_multicast or ip.is_reserved:
+    if ip.is_unspecified or ip.is_multicast or (ip.is_reserved and not ip.is_loopback):  # ::1 is in ::/8
         return f"{ip} is not a unicast address"
     if not ip.is_global and not allow_private:
         kind = "loopback" if ip.is_loopback else "private" if ip.is_private else "not public"
