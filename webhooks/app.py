@@ -28,7 +28,7 @@ from worker import metrics
 from worker.atomic_api import SIGNATURE_HEADER, signature_valid
 from worker.bus.publisher import Publisher
 from worker.errors import PawError, Poison, PublishFailed, UpstreamError
-from worker.items.model import Item, token_hash
+from worker.items.model import Item, api_key_fingerprint, token_hash
 from worker.items.sealing import Sealer, aad
 from worker.items.states import LINKED, State
 from worker.items.store import Store
@@ -293,6 +293,7 @@ async def submit_item(request: web.Request) -> web.Response:
         request_id=data.get("request_id"),
         cause="http:POST /v1/items",
         event_id=data.get("request_id"),
+        api_key_fingerprint=api_key_fingerprint(request.headers["Authorization"].partition(" ")[2].strip()),
     )
     if not created and item.state is not State.LINK:
         # A resubmission (an upstream app retrying after a timeout): the public token is spent and

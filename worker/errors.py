@@ -83,3 +83,12 @@ class Poison(PawError):
 
 class ItemBusy(Deferred):
     """Another worker is driving this Item right now; try again when its lease ends."""
+
+
+class CallbackFailed(UpstreamError):
+    """An upstream app's callback URL did not answer 2xx in time; retried, then dead-lettered."""
+
+
+class CallbackRefused(Poison):
+    """A callback URL points where paw must not connect (link-local, metadata, private): dead-lettered
+    at once, for `paw dlq replay` once PAW_CALLBACKS is fixed."""

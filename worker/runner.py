@@ -16,6 +16,7 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 from worker import metrics
 from worker.bus.consumer import Consumer
 from worker.bus.topology import queue_depth
+from worker.callbacks.delivery import CallbackClient, CallbackHandler
 from worker.handlers import Handlers
 from worker.items import login_check
 from worker.items.reconciler import interval_for, reconcile_once, reconcile_verification_once
@@ -38,12 +39,16 @@ async def run_worker(
     channel = await svc.connection.channel()
     await channel.set_qos(prefetch_count=svc.settings.prefetch)
     handlers = Handlers(store=svc.store, pipeline=svc.pipeline)
+    callback_client = CallbackClient(
+        timeout=svc.settings.callback_timeout, allow_private=svc.settings.callback_allow_private
+    )
+    callbacks = CallbackHandler(store=svc.store, client=callback_client, callbacks=svc.settings.callbacks)
     consumers: list[tuple[Consumer, AbstractQueue, str]] = []
-    for name in svc.topo.work_queues:
+    for name in svc.topo.consumed_queues:
         consumer = Consumer(
             publisher=svc.publisher,
             topo=svc.topo,
-            handler=handlers,
+            handler=callbacks if name == svc.topo.callbacks_queue else handlers,
             queue=name,
             retry_budget=svc.settings.retry_budget,
         )
@@ -53,7 +58,7 @@ async def run_worker(
         queue = await channel.declare_queue(name, passive=True)
         tag = await queue.consume(consumer)
         consumers.append((consumer, queue, tag))
-    log.info("worker.started", queues=list(svc.topo.work_queues), config=effective_config(svc.settings))
+    log.info("worker.started", queues=list(svc.topo.consumed_queues), config=effective_config(svc.settings))
     if ready is not None:
         ready.set()
     older_than_s = svc.settings.atomic_pending_reconcile_s
@@ -96,6 +101,7 @@ async def run_worker(
             task.cancel()
         await asyncio.gather(reconciler, verifier, logins, gauges_loop, return_exceptions=True)
         await gauges.close()
+        await callback_client.close()
         with contextlib.suppress(Exception, TimeoutError):
             async with asyncio.timeout(5):
                 await channel.close()
@@ -178,7 +184,7 @@ class Gauges:
             counts = await self.svc.store.count_by_state()
             for state in State:
                 metrics.ITEMS.labels(state.value).set(counts.get(state.value, 0))
-            for name in self.svc.topo.work_queues:
+            for name in self.svc.topo.consumed_queues:
                 metrics.QUEUE_DEPTH.labels(name).set(await queue_depth(self.channel, name))
             metrics.DLQ_DEPTH.set(await queue_depth(self.channel, self.svc.topo.dead_queue))
         except Exception:

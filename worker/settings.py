@@ -23,7 +23,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from worker.callbacks.targets import Callback, parse_callbacks, unknown_refs
 from worker.errors import SettingsError
+from worker.items.model import api_key_fingerprint
 
 # The development key only ever works with PLAID_ENV=sandbox; production refuses to start without
 # PAW_TOKEN_KEYS. It is a published constant, so nothing sealed with it is secret.
@@ -81,6 +83,9 @@ class Settings:
     db_pool_size: int = 20
     api_rate_per_s: float = 50.0
     max_in_flight: int = 2048
+    callbacks: tuple[Callback, ...] = ()
+    callback_allow_private: bool = False
+    callback_timeout: float = 10.0
     admin_host: str = "127.0.0.1"
     admin_port: int = 9100
     log_format: str = "auto"
@@ -267,6 +272,8 @@ def show(var: Var, value: object, *, mask: bool = True) -> str:
     """A value as people see it: a URL's password and, with ``mask``, a secret replaced by ****."""
     if isinstance(value, tuple) and value and isinstance(value[0], tuple):  # token keys: ids only
         return ",".join(f"{kid}:{MASKED}" for kid, _ in value)
+    if isinstance(value, tuple) and value and isinstance(value[0], Callback):  # refs and URLs, no secret
+        return ",".join(str(c) for c in value)
     if isinstance(value, tuple):
         text = ",".join(str(v) for v in value)
     elif isinstance(value, float):
@@ -472,6 +479,28 @@ _VARS = (
         "requests one receiver handles at once (503 beyond)",
     ),
     Var(
+        "PAW_CALLBACKS",
+        "callbacks",
+        parse_callbacks,
+        "signed callbacks of outcome events: REF URL SECRET per API key, comma-separated; REF the key's "
+        "fingerprint (printf %s KEY | sha256sum | cut -c1-16) or amqp (Items submitted over AMQP), "
+        "SECRET whsec_<base64> (README: Callbacks)",
+        shown_default="none",
+        secret=True,
+    ),
+    Var(
+        "PAW_CALLBACK_ALLOW_PRIVATE",
+        "callback_allow_private",
+        _flag,
+        "let callbacks reach private and loopback addresses (never link-local or cloud metadata)",
+    ),
+    Var(
+        "PAW_CALLBACK_TIMEOUT",
+        "callback_timeout",
+        _float,
+        "seconds a callback URL has to answer (a timeout is retried like a non-2xx answer)",
+    ),
+    Var(
         "PAW_ADMIN_HOST",
         "admin_host",
         _str,
@@ -571,6 +600,14 @@ def _gather(
     problems = [r.problem for r in readings if r.problem is not None]
     values = {r.var.field: r.value for r in readings if r.source != "default" and r.problem is None}
     values.update(overrides)
+    callbacks = values.get("callbacks")
+    if isinstance(callbacks, tuple) and callbacks:
+        keys = values.get("api_keys", FIELD_DEFAULTS["api_keys"])
+        assert isinstance(keys, tuple)
+        problems += [
+            f"PAW_CALLBACKS: {ref} is not the fingerprint of a key in PAW_API_KEYS"
+            for ref in unknown_refs(callbacks, {api_key_fingerprint(k) for k in keys})
+        ]
     if values.get("plaid_env") == "production":
         failed = {r.var.env for r in readings if r.problem is not None}
         problems += [

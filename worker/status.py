@@ -51,7 +51,7 @@ async def gather(store: Store, connection: AbstractRobustConnection, topo: Topol
     channel = await connection.channel()
     try:
         await declare(channel, topo)  # idempotent: what every paw process does when it starts
-        queues = {name: await queue_depth(channel, name) for name in topo.work_queues}
+        queues = {name: await queue_depth(channel, name) for name in topo.consumed_queues}
         dead = await queue_depth(channel, topo.dead_queue)
     finally:
         await channel.close()

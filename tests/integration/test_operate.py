@@ -152,7 +152,7 @@ async def test_paw_status_shows_the_on_call_screen(
     status = json.loads(out)
     assert status["items"] == {"atomic_verified": 1}
     assert status["dead_letters"] == 1
-    assert set(status["queues"]) == {services.topo.items_queue, services.topo.webhooks_queue}
+    assert set(status["queues"]) == set(services.topo.consumed_queues)
     assert status["last_webhook"]["routing_key"] == "webhook.atomic.verified"
 
 

@@ -18,7 +18,7 @@ import asyncpg
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from worker.bus.dlq import DeadLetter, pace_delay, replay_headers
+from worker.bus.dlq import DeadLetter, pace_delay, replay_headers, replay_route
 from worker.bus.publisher import Publisher
 from worker.bus.topology import Topology, queue_depth
 from worker.errors import DlqError, PublishFailed
@@ -145,11 +145,13 @@ async def replay_one(
     async with pool.acquire() as conn, conn.transaction():
         claimed = await conn.fetchval(query("dlq_claim"), d.key, action_id, d.routing_key)
         if claimed is not None:
+            target, to_queue = replay_route(d, publisher.topo.replayed_to_own_queue)
             await publisher.publish(
-                d.routing_key,
+                target,
                 d.body,
                 headers=replay_headers(d.headers, actor=actor, now=datetime.now(UTC)),
                 message_id=d.message_id,
+                to_queue=to_queue,
             )
     await _ack(held)
     return claimed is not None

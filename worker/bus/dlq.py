@@ -46,7 +46,7 @@ import decimal
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -392,6 +392,17 @@ def replay_headers(headers: Mapping[str, Any], *, actor: str, now: datetime) -> 
     out[H_REPLAYED_AT] = now.isoformat()
     out[H_REPLAYED_BY] = actor
     return out
+
+
+def replay_route(d: DeadLetter, own_queue: Collection[str]) -> tuple[str, bool]:
+    """Where a replayed copy goes: (routing key, False) to the events exchange with its original
+    routing key; or (queue, True) straight back to the work queue it failed on, for a queue in
+    ``own_queue`` (the callbacks queue: through the exchange the event would reach every other
+    subscriber of ``item.state.#`` a second time). The consumer reads the original routing key from
+    ``x-paw-routing-key``, which the copy keeps."""
+    if d.queue and d.queue in own_queue:
+        return d.queue, True
+    return d.routing_key, False
 
 
 def replay_plan(letters: Sequence[DeadLetter], replayed: set[str]) -> list[str]:

@@ -4,6 +4,8 @@ Topology (names derive from ``PAW_EXCHANGE`` and ``PAW_QUEUE_PREFIX``):
 
 - topic exchange ``paw.events`` (durable);
 - quorum queues ``<prefix>.items`` (``item.#``) and ``<prefix>.webhooks`` (``webhook.#``);
+- quorum queue ``<prefix>.callbacks`` (``item.state.#``): outcome events for the upstream apps'
+  signed HTTP callbacks (:mod:`worker.callbacks`), with delay queues like a work queue's;
 - per work queue, delay queues ``<queue>.retry.<ms>`` (message TTL, dead-lettered back to the work
   queue through the default exchange) for retries with backoff;
 - quorum queue ``<prefix>.dead`` for dead letters, with the reason in headers.
@@ -49,6 +51,27 @@ class Topology:
         return f"{self.prefix}.webhooks"
 
     @property
+    def callbacks_queue(self) -> str:
+        return f"{self.prefix}.callbacks"
+
+    @property
+    def event_queues(self) -> dict[str, str]:
+        """Queues of paw's own that consume the outcome events (``item.state.*``) -> their binding.
+        Consumed, retried and dead-lettered like the work queues, by their own handler."""
+        return {self.callbacks_queue: "item.state.#"}
+
+    @property
+    def consumed_queues(self) -> dict[str, str]:
+        """Every queue the worker consumes (each with its delay queues) -> its binding."""
+        return {**self.work_queues, **self.event_queues}
+
+    @property
+    def replayed_to_own_queue(self) -> tuple[str, ...]:
+        """Queues whose dead letters ``paw dlq replay`` puts back on the queue itself, not on the
+        exchange: they consume events others subscribe to as well, who had theirs already."""
+        return tuple(self.event_queues)
+
+    @property
     def dead_queue(self) -> str:
         return f"{self.prefix}.dead"
 
@@ -63,6 +86,8 @@ class Topology:
     def all_queues(self) -> list[str]:
         names = [*self.work_queues, self.dead_queue]
         names += [self.retry_queue(q, d) for q in self.work_queues for d in self.retry_delays_ms]
+        names += [*self.event_queues]
+        names += [self.retry_queue(q, d) for q in self.event_queues for d in self.retry_delays_ms]
         return names
 
 
@@ -70,7 +95,7 @@ async def declare(channel: AbstractChannel, topo: Topology) -> AbstractExchange:
     """Declares everything (idempotent); returns the events exchange."""
     exchange = await channel.declare_exchange(topo.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
     quorum: dict[str, Any] = {"x-queue-type": "quorum"}
-    for name, binding in topo.work_queues.items():
+    for name, binding in topo.consumed_queues.items():
         queue = await channel.declare_queue(name, durable=True, arguments=quorum)
         await queue.bind(exchange, binding)
         for delay in topo.retry_delays_ms:

@@ -169,6 +169,13 @@ def token_hash(public_token: str) -> str:
     return hashlib.sha256(public_token.encode()).hexdigest()
 
 
+def api_key_fingerprint(api_key: str) -> str:
+    """What paw records of the API key that submitted an Item, and what ``PAW_CALLBACKS`` names a key
+    by: the first 16 hex digits of its SHA-256 (``printf %s KEY | sha256sum | cut -c1-16``), never
+    the key."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:16]
+
+
 @dataclasses.dataclass(frozen=True)
 class Sealed:
     """A token at rest: which key sealed it, and nonce || ciphertext+tag."""

@@ -53,9 +53,11 @@ class Store:
         cause: str,
         event_id: str | None,
         lease: tuple[uuid.UUID, float] | None = None,
+        api_key_fingerprint: str | None = None,
     ) -> tuple[Item, bool]:
         """The Item for this public token, made now (``True``; leased to ``lease`` if given) or
-        found (``False``; its lease untouched)."""
+        found (``False``; its lease untouched). ``api_key_fingerprint``: who submitted it over HTTP
+        (its callbacks go there); a found Item keeps the owner it was made with."""
         args = (
             uuid.uuid4(),
             public_token_sha256,
@@ -66,6 +68,7 @@ class Store:
             event_id,
             lease[0] if lease else None,
             lease[1] if lease else None,
+            api_key_fingerprint,
         )
         for _ in range(2):  # a concurrent insert of the same token is invisible to our snapshot once
             row = await self.pool.fetchrow(query("create_item"), *args)
@@ -100,6 +103,11 @@ class Store:
 
     async def release(self, item_id: uuid.UUID, owner: uuid.UUID) -> None:
         await self.pool.execute(query("release_item"), item_id, owner)
+
+    async def owner_of(self, item_id: uuid.UUID) -> tuple[bool, str | None]:
+        """(the Item exists, the fingerprint of the API key that submitted it: None over AMQP)."""
+        row = await self.pool.fetchrow(query("item_owner"), item_id)
+        return (False, None) if row is None else (True, row["api_key_fingerprint"])
 
     async def get_by_plaid_id(self, plaid_item_id: str) -> Item | None:
         row = await self.pool.fetchrow(query("get_item_by_plaid_id"), plaid_item_id)

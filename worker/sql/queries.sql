@@ -2,11 +2,12 @@
 -- Inserts a new Item in state link, or returns the one already made from the same public_token.
 -- A new Item is leased to $8 for $9 seconds (null: not leased), saving the worker a round trip.
 -- $1 id, $2 public_token_sha256, $3 client_user_id, $4 requested_account_id, $5 submission_request_id,
--- $6 cause, $7 event_id, $8 lease owner (uuid|null), $9 lease seconds (float|null)
+-- $6 cause, $7 event_id, $8 lease owner (uuid|null), $9 lease seconds (float|null),
+-- $10 api_key_fingerprint (text|null: submitted over AMQP)
 WITH new AS (
     INSERT INTO items (id, public_token_sha256, client_user_id, requested_account_id, submission_request_id, state,
-                       lease_owner, lease_until)
-    VALUES ($1, $2, $3, $4, $5, 'link', $8, now() + make_interval(secs => $9))
+                       lease_owner, lease_until, api_key_fingerprint)
+    VALUES ($1, $2, $3, $4, $5, 'link', $8, now() + make_interval(secs => $9), $10)
     ON CONFLICT (public_token_sha256) DO NOTHING
     RETURNING *
 ), hist AS (
@@ -20,6 +21,11 @@ SELECT *, false AS created FROM items WHERE public_token_sha256 = $2 AND NOT EXI
 -- name: get_item
 -- $1 id
 SELECT * FROM items WHERE id = $1;
+
+-- name: item_owner
+-- Whose Item it is: the fingerprint of the API key that submitted it (null: over AMQP). No row: no such Item.
+-- $1 id
+SELECT api_key_fingerprint FROM items WHERE id = $1;
 
 -- name: get_item_by_plaid_id
 -- $1 plaid_item_id

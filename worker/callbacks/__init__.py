@@ -1,0 +1,1 @@
+"""Signed HTTP callbacks: outcome events POSTed to the upstream app that submitted the Item."""
