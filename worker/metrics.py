@@ -33,6 +33,10 @@ OPERATOR_ERRORS = Counter(
     "Upstream errors in paw's own setup (keys, Dashboard, environment): the message is parked",
     ["error_code"],
 )
+OUTBOX_PUBLISHED = Counter("paw_outbox_published_total", "Outcome events the broker confirmed (relay)")
+OUTBOX_FAILURES = Counter("paw_outbox_failures_total", "Relay batches that failed (broker or database)")
+OUTBOX_UNSENT = Gauge("paw_outbox_unsent", "Outcome events written but not yet confirmed by the broker")
+OUTBOX_OLDEST_S = Gauge("paw_outbox_oldest_seconds", "Age of the oldest unsent outcome event (0: none)")
 ITEMS = Gauge("paw_items", "Items per state (refreshed by each worker every few seconds)", ["state"])
 DLQ_DEPTH = Gauge("paw_dlq_depth", "Messages waiting in the dead-letter queue")
 QUEUE_DEPTH = Gauge("paw_queue_depth", "Messages waiting in a work queue", ["queue"])

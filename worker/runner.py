@@ -1,6 +1,6 @@
-"""The worker process: the consumers of the work queues, and loops beside them (the Atomic and the
-verification reconcilers, the check of login_required Items with Plaid, the gauges), until told to
-stop; then it drains."""
+"""The worker process: the consumers of the work queues, and loops beside them (the outcome-event
+relay, the Atomic and the verification reconcilers, the check of login_required Items with Plaid,
+the gauges), until told to stop; then it drains, and relays what the drained messages wrote."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 
 from worker import metrics
 from worker.bus.consumer import Consumer
+from worker.bus.relay import Relay
 from worker.bus.topology import queue_depth
 from worker.callbacks.delivery import CallbackClient, CallbackHandler
 from worker.handlers import Handlers
@@ -38,6 +39,8 @@ async def run_worker(
     in hand. Returns the consumers' counts."""
     channel = await svc.connection.channel()
     await channel.set_qos(prefetch_count=svc.settings.prefetch)
+    relay = Relay(svc.pool, svc.publisher, retention_s=svc.settings.outbox_retention_s)
+    svc.store.on_event = relay.wake
     handlers = Handlers(store=svc.store, pipeline=svc.pipeline)
     callback_client = CallbackClient(
         timeout=svc.settings.callback_timeout, allow_private=svc.settings.callback_allow_private
@@ -61,6 +64,8 @@ async def run_worker(
     log.info("worker.started", queues=list(svc.topo.consumed_queues), config=effective_config(svc.settings))
     if ready is not None:
         ready.set()
+    relay_stop = asyncio.Event()
+    relaying = asyncio.create_task(relay.run(relay_stop))
     older_than_s = svc.settings.atomic_pending_reconcile_s
     reconciler = asyncio.create_task(
         every(
@@ -97,6 +102,9 @@ async def run_worker(
         await stop.wait()
     finally:
         await _drain(consumers, drain_timeout)
+        relay_stop.set()
+        await relaying
+        await _flush(relay)
         for task in (reconciler, verifier, logins, gauges_loop):
             task.cancel()
         await asyncio.gather(reconciler, verifier, logins, gauges_loop, return_exceptions=True)
@@ -111,6 +119,16 @@ async def run_worker(
             totals[k] = totals.get(k, 0) + v
     log.info("worker.stopped", **totals)
     return totals
+
+
+async def _flush(relay: Relay) -> None:
+    """Publishes what the last messages wrote, within a bound (what is left waits for the next worker)."""
+    try:
+        async with asyncio.timeout(5):
+            while await relay.relay_once() >= relay.batch:
+                pass
+    except Exception as e:
+        log.warning("outbox.flush_failed", error=type(e).__name__)
 
 
 def _drive_via(svc: Services) -> Callable[[uuid.UUID, str], Awaitable[None]]:
@@ -187,6 +205,9 @@ class Gauges:
             for name in self.svc.topo.consumed_queues:
                 metrics.QUEUE_DEPTH.labels(name).set(await queue_depth(self.channel, name))
             metrics.DLQ_DEPTH.set(await queue_depth(self.channel, self.svc.topo.dead_queue))
+            unsent, oldest_s = await self.svc.store.outbox_backlog()
+            metrics.OUTBOX_UNSENT.set(unsent)
+            metrics.OUTBOX_OLDEST_S.set(oldest_s)
         except Exception:
             self.channel = None
             raise

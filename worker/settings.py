@@ -74,6 +74,7 @@ class Settings:
     verification_reconcile_s: int = 4 * 3600
     automated_microdeposits_expiry_s: int = 7 * 86400
     login_check_s: int = 600
+    outbox_retention_s: int = 3600
     public_webhook_url: str = ""
     link_client_name: str = "paw"
     link_language: str = "en"
@@ -421,6 +422,13 @@ _VARS = (
         "login_check_s",
         _int(1, 7 * 86400),
         "seconds between two checks with Plaid (/item/get) of a login_required Item nobody reported repaired",
+    ),
+    Var(
+        "PAW_OUTBOX_RETENTION_S",
+        "outbox_retention_s",
+        _int(0, 30 * 86400),
+        "seconds a published outcome event stays in the outbox table (for `paw item show`) before the "
+        "relay deletes it; the Item's history keeps every transition regardless",
     ),
     Var(
         "PAW_PUBLIC_WEBHOOK_URL",

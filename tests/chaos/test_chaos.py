@@ -283,7 +283,7 @@ async def delete_retry_queues(services: Services, settings: Settings) -> None:
     """The subprocess workers declared delay queues for their own retry tiers: delete those too."""
     channel = await services.connection.channel()
     try:
-        for queue in services.topo.work_queues:
+        for queue in services.topo.consumed_queues:
             for delay in settings.retry_delays_ms:
                 await channel.queue_delete(services.topo.retry_queue(queue, delay))
     finally:

@@ -1,5 +1,5 @@
-"""Signed HTTP callbacks through the real worker and RabbitMQ: outcome events (published here with
-the Publisher, as the outbox relay will) reach a callback receiver that answers 500 for a while,
+"""Signed HTTP callbacks through the real worker and RabbitMQ: outcome events (written by real
+transitions, published by the worker's outbox relay) reach a callback receiver that answers 500 for a while,
 each once and verified with the Standard Webhooks reference library; a receiver that never recovers
 leaves dead letters that `paw dlq replay` delivers once it does.
 
@@ -34,7 +34,8 @@ from tests.helpers import (
     submit_http,
 )
 from worker.callbacks.targets import AMQP_REF, Callback
-from worker.items.model import api_key_fingerprint, token_hash
+from worker.items.model import Item, api_key_fingerprint, token_hash
+from worker.items.states import Trigger
 from worker.services import Services
 from worker.settings import Settings
 
@@ -106,7 +107,7 @@ def settings(settings: Settings, hook: Hook) -> Settings:
     )
 
 
-async def make_item(services: Services, owner: str | None) -> uuid.UUID:
+async def make_item(services: Services, owner: str | None) -> Item:
     item, _ = await services.store.create_item(
         public_token_sha256=token_hash(f"public-sandbox-{uuid.uuid4()}"),
         client_user_id=f"u-{uuid.uuid4().hex[:6]}",
@@ -116,34 +117,25 @@ async def make_item(services: Services, owner: str | None) -> uuid.UUID:
         event_id=None,
         api_key_fingerprint=owner,
     )
-    return item.id
+    return item
 
 
-async def publish_events(services: Services, item_id: uuid.UUID, states: list[str]) -> list[str]:
-    """Outcome events as the relay publishes them; returns their event ids."""
-    ids = []
-    previous = "link"
-    for n, to_state in enumerate(states, 1):
-        event_id = str(uuid.uuid4())
-        body = {
-            "event_id": event_id,
-            "item_id": str(item_id),
-            "client_user_id": "u-1",
-            "request_id": None,
-            "from_state": previous,
-            "to_state": to_state,
-            "trigger": "test",
-            "error_code": None,
-            "atomic_funding_source_id": None,
-            "sequence": n,
-            "occurred_at": "2026-12-01T10:00:00+00:00",
-        }
-        await services.publisher.publish(
-            f"item.state.{to_state}", json.dumps(body).encode(), message_id=event_id
-        )
-        ids.append(event_id)
-        previous = to_state
-    return ids
+TO_VERIFIED = [
+    Trigger.EXCHANGED,
+    Trigger.PROCESSOR_TOKEN_CREATED,
+    Trigger.ATOMIC_SUBMITTED,
+    Trigger.ATOMIC_VERIFIED,
+]
+
+
+async def advance(services: Services, item: Item, triggers: list[Trigger]) -> list[str]:
+    """Moves the Item through ``triggers`` as the pipeline would; returns the ids of every outcome
+    event it has (its creation's included), in sequence order."""
+    for trigger in triggers:
+        moved = await services.store.transition(item, trigger, cause="test")
+        assert moved is not None
+        item = moved
+    return [e["event_id"] for e in await services.store.events(item.id)]
 
 
 async def dead_callbacks(settings: Settings, code: str) -> list[dict[str, Any]]:
@@ -161,16 +153,18 @@ async def test_a_receiver_down_for_a_while_gets_every_event_once_verified(
     expected: list[str] = []
     for i in range(8):
         item = await make_item(services, key_owner if i % 2 else None)  # by API key, or over AMQP
-        expected += await publish_events(services, item, ["exchanged", "atomic_pending", "atomic_verified"])
+        expected += await advance(services, item, TO_VERIFIED)
     unowned = await make_item(services, api_key_fingerprint(OTHER_KEY))
-    await publish_events(services, unowned, ["exchanged", "failed"])
+    await advance(services, unowned, [Trigger.EXCHANGED, Trigger.FAILED])
 
     await eventually(lambda: _received(hook, expected), timeout=30)
     await asyncio.sleep(0.5)  # nothing more arrives: no duplicate, nothing for the key without callback
+    assert len(expected) == 8 * 5
     assert hook.answered_500 > 0 and hook.bad_signatures == 0
     assert sorted(hook.accepted) == sorted(expected) and set(hook.accepted.values()) == {1}
-    first = next(b for b in hook.bodies if b["data"]["event_id"] == expected[2])
-    assert first["type"] == "item.state.atomic_verified" and first["data"]["sequence"] == 3
+    last = next(b for b in hook.bodies if b["data"]["event_id"] == expected[4])
+    assert last["type"] == "item.state.atomic_verified" and last["data"]["sequence"] == 5
+    assert last["data"]["from_state"] == "atomic_pending" and last["data"]["trigger"] == "atomic_verified"
     assert await dead_callbacks(settings, "CALLBACK_HTTP_500") == []
 
 
@@ -192,7 +186,7 @@ async def test_a_receiver_that_never_recovers_leaves_dead_letters_that_replay_cl
 
         hook.always_fail = True
         item = await make_item(services, None)
-        expected = await publish_events(services, item, ["exchanged", "atomic_pending", "failed"])
+        expected = await advance(services, item, [Trigger.EXCHANGED, Trigger.FAILED])
 
         async def all_dead() -> list[dict[str, Any]] | None:
             rows = await dead_callbacks(settings, "CALLBACK_HTTP_500")

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client import REGISTRY
 
 from sandbox.app import SandboxConfig
 from tests.helpers import (
@@ -24,7 +25,7 @@ from tests.helpers import (
     submit_amqp,
 )
 from worker.items.states import State
-from worker.runner import run_worker
+from worker.runner import Gauges, run_worker
 from worker.services import Services
 from worker.settings import Settings
 
@@ -207,3 +208,27 @@ async def test_receiver_process_serves_metrics_and_stops_on_sigterm(
     _, stderr = await proc.communicate()
     assert proc.returncode == 0
     assert b"receiver.stopped" in stderr
+
+
+async def test_queue_gauges_follow_the_queues_from_one_refresh_to_the_next(services: Services) -> None:
+    """aio-pika's robust channel answers a repeated passive declare from its cache: the gauges must
+    not (they keep their channel between refreshes)."""
+    gauges = Gauges(services)
+    queue = services.topo.items_queue
+
+    def depth() -> float | None:
+        return REGISTRY.get_sample_value("paw_queue_depth", {"queue": queue})
+
+    try:
+        await gauges.refresh()
+        assert depth() == 0
+        for n in range(3):
+            await services.publisher.publish("item.drive", b"{}", message_id=f"m-{n}")
+
+        async def three() -> bool:
+            await gauges.refresh()
+            return depth() == 3
+
+        await eventually(three, timeout=5)
+    finally:
+        await gauges.close()

@@ -317,20 +317,25 @@ def test_asyncapi_channels_match_the_topology_and_the_handlers() -> None:
             assert amqp["is"] == "queue" and amqp["queue"]["name"] == channel["address"]
             queue_channels[channel["address"]] = channel
     # Each routing key reaches the handler for the schema the document says it carries ...
-    routed: dict[str, set[str]] = {q: set() for q in topo.work_queues}
+    routed: dict[str, set[str]] = {q: set() for q in topo.consumed_queues}
     for name, channel in exchange_channels.items():
         key = sample_address(channel)
         (message,) = channel_message_names(channel)
-        assert schema_for(key) == message, f"{name}: {key} is handled as {schema_for(key)}"
-        queues = [q for q, b in topo.work_queues.items() if topic_matches(b, key)]
-        assert len(queues) == 1, f"{key} must reach exactly one work queue, reaches {queues}"
-        routed[queues[0]].add(message)
-    # ... and lands in the work queue whose channel lists that message.
+        queues = [q for q, bs in topo.consumed_queues.items() if any(topic_matches(b, key) for b in bs)]
+        if message == "item.state":  # an outcome event: never a work queue's, only paw's event queues'
+            assert set(queues) == set(topo.event_queues), f"{key} reaches {queues}"
+        else:
+            assert schema_for(key) == message, f"{name}: {key} is handled as {schema_for(key)}"
+            assert len(queues) == 1, f"{key} must reach exactly one work queue, reaches {queues}"
+            assert queues[0] in topo.work_queues
+        for queue in queues:
+            routed[queue].add(message)
+    # ... and lands in the queue whose channel lists that message.
     for queue, messages in routed.items():
         assert channel_message_names(queue_channels[queue]) == messages, queue
     assert topo.dead_queue in queue_channels
     retry = next(c for a, c in queue_channels.items() if ".retry." in a)
-    assert set(retry["parameters"]["work_queue"]["enum"]) == set(topo.work_queues)
+    assert set(retry["parameters"]["work_queue"]["enum"]) == set(topo.consumed_queues)
     concrete = {a for a in queue_channels if "{" not in a}
     assert concrete <= set(topo.all_queues())
 
@@ -514,3 +519,11 @@ def test_list_parameters_are_the_ones_the_route_reads() -> None:
     assert set(params) == set(PARAMETERS)
     assert params["limit"]["schema"]["maximum"] == MAX_LIMIT
     assert params["limit"]["schema"]["default"] == DEFAULT_LIMIT
+
+
+def test_outcome_events_name_every_state_the_item_has() -> None:
+    states = [s.value for s in State]
+    event = schemas.message_schema("item.state")["properties"]
+    assert event["to_state"]["enum"] == states and event["from_state"]["enum"] == [*states, None]
+    channel = asyncapi()["channels"]["itemState"]
+    assert channel["parameters"]["to_state"]["enum"] == states

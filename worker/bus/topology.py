@@ -3,7 +3,9 @@
 Topology (names derive from ``PAW_EXCHANGE`` and ``PAW_QUEUE_PREFIX``):
 
 - topic exchange ``paw.events`` (durable);
-- quorum queues ``<prefix>.items`` (``item.#``) and ``<prefix>.webhooks`` (``webhook.#``);
+- quorum queues ``<prefix>.items`` (``item.link``, ``item.drive``, ``item.repaired``: exactly what the
+  worker handles there, so the outcome events ``item.state.*`` never reach it) and
+  ``<prefix>.webhooks`` (``webhook.#``);
 - quorum queue ``<prefix>.callbacks`` (``item.state.#``): outcome events for the upstream apps'
   signed HTTP callbacks (:mod:`worker.callbacks`), with delay queues like a work queue's;
 - per work queue, delay queues ``<queue>.retry.<ms>`` (message TTL, dead-lettered back to the work
@@ -26,6 +28,12 @@ from aio_pika.abc import (
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+# What the worker handles on the items queue (worker/handlers.py), each bound by name.
+ITEM_COMMANDS = ("item.link", "item.drive", "item.repaired")
+# Bindings earlier versions made, removed at every declare: ``item.#`` also matched the outcome
+# events, which the items queue would have taken (and dead-lettered) from then on.
+RETIRED_BINDINGS = {"items": ("item.#",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,14 +63,14 @@ class Topology:
         return f"{self.prefix}.callbacks"
 
     @property
-    def event_queues(self) -> dict[str, str]:
-        """Queues of paw's own that consume the outcome events (``item.state.*``) -> their binding.
+    def event_queues(self) -> dict[str, tuple[str, ...]]:
+        """Queues of paw's own that consume the outcome events (``item.state.*``) -> their bindings.
         Consumed, retried and dead-lettered like the work queues, by their own handler."""
-        return {self.callbacks_queue: "item.state.#"}
+        return {self.callbacks_queue: ("item.state.#",)}
 
     @property
-    def consumed_queues(self) -> dict[str, str]:
-        """Every queue the worker consumes (each with its delay queues) -> its binding."""
+    def consumed_queues(self) -> dict[str, tuple[str, ...]]:
+        """Every queue the worker consumes (each with its delay queues) -> its bindings."""
         return {**self.work_queues, **self.event_queues}
 
     @property
@@ -76,9 +84,9 @@ class Topology:
         return f"{self.prefix}.dead"
 
     @property
-    def work_queues(self) -> dict[str, str]:
-        """Work queue -> the binding key that feeds it."""
-        return {self.items_queue: "item.#", self.webhooks_queue: "webhook.#"}
+    def work_queues(self) -> dict[str, tuple[str, ...]]:
+        """Work queue -> the binding keys that feed it."""
+        return {self.items_queue: ITEM_COMMANDS, self.webhooks_queue: ("webhook.#",)}
 
     def retry_queue(self, work_queue: str, delay_ms: int) -> str:
         return f"{work_queue}.retry.{delay_ms}"
@@ -95,9 +103,12 @@ async def declare(channel: AbstractChannel, topo: Topology) -> AbstractExchange:
     """Declares everything (idempotent); returns the events exchange."""
     exchange = await channel.declare_exchange(topo.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
     quorum: dict[str, Any] = {"x-queue-type": "quorum"}
-    for name, binding in topo.consumed_queues.items():
+    for name, bindings in topo.consumed_queues.items():
         queue = await channel.declare_queue(name, durable=True, arguments=quorum)
-        await queue.bind(exchange, binding)
+        for binding in bindings:
+            await queue.bind(exchange, binding)
+        for retired in RETIRED_BINDINGS.get(name.removeprefix(f"{topo.prefix}."), ()):
+            await queue.unbind(exchange, retired)  # a no-op when it is not there
         for delay in topo.retry_delays_ms:
             await channel.declare_queue(
                 topo.retry_queue(name, delay),
@@ -120,7 +131,11 @@ async def undeclare(channel: AbstractChannel, topo: Topology) -> None:
 
 
 async def queue_depth(channel: AbstractChannel, name: str) -> int:
-    """Messages ready on ``name`` (a passive declare: changes nothing; a missing queue raises
-    ``aiormq.exceptions.ChannelNotFoundEntity`` and closes the channel)."""
-    declared = await channel.declare_queue(name, passive=True)
-    return int(declared.declaration_result.message_count or 0)
+    """Messages ready on ``name`` now (a passive declare: changes nothing; a missing queue raises
+    ``aiormq.exceptions.ChannelNotFoundEntity`` and closes the channel).
+
+    Sent on the underlying AMQP channel: aio-pika's robust channel answers a passive declare of a
+    queue it declared before from its cache, with the count of that first declare."""
+    underlay = await channel.get_underlay_channel()
+    declared = await underlay.queue_declare(name, passive=True)
+    return int(declared.message_count or 0)

@@ -1,11 +1,12 @@
 """The Postgres store: Items, their history and the inbox. Every state change goes through
-:meth:`Store.transition`, one guarded statement that writes the history row with it."""
+:meth:`Store.transition`, one guarded statement that writes the history row and the outcome event
+(the outbox, published by :mod:`worker.bus.relay`) with it."""
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,9 +40,15 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asy
     return pool
 
 
+def _nobody() -> None:
+    pass
+
+
 class Store:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, on_event: Callable[[], None] = _nobody) -> None:
         self.pool = pool
+        # called after each statement that wrote an outcome event (the worker wakes its relay)
+        self.on_event = on_event
 
     async def create_item(
         self,
@@ -73,6 +80,8 @@ class Store:
         for _ in range(2):  # a concurrent insert of the same token is invisible to our snapshot once
             row = await self.pool.fetchrow(query("create_item"), *args)
             if row is not None:
+                if row["created"]:
+                    self.on_event()
                 return Item.from_record(row), bool(row["created"])
         raise RuntimeError("create_item returned no row twice")
 
@@ -165,6 +174,7 @@ class Store:
         if row is None:
             return None
         metrics.TRANSITIONS.labels(row["from_state"], row["state"]).inc()
+        self.on_event()
         return Item.from_record(row)
 
     async def record_event(
@@ -182,6 +192,18 @@ class Store:
             query("record_event"), event_key, item_id, routing_key, outcome, dict(payload)
         )
         return row is not None
+
+    async def outbox_backlog(self) -> tuple[int, float]:
+        """Outcome events not yet published, and the age in seconds of the oldest (0: none)."""
+        row = await self.pool.fetchrow(query("outbox_backlog"))
+        return int(row["unsent"]), float(row["oldest_s"])
+
+    async def events(self, item_id: uuid.UUID) -> list[dict[str, Any]]:
+        """The Item's outcome events still in the outbox, in sequence order, with ``sent_at``."""
+        return [
+            {**r["body"], "sent_at": r["sent_at"]}
+            for r in await self.pool.fetch(query("item_events"), item_id)
+        ]
 
     async def stuck_atomic_pending(self, older_than: timedelta, limit: int) -> list[Item]:
         rows = await self.pool.fetch(query("stuck_atomic_pending"), older_than, limit)

@@ -1,5 +1,6 @@
 -- name: create_item
--- Inserts a new Item in state link, or returns the one already made from the same public_token.
+-- Inserts a new Item in state link (with its history row and its first outcome event), or returns
+-- the one already made from the same public_token.
 -- A new Item is leased to $8 for $9 seconds (null: not leased), saving the worker a round trip.
 -- $1 id, $2 public_token_sha256, $3 client_user_id, $4 requested_account_id, $5 submission_request_id,
 -- $6 cause, $7 event_id, $8 lease owner (uuid|null), $9 lease seconds (float|null),
@@ -13,6 +14,14 @@ WITH new AS (
 ), hist AS (
     INSERT INTO item_history (item_id, from_state, to_state, trigger, cause, event_id)
     SELECT id, NULL, 'link', 'submitted', $6, $7 FROM new
+), event AS (
+    INSERT INTO outbox (event_id, item_id, sequence, routing_key, body)
+    SELECT e.id, new.id, 1, 'item.state.link', jsonb_build_object(
+        'event_id', e.id, 'item_id', new.id, 'client_user_id', new.client_user_id,
+        'request_id', new.submission_request_id, 'from_state', NULL, 'to_state', 'link',
+        'trigger', 'submitted', 'error_code', NULL, 'atomic_funding_source_id', NULL,
+        'sequence', 1, 'occurred_at', new.created_at)
+    FROM new CROSS JOIN LATERAL (SELECT gen_random_uuid() AS id) AS e
 )
 SELECT *, true AS created FROM new
 UNION ALL
@@ -36,7 +45,7 @@ SELECT * FROM items WHERE plaid_item_id = $1;
 SELECT * FROM item_history WHERE item_id = $1 ORDER BY id;
 
 -- name: transition
--- One guarded state change and its history row, in one statement. No row back: the Item was not in
+-- One guarded state change, its history row and its outcome event (the outbox), in one statement. No row back: the Item was not in
 -- one of the allowed states (illegal, or already applied by someone else). Entering login_required
 -- remembers the state it left; leaving it (login repaired, failed, revoked) forgets it, and a repair
 -- clears the error that made the Item wait for its user.
@@ -78,6 +87,14 @@ WITH prev AS (
 ), hist AS (
     INSERT INTO item_history (item_id, from_state, to_state, trigger, cause, event_id, detail)
     SELECT id, from_state, state, $4, $5, $6, $7 FROM upd
+), event AS (
+    INSERT INTO outbox (event_id, item_id, sequence, routing_key, body)
+    SELECT e.id, upd.id, upd.version + 1, 'item.state.' || upd.state, jsonb_build_object(
+        'event_id', e.id, 'item_id', upd.id, 'client_user_id', upd.client_user_id,
+        'request_id', upd.submission_request_id, 'from_state', upd.from_state, 'to_state', upd.state,
+        'trigger', $4::text, 'error_code', upd.error_code, 'atomic_funding_source_id', upd.atomic_funding_source_id,
+        'sequence', upd.version + 1, 'occurred_at', upd.updated_at)
+    FROM upd CROSS JOIN LATERAL (SELECT gen_random_uuid() AS id) AS e
 )
 SELECT * FROM upd;
 
