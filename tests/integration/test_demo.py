@@ -45,8 +45,15 @@ async def test_the_demo_runs_in_its_own_database_drops_it_and_leaves_the_configu
     assert err == b"", err.decode()[-2000:]
     lines = take_demo_log(raw_out).decode().splitlines()
     assert any(json.loads(line).get("event") == "worker.started" for line in lines if line.startswith("{"))
-    table = out.split("\n\n")[1]
+    table = next(block for block in out.split("\n\n") if "Items" in block and "┏" in block)
     assert len(set(FULL_ID.findall(table))) == 5, "the Items table shows five full ids"
+    # the upstream app learnt every transition on its queue (printed as they came) and by callback
+    learnt = re.search(
+        r"^upstream app: (\d+) outcome events on its queue, (\d+) signed callbacks verified", out, re.M
+    )
+    assert learnt and learnt[1] == learnt[2] and int(learnt[1]) >= 20, out
+    assert "0 refused; one per transition of every Item" in out
+    assert len(re.findall(r"^  upstream app, queue: Item [0-9a-f]{8} #\d+ ", out, re.M)) == int(learnt[1])
     url = shown_url(demo_database_url(settings.database_url))
     last = out.rstrip().splitlines()[-1]
     assert last == f"try: paw demo --keep, then DATABASE_URL={url} paw item show <item id>"

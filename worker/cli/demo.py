@@ -36,6 +36,7 @@ from rich.markup import escape
 from worker import logs
 from worker.bus.topology import undeclare
 from worker.cli.context import Subparsers, database
+from worker.cli.demo_upstream import UpstreamApp
 from worker.cli.ops import sandbox_config
 from worker.cli.render import history_table, items_table
 from worker.errors import PawError
@@ -286,11 +287,9 @@ async def run_demo(
             f"{escape(database_name(dsn))} (made for this run) and queues {escape(s.queue_prefix)}.*\n"
         )
         await migrate_database(dsn)
-        items = await drive(s, keep=keep, console=console, timeout=timeout)
-        if items is None:
-            ok = False
-        else:
-            ok = await tell(s, items, console)
+        driven = await drive(s, keep=keep, console=console, timeout=timeout)
+        items = driven[0] if driven else None
+        ok = driven is not None and driven[1] and await tell(s, driven[0], console)
     console.print(
         "\n[green]demo finished: every Item ended where expected[/green]"
         if ok
@@ -310,10 +309,13 @@ async def run_demo(
     return 0 if ok else 1
 
 
-async def drive(s: Settings, *, keep: bool, console: Console, timeout: float) -> list[Item | None] | None:
-    """Starts the emulator, the receiver and the worker, submits the cases and waits for them to
-    settle; everything started is stopped again (and the queues deleted unless ``keep``). None when
-    a submission was refused."""
+async def drive(
+    s: Settings, *, keep: bool, console: Console, timeout: float
+) -> tuple[list[Item | None], bool] | None:
+    """Starts the emulator, the receiver, the worker and an upstream app (its own queue, its
+    callback endpoint), submits the cases and waits for them to settle; everything started is
+    stopped again (and the queues deleted unless ``keep``). Returns the Items, and whether the
+    upstream app learnt every transition both ways; None when a submission was refused."""
     import aiohttp
     import plaid
     from plaid.api import plaid_api
@@ -323,6 +325,7 @@ async def drive(s: Settings, *, keep: bool, console: Console, timeout: float) ->
     from worker.runner import run_worker
     from worker.services import open_services
 
+    upstream = UpstreamApp(console)
     receiver_port = free_port()
     receiver_url = f"http://127.0.0.1:{receiver_port}"
     sandbox_runner, sandbox_url = await serve(
@@ -346,7 +349,16 @@ async def drive(s: Settings, *, keep: bool, console: Console, timeout: float) ->
         )
     )
     try:
-        async with open_services(s, "paw-demo") as svc:
+        async with (
+            upstream.callback_endpoint(free_port()) as callback_url,
+            open_services(upstream.callbacks_for(s, callback_url), "paw-demo") as svc,
+            upstream.subscribed(svc.connection, s.exchange),
+        ):
+            console.print(
+                f"upstream app: a queue bound to item.state.# prints each outcome event as it arrives; "
+                f"signed callbacks go to {escape(callback_url)}\n",
+                soft_wrap=True,
+            )
             receiver_runner, _ = await start_receiver(svc, "127.0.0.1", receiver_port)
             stop, ready = asyncio.Event(), asyncio.Event()
             worker = asyncio.create_task(run_worker(svc, stop, ready=ready))
@@ -385,7 +397,7 @@ async def drive(s: Settings, *, keep: bool, console: Console, timeout: float) ->
                 items = await wait_for_items(svc.store, tokens, timeout)
                 if items[0] is not None and items[0].state is State.ATOMIC_VERIFIED:
                     items[0] = await login_breaks_and_is_repaired(svc.store, sandbox_url, items[0], timeout)
-                return items
+                return items, await upstream_learnt_everything(svc.store, upstream, items, console, timeout)
             finally:
                 stop.set()
                 await worker
@@ -397,6 +409,37 @@ async def drive(s: Settings, *, keep: bool, console: Console, timeout: float) ->
     finally:
         await sandbox_runner.cleanup()
         api.api_client.close()
+
+
+async def upstream_learnt_everything(
+    store: Store, upstream: UpstreamApp, items: list[Item | None], console: Console, timeout: float
+) -> bool:
+    """Waits until the upstream app has, for every Item, one outcome event per history row both on
+    its queue and by callback, in sequence order; says what it got."""
+    histories = {i.id: [h.to_state for h in await store.history(i.id)] for i in items if i is not None}
+
+    def complete() -> bool:
+        return all(
+            [e["to_state"] for e in upstream.events_of(item_id, how)] == states
+            for item_id, states in histories.items()
+            for how in ("queue", "callback")
+        )
+
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            while True:
+                upstream.arrived.clear()
+                if complete():
+                    break
+                await upstream.arrived.wait()
+    ok = complete() and upstream.bad_signatures == 0
+    console.print(
+        f"\nupstream app: {len(upstream.queued)} outcome events on its queue, {len(upstream.called_back)} "
+        f"signed callbacks verified (standardwebhooks), {upstream.bad_signatures} refused; "
+        + ("one per transition of every Item" if ok else "[red]transitions missing[/red]"),
+        soft_wrap=True,
+    )
+    return ok
 
 
 async def tell(s: Settings, items: list[Item | None], console: Console) -> bool:
