@@ -163,7 +163,7 @@ async def stop_workers(workers: list[common.Child]) -> dict[str, int]:
     for w in workers:
         await w.stop()
         stopped = next((e for e in w.log_events() if e.get("event") == "worker.stopped"), {})
-        for k in ("acked", "retried", "dead_lettered", "requeued"):
+        for k in ("acked", "retried", "dead_lettered", "requeued", "outcome_events"):
             totals[k] = totals.get(k, 0) + int(stopped.get(k, 0))
     return totals
 
@@ -346,8 +346,9 @@ async def run_latency(
                 + accepted
                 + consumer_counts.get("retried", 0)
                 + consumer_counts.get("dead_lettered", 0)
+                + consumer_counts.get("outcome_events", 0)
             )
-            deliveries = sum(consumer_counts.values())
+            deliveries = sum(v for k, v in consumer_counts.items() if k != "outcome_events")
             result.update(
                 {
                     "pg_xact_per_item": round((xact1 - xact0 - own) / args.items, 2),

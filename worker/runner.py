@@ -117,6 +117,7 @@ async def run_worker(
     for consumer, _, _ in consumers:
         for k, v in consumer.counts.items():
             totals[k] = totals.get(k, 0) + v
+    totals["outcome_events"] = relay.published
     log.info("worker.stopped", **totals)
     return totals
 

@@ -120,6 +120,8 @@ async def test_sigterm_under_load_loses_nothing_and_leaves_nothing_unacked(
     stopped = next(e for e in lines if e["event"] == "worker.stopped")
     assert stopped["requeued"] == 0
     assert not any(e["event"] == "worker.drain_timeout" for e in lines)  # it finished what it held
+    # and published the outcome events of what it finished before it exited
+    assert stopped["outcome_events"] > 0 and await services.store.outbox_backlog() == (0, 0.0)
     # nothing is left unacked on the broker, and every Item still finishes with one funding source
     channel = await services.connection.channel()
     queue = await channel.declare_queue(services.topo.items_queue, passive=True)

@@ -56,6 +56,7 @@ class Relay:
         self.poll_s = poll_s
         self.gather_s = gather_s
         self.retention_s = retention_s
+        self.published = 0  # events confirmed by this relay (the worker logs it at exit)
         self._wake = asyncio.Event()
         # (monotonic time, highest id marked sent then): what may be pruned once retention passed
         self._sent_marks: collections.deque[tuple[float, int]] = collections.deque()
@@ -113,6 +114,7 @@ class Relay:
                 await conn.execute(query("outbox_mark_sent"), confirmed)
         if confirmed:
             metrics.OUTBOX_PUBLISHED.inc(len(confirmed))
+            self.published += len(confirmed)
             self._sent_marks.append((time.monotonic(), max(confirmed)))
         if failures:
             raise failures[0]

@@ -137,9 +137,9 @@ class CallbackHandler:
         self.callbacks = {c.ref: c for c in callbacks}
 
     async def __call__(self, routing_key: str, body: bytes, message_id: str | None) -> None:
-        event = parse_event(routing_key, body)
-        if not self.callbacks:  # none configured: nothing to look up
+        if not self.callbacks:  # none configured: the event is acked unread (cheap, it is 5 per Item)
             return
+        event = parse_event(routing_key, body)
         item_id = uuid.UUID(event["item_id"])
         structlog.contextvars.bind_contextvars(item_id=str(item_id), event_id=event["event_id"])
         exists, owner = await self.store.owner_of(item_id)
