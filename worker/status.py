@@ -1,29 +1,51 @@
-"""``paw status``: what on-call sees first, gathered (rendering is :func:`worker.cli.render.status_view`)."""
+"""``paw status``: what on-call sees first, gathered (rendering is :func:`worker.cli.render.status_view`).
+
+Read-only: it declares nothing (a mistyped ``PAW_QUEUE_PREFIX`` must not create queues that then
+collect copies of every message). A queue that does not exist is reported as missing, naming the
+prefix. :func:`verdict` turns what was gathered into a Nagios-style exit code and one line.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from aio_pika.abc import AbstractRobustConnection
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-from worker.bus.topology import Topology, declare, queue_depth
+from worker.bus.topology import Topology
 from worker.items.store import Store
 from worker.sql import query
 
 STUCK_AFTER = timedelta(minutes=15)
+# An outcome event unsent for longer than this: the relay cannot publish (warning).
+OUTBOX_LAG = timedelta(minutes=1)
+
+OK, WARNING, CRITICAL = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueFacts:
+    ready: int
+    consumers: int
+    retrying: int  # messages waiting in the queue's delay queues, on their way back
 
 
 @dataclasses.dataclass(frozen=True)
 class Status:
-    queues: dict[str, int]
+    prefix: str
+    queues: dict[str, QueueFacts]
     dead_letters: int
     items: dict[str, int]
     stuck: list[dict[str, Any]]
     last_webhook: dict[str, Any] | None
     setup_problems: list[str] = dataclasses.field(default_factory=list)  # operator errors, one line each
+    missing: list[str] = dataclasses.field(default_factory=list)  # queues that do not exist
+    outbox_unsent: int = 0
+    outbox_oldest_s: float = 0.0
 
     def as_json(self) -> dict[str, Any]:
         def plain(v: Any) -> Any:
@@ -35,9 +57,13 @@ class Status:
                 else v
             )
 
+        code, line = verdict(self)
         return {
-            "queues": self.queues,
+            "check": {"code": code, "line": line},
+            "queues": {name: dataclasses.asdict(q) for name, q in self.queues.items()},
+            "missing_queues": self.missing,
             "dead_letters": self.dead_letters,
+            "outbox": {"unsent": self.outbox_unsent, "oldest_s": round(self.outbox_oldest_s, 1)},
             "items": self.items,
             "stuck": [{k: plain(v) for k, v in s.items()} for s in self.stuck],
             "last_webhook": {k: plain(v) for k, v in self.last_webhook.items()}
@@ -47,18 +73,88 @@ class Status:
         }
 
 
-async def gather(store: Store, connection: AbstractRobustConnection, topo: Topology) -> Status:
+async def _facts(channel: AbstractChannel, name: str) -> tuple[int, int]:
+    """(ready, consumers) of ``name``, by a passive declare on the underlying AMQP channel (aio-pika's
+    robust channel would answer from its cache). A missing queue raises ``ChannelNotFoundEntity``."""
+    underlay = await channel.get_underlay_channel()
+    ok = await underlay.queue_declare(name, passive=True)
+    return int(ok.message_count or 0), int(ok.consumer_count or 0)
+
+
+async def read_queues(
+    connection: AbstractRobustConnection, names: list[str]
+) -> dict[str, tuple[int, int] | None]:
+    """Each queue's (ready, consumers), ``None`` where it does not exist. Declares nothing."""
+    out: dict[str, tuple[int, int] | None] = {}
     channel = await connection.channel()
     try:
-        await declare(channel, topo)  # idempotent: what every paw process does when it starts
-        queues = {name: await queue_depth(channel, name) for name in topo.consumed_queues}
-        dead = await queue_depth(channel, topo.dead_queue)
+        for name in names:
+            try:
+                out[name] = await _facts(channel, name)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                out[name] = None
+                with contextlib.suppress(Exception):
+                    await channel.close()  # the broker closed it with the 404
+                channel = await connection.channel()
     finally:
-        await channel.close()
+        with contextlib.suppress(Exception):
+            await channel.close()
+    return out
+
+
+async def gather(store: Store, connection: AbstractRobustConnection, topo: Topology) -> Status:
+    delays = {q: [topo.retry_queue(q, d) for d in topo.retry_delays_ms] for q in topo.consumed_queues}
+    names = [*topo.consumed_queues, *(r for rs in delays.values() for r in rs), topo.dead_queue]
+    read = await read_queues(connection, names)
+    missing = [name for name, facts in read.items() if facts is None]
+    queues = {}
+    for name in topo.consumed_queues:
+        ready, consumers = read[name] or (0, 0)
+        queues[name] = QueueFacts(ready, consumers, sum((read[r] or (0, 0))[0] for r in delays[name]))
+    dead = (read[topo.dead_queue] or (0, 0))[0]
     stuck = [dict(r) for r in await store.pool.fetch(query("oldest_stuck_items"), STUCK_AFTER, 5)]
     last = await store.pool.fetchrow(query("last_webhook"))
     problems = [alert_line(a) for a in await store.recent_operator_alerts(OPERATOR_ALERT_WINDOW)]
-    return Status(queues, dead, await store.count_by_state(), stuck, dict(last) if last else None, problems)
+    unsent, oldest_s = await store.outbox_backlog()
+    return Status(
+        prefix=topo.prefix,
+        queues=queues,
+        dead_letters=dead,
+        items=await store.count_by_state(),
+        stuck=stuck,
+        last_webhook=dict(last) if last else None,
+        setup_problems=problems,
+        missing=missing,
+        outbox_unsent=unsent,
+        outbox_oldest_s=oldest_s,
+    )
+
+
+def verdict(status: Status) -> tuple[int, str]:
+    """Nagios-style: (0 ok / 1 warning / 2 critical, one line saying why). Pure."""
+    critical, warning = [], []
+    if status.missing:
+        critical.append(
+            f"{len(status.missing)} queue(s) missing, e.g. {status.missing[0]}: "
+            f"is PAW_QUEUE_PREFIX={status.prefix} right? (paw status creates nothing)"
+        )
+    idle = [name for name, q in status.queues.items() if q.consumers == 0 and name not in status.missing]
+    critical += [f"no consumer on {name}" for name in idle]
+    if status.dead_letters:
+        warning.append(f"{status.dead_letters} dead letter(s): paw dlq list")
+    if status.stuck:
+        warning.append(f"{len(status.stuck)}+ Item(s) stuck for over {STUCK_AFTER}")
+    if status.setup_problems:
+        warning.append(f"{len(status.setup_problems)} setup problem(s)")
+    if status.outbox_oldest_s > OUTBOX_LAG.total_seconds():
+        warning.append(
+            f"{status.outbox_unsent} outcome event(s) unsent for up to {status.outbox_oldest_s:.0f}s"
+        )
+    if critical:
+        return CRITICAL, "CRITICAL: " + "; ".join(critical + warning)
+    if warning:
+        return WARNING, "WARNING: " + "; ".join(warning)
+    return OK, "OK: every queue consumed, no dead letters, nothing stuck"
 
 
 # How long an operator error keeps the worker unready and on `paw status` after it was last met.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import signal
 import sys
@@ -24,10 +25,12 @@ from tests.helpers import (
     settled,
     submit_amqp,
 )
+from worker.bus.topology import Topology
 from worker.items.states import State
 from worker.runner import Gauges, run_worker
 from worker.services import Services
 from worker.settings import Settings
+from worker.status import read_queues
 
 
 @pytest.fixture
@@ -149,14 +152,38 @@ async def test_paw_status_shows_the_on_call_screen(
     token = await new_public_token(sandbox)
     await submit_amqp(services, {"public_token": token, "client_user_id": "u-status"})
     await settled(services, token, State.ATOMIC_VERIFIED)
+    code, out, err = await run_paw(settings, "status", "--check", timeout=30)
+    assert (code, out.decode()) == (0, "OK: every queue consumed, no dead letters, nothing stuck\n"), err
     await services.publisher.publish(services.topo.dead_queue, b"{}", to_queue=True)
     code, out, err = await run_paw(settings, "status", "--json", timeout=30)
-    assert code == 0, err.decode()
+    assert code == 1, err.decode()
     status = json.loads(out)
+    assert status["check"] == {"code": 1, "line": "WARNING: 1 dead letter(s): paw dlq list"}
     assert status["items"] == {"atomic_verified": 1}
     assert status["dead_letters"] == 1
     assert set(status["queues"]) == set(services.topo.consumed_queues)
+    assert {q["consumers"] for q in status["queues"].values()} == {1}  # the worker's consumer on each
+    assert status["missing_queues"] == [] and status["outbox"] == {"unsent": 0, "oldest_s": 0.0}
     assert status["last_webhook"]["routing_key"] == "webhook.atomic.verified"
+    code, out, _ = await run_paw(settings, "status", timeout=30)  # the screen says the same
+    assert code == 1 and "WARNING: 1 dead letter(s)" in out.decode()
+
+
+async def test_paw_status_without_workers_is_critical_and_a_wrong_prefix_creates_nothing(
+    settings: Settings, services: Services
+) -> None:
+    code, out, _ = await run_paw(settings, "status", "--check", timeout=30)
+    assert code == 2
+    assert out.decode().startswith(f"CRITICAL: no consumer on {services.topo.items_queue}; ")
+    typo = dataclasses.replace(settings, queue_prefix=settings.queue_prefix + "-typo")
+    code, out, _ = await run_paw(typo, "status", "--check", timeout=30)
+    assert code == 2 and f"is PAW_QUEUE_PREFIX={typo.queue_prefix} right?" in out.decode()
+    code, _, _ = await run_paw(typo, "status", "--json", timeout=30)
+    assert code == 2
+    # nothing of the mistyped topology exists: not one queue was declared
+    topo = Topology.from_settings(typo)
+    existing = await read_queues(services.connection, topo.all_queues())
+    assert existing == dict.fromkeys(topo.all_queues())
 
 
 async def test_receiver_process_serves_metrics_and_stops_on_sigterm(

@@ -184,3 +184,34 @@ async def test_an_unconfirmed_event_holds_back_its_items_later_events_only(
     got = by_item(await take_all(subscriber))
     assert {k: [e["sequence"] for e in v] for k, v in got.items()} == {str(stuck.id): [1, 2, 3]}
     assert await relay.relay_once() == 0
+
+
+async def test_sent_events_are_deleted_after_the_retention_unsent_ones_never(
+    services: Services, subscriber: AbstractQueue
+) -> None:
+    async def new_item() -> uuid.UUID:
+        item, _ = await services.store.create_item(
+            public_token_sha256=token_hash(f"public-sandbox-{uuid.uuid4()}"),
+            client_user_id="u-r",
+            requested_account_id=None,
+            request_id=None,
+            cause="test",
+            event_id=None,
+        )
+        return item.id
+
+    kept = await new_item()
+    assert await Relay(services.pool, services.publisher).relay_once() == 1
+    assert [e["sent_at"] is not None for e in await services.store.events(kept)] == [True]
+
+    gone = await new_item()
+    failing = RefusesOnce(services.publisher, "")
+    failing.event_id = (await services.store.events(gone))[0]["event_id"]
+    relay = Relay(services.pool, failing, retention_s=0)
+    with pytest.raises(PublishFailed):
+        await relay.relay_once()  # nothing confirmed: nothing to prune
+    assert len(await services.store.events(gone)) == 1
+    assert await relay.relay_once() == 1  # published, marked, and (retention 0) deleted
+    assert await services.store.events(gone) == []
+    assert await services.store.events(kept) == []  # sent before the mark: older than the retention too
+    assert len(await take_all(subscriber)) == 2

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import time
 import uuid
 from collections.abc import Sequence
@@ -69,6 +68,7 @@ class Relay:
         """Relays until ``stop``; a database or broker failure is logged and retried with backoff."""
         backoff = 0.0
         while not stop.is_set():
+            self._wake.clear()  # a wake from here on means: look again
             try:
                 full = await self.relay_once() >= self.batch
                 backoff = 0.0
@@ -87,8 +87,8 @@ class Relay:
             await self._idle(stop, backoff or self.poll_s, wakeable=not backoff)
 
     async def _idle(self, stop: asyncio.Event, timeout: float, *, wakeable: bool) -> None:
-        """Waits ``timeout``, or until ``stop``, or (``wakeable``: not backing off) a :meth:`wake`."""
-        self._wake.clear()
+        """Waits ``timeout``, or until ``stop``, or (``wakeable``: not backing off) a :meth:`wake`
+        (one since the last batch started counts)."""
         waits = [asyncio.ensure_future(stop.wait())]
         if wakeable:
             waits.append(asyncio.ensure_future(self._wake.wait()))
@@ -142,14 +142,18 @@ class Relay:
         await asyncio.gather(*(one_item(events) for events in chains.values()))
         return confirmed, failures
 
-    async def _prune(self) -> None:
-        """Deletes rows sent more than ``retention_s`` ago (this relay's own marks), a chunk at a time."""
+    async def _prune(self, chunk: int = 10_000) -> None:
+        """Deletes up to ``chunk`` rows sent more than ``retention_s`` ago (this relay's own marks);
+        one chunk per batch, so a long backlog of sent rows never holds up publishing."""
         horizon = time.monotonic() - self.retention_s
         upto = None
         while self._sent_marks and self._sent_marks[0][0] <= horizon:
-            upto = self._sent_marks.popleft()[1]
+            upto = self._sent_marks.popleft()
         if upto is None:
             return
-        with contextlib.suppress(asyncpg.PostgresError, OSError):
-            while await self.pool.fetchval(query("outbox_prune"), upto, 10_000) == 10_000:
-                pass
+        try:
+            deleted = await self.pool.fetchval(query("outbox_prune"), upto[1], chunk)
+        except (asyncpg.PostgresError, OSError):
+            deleted = chunk  # try again after the next batch
+        if deleted >= chunk:
+            self._sent_marks.appendleft(upto)

@@ -19,7 +19,7 @@ from worker.items.sealing import Sealer, check_keys, remaining, rotate
 from worker.items.store import Store
 from worker.migrate import migrate_database
 from worker.settings import Settings
-from worker.status import gather
+from worker.status import gather, verdict
 
 if TYPE_CHECKING:
     from sandbox.app import SandboxConfig
@@ -47,8 +47,16 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--atomic-delay", type=float, default=0.0, help="seconds before Atomic decides")
     p.add_argument("--latency-ms", type=float, default=0.0, help="latency added to every call")
     p.set_defaults(func=cmd_sandbox)
-    p = sub.add_parser("status", help="one screen for on-call: queues, dead letters, Items, stuck Items")
+    p = sub.add_parser(
+        "status",
+        help="one screen for on-call: queues and their consumers, dead letters, Items, stuck Items; "
+        "reads only, exits 0 ok / 1 warning / 2 critical",
+    )
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--check", action="store_true", help="print only the verdict line (Nagios-style exit code)"
+    )
+    p.add_argument("--watch", type=float, metavar="SECONDS", help="show it again every SECONDS until Ctrl-C")
     p.set_defaults(func=cmd_status)
     keys = sub.add_parser("keys", help="token keys (PAW_TOKEN_KEYS)").add_subparsers(
         dest="keys_command", required=True
@@ -130,13 +138,24 @@ async def cmd_sandbox(s: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_status(s: Settings, args: argparse.Namespace) -> int:
+    """Exits with the verdict: 0 ok, 1 warning (dead letters, stuck Items, setup problems, unsent
+    events), 2 critical (a queue without consumer, a missing queue: it creates none)."""
+    console = Console()
     async with database(s) as pool, broker(s, "paw-status") as connection:
-        status = await gather(Store(pool), connection, Topology.from_settings(s))
-    if args.json:
-        print(json.dumps(status.as_json(), indent=2))
-    else:
-        Console().print(status_view(status, datetime.now(UTC)))
-    return 0
+        while True:
+            status = await gather(Store(pool), connection, Topology.from_settings(s))
+            code, line = verdict(status)
+            if args.check:
+                print(line)
+            elif args.json:
+                print(json.dumps(status.as_json(), indent=2))
+            else:
+                if args.watch:
+                    console.clear()
+                console.print(status_view(status, datetime.now(UTC)))
+            if not args.watch:
+                return code
+            await asyncio.sleep(args.watch)
 
 
 async def cmd_keys_check(s: Settings, _: argparse.Namespace) -> int:

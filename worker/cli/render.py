@@ -11,13 +11,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from worker.bus import dlq
 from worker.bus.dlq import DeadLetter
 from worker.items.model import HistoryEntry, Item
-from worker.status import STUCK_AFTER, Status
+from worker.status import STUCK_AFTER, Status, verdict
 
 
 def history_table(history: Sequence[HistoryEntry]) -> Table:
@@ -185,13 +186,27 @@ def human_age(age: timedelta | None) -> str:
 
 
 def status_view(status: Status, now: datetime) -> Group:
+    code, line = verdict(status)
+    colour = ("green", "yellow", "red")[code]
     queues = Table(title="Queues", box=None)
-    queues.add_column("queue")
-    queues.add_column("ready", justify="right")
-    for name, depth in status.queues.items():
-        queues.add_row(name, str(depth))
+    for col, justify in (
+        ("queue", "left"),
+        ("ready", "right"),
+        ("retrying", "right"),
+        ("consumers", "right"),
+    ):
+        queues.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for name, q in status.queues.items():
+        if name in status.missing:
+            queues.add_row(name, "[bold red]missing[/]", "", "")
+            continue
+        consumers = str(q.consumers) if q.consumers else "[bold red]0[/]"
+        queues.add_row(name, str(q.ready), str(q.retrying), consumers)
     queues.add_row(
-        "[bold]dead letters[/bold]", f"[bold red]{status.dead_letters}[/]" if status.dead_letters else "0"
+        "[bold]dead letters[/bold]",
+        f"[bold red]{status.dead_letters}[/]" if status.dead_letters else "0",
+        "",
+        "",
     )
     items = Table(title="Items per state", box=None)
     items.add_column("state")
@@ -207,12 +222,16 @@ def status_view(status: Status, now: datetime) -> Group:
         stuck.add_row("none", "", "", "")
     last = status.last_webhook
     footer = (
-        f"Last webhook: {last['routing_key']} ({last['outcome']}) {human_age(now - last['received_at'])} ago"
+        f"Last webhook applied: {last['routing_key']} ({last['outcome']}) at "
+        f"{last['received_at']:%Y-%m-%d %H:%M:%S} UTC, {human_age(now - last['received_at'])} ago"
         if last
-        else "Last webhook: none received yet"
+        else "Last webhook applied: none yet"
+    )
+    outbox = f"Outcome events unsent: {status.outbox_unsent}" + (
+        f" (oldest {status.outbox_oldest_s:.0f}s)" if status.outbox_unsent else ""
     )
     problems = [f"[bold red]Setup problem:[/] {line}" for line in status.setup_problems]
-    return Group(*problems, queues, items, stuck, footer)
+    return Group(f"[bold {colour}]{escape(line)}[/]", *problems, queues, items, stuck, footer, outbox)
 
 
 SHOW_FACTS = (
