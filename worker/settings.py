@@ -427,7 +427,7 @@ _VARS = (
         "PAW_OUTBOX_RETENTION_S",
         "outbox_retention_s",
         _int(0, 30 * 86400),
-        "seconds a published outcome event stays in the outbox table (for `paw item show`) before the "
+        "seconds a published outcome event stays in the outbox table (`paw item show` lists them) before the "
         "relay deletes it; the Item's history keeps every transition regardless",
     ),
     Var(

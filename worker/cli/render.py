@@ -7,7 +7,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rich.console import Console, Group
@@ -21,20 +21,40 @@ from worker.items.model import HistoryEntry, Item
 from worker.status import STUCK_AFTER, Status, verdict
 
 
+def utc(at: datetime) -> str:
+    """An absolute time with its date, to the millisecond, in UTC."""
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
 def history_table(history: Sequence[HistoryEntry]) -> Table:
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-    for col in ("at", "from", "to", "trigger", "cause", "detail"):
-        table.add_column(col)
+    for col in ("at (UTC)", "from", "to", "trigger", "cause", "detail"):
+        table.add_column(col, no_wrap=col == "at (UTC)")
     for h in history:
         detail = ", ".join(f"{k}={v}" for k, v in h.detail.items() if v is not None)
+        table.add_row(utc(h.at), h.from_state or "-", h.to_state, h.trigger, h.cause, detail)
+    return table
+
+
+def candidates_table(items: Sequence[Item], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("item id", "state", "user", "error_code", "plaid item id", "funding source", "updated (UTC)"):
+        table.add_column(col, no_wrap=col in ("item id", "updated (UTC)"))
+    for item in items:
         table.add_row(
-            h.at.strftime("%H:%M:%S.%f")[:-3], h.from_state or "-", h.to_state, h.trigger, h.cause, detail
+            str(item.id),
+            item.state.value,
+            item.client_user_id,
+            item.error_code or "",
+            item.plaid_item_id or "",
+            item.atomic_funding_source_id or "",
+            utc(item.updated_at),
         )
     return table
 
 
 def print_item(item: Item, history: Sequence[HistoryEntry], console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or wide_console()
     error = f"  error: {item.error_code} ({item.error_message})" if item.error_code else ""
     console.print(f"[bold]{item.id}[/bold]  {item.state.value}  user={item.client_user_id}{error}")
     if item.state.value == "login_required" and item.resume_state:
@@ -84,7 +104,7 @@ def expiring_table(items: Sequence[Item], days: int) -> Table:
 def wide_console() -> Console:
     """stdout; when it is not a terminal (a pipe, a file), wide enough for a whole table row."""
     console = Console()
-    return console if console.is_terminal else Console(width=160)
+    return console if console.is_terminal else Console(width=240)
 
 
 def dead_letters_table(

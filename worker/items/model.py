@@ -182,3 +182,15 @@ class Sealed:
 
     key_id: str
     blob: bytes  # nonce || ciphertext+tag
+
+
+HEX = frozenset("0123456789abcdef")
+MIN_ID_PREFIX = 6  # hex digits: fewer would match too much to be meant as an id
+
+
+def id_range(text: str) -> tuple[uuid.UUID, uuid.UUID] | None:
+    """The ids a (prefix of a) paw Item id spans, hyphens optional; None if ``text`` is not one."""
+    digits = text.strip().lower().replace("-", "")
+    if not MIN_ID_PREFIX <= len(digits) <= 32 or not set(digits) <= HEX:
+        return None
+    return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))

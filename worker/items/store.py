@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 
 from worker import metrics
-from worker.items.model import NO_CHANGES, Changes, HistoryEntry, Item
+from worker.items.model import NO_CHANGES, Changes, HistoryEntry, Item, id_range
 from worker.items.states import Trigger, next_state
 from worker.sql import query
 
@@ -103,6 +103,29 @@ class Store:
             rows = await self.pool.fetch(query("list_items_for_user"), client_user_id, *after, states, limit)
         else:
             rows = await self.pool.fetch(query("list_items"), *after, states, limit)
+        return [Item.from_record(r) for r in rows]
+
+    async def find(self, text: str, limit: int = 20) -> list[Item]:
+        """Items ``text`` names: paw's id or a prefix of it (6+ hex digits), client_user_id, Plaid's
+        item_id, Atomic's funding source id, the submission's or the last Plaid call's request_id."""
+        low, high = id_range(text) or (None, None)
+        rows = await self.pool.fetch(query("find_items"), text.strip(), low, high, limit)
+        return [Item.from_record(r) for r in rows]
+
+    async def filter(
+        self,
+        *,
+        states: list[str] | None,
+        error_code: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        client_user_id: str | None,
+        limit: int,
+    ) -> list[Item]:
+        """The latest changed Items first, filtered (None: any)."""
+        rows = await self.pool.fetch(
+            query("filter_items"), states, error_code, since, until, client_user_id, limit
+        )
         return [Item.from_record(r) for r in rows]
 
     async def claim(self, item_id: uuid.UUID, owner: uuid.UUID, lease_s: float) -> Item | None:
