@@ -64,6 +64,49 @@ async def test_paw_item_forget_removes_everywhere_and_keeps_history(
     assert history[-1].trigger == "forgotten" and history[-1].event_id == "oncall-test"
 
 
+async def test_forget_stops_before_destroying_anything_when_plaid_or_atomic_fail(
+    services: Services, worker: RunningWorker, receiver: str, sandbox: Sandbox, settings: Settings
+) -> None:
+    token = await new_public_token(sandbox)
+    await submit_amqp(services, {"public_token": token, "client_user_id": "u-forget-500"})
+    item = await settled(services, token, State.ATOMIC_VERIFIED)
+    access = access_token_of(sandbox, item.plaid_item_id or "")
+
+    sandbox.state.set_fault(
+        "/item/remove", status=500, error_code="INTERNAL_SERVER_ERROR", error_type="API_ERROR"
+    )
+    code, out, err = await run_paw(settings, "item", "forget", str(item.id), "--yes")
+    assert (code, out) == (1, b"")
+    verdict = err.decode().splitlines()[-1]  # after the log lines: the verdict, one line
+    assert verdict.startswith(
+        "paw: not forgotten: Plaid (/item/remove) failed transiently (INTERNAL_SERVER_ERROR"
+    )
+    kept = await services.store.get(item.id)
+    assert kept is not None and kept.state is State.ATOMIC_VERIFIED and kept.plaid_removed_at is None
+    assert kept.access_token is not None and kept.processor_token is not None  # its only handle, kept
+    sandbox.state.clear_faults()
+
+    # Plaid removes it, then Atomic fails: the tokens still stay, and a second run finishes the job
+    sandbox.state.set_fault(
+        "/atomic/v1/funding_sources/" + (item.atomic_funding_source_id or ""),
+        status=503,
+        error_code="SERVICE_UNAVAILABLE",
+        error_type="API_ERROR",
+    )
+    code, _, err = await run_paw(settings, "item", "forget", str(item.id), "--yes")
+    assert code == 1 and "atomic (funding source removal) failed transiently" in err.decode(), err
+    half = await services.store.get(item.id)
+    assert half is not None and half.plaid_removed_at is not None and half.atomic_removed_at is None
+    assert half.access_token is not None
+    sandbox.state.clear_faults()
+    code, _, err = await run_paw(settings, "item", "forget", str(item.id), "--yes")
+    assert code == 0, err.decode()
+    gone = await services.store.get(item.id)
+    assert gone is not None and gone.state is State.REVOKED and gone.access_token is None
+    assert gone.atomic_removed_at is not None
+    assert "ITEM_NOT_FOUND" in await access_revoked_at_plaid(sandbox, access)
+
+
 async def test_an_item_that_fails_after_exchange_keeps_no_live_access(
     services: Services, worker: RunningWorker, sandbox: Sandbox
 ) -> None:

@@ -16,7 +16,9 @@ from worker.bus.publisher import Publisher
 from worker.bus.topology import Topology
 from worker.cli.context import Subparsers, add_actor, broker, database, default_actor
 from worker.cli.render import candidates_table, confirm, expiring_table, print_item, wide_console
+from worker.errors import UpstreamError
 from worker.items.model import Cause
+from worker.items.rules import Kind, classify
 from worker.items.states import State
 from worker.items.store import Store
 from worker.settings import Settings
@@ -191,9 +193,25 @@ async def cmd_item_forget(s: Settings, args: argparse.Namespace) -> int:
         if item is None:
             print(f"paw: no item {item_id}", file=sys.stderr)
             return 1
-        done = await svc.pipeline.forget(item, Cause("paw item forget", args.actor))
+        try:
+            done = await svc.pipeline.forget(item, Cause("paw item forget", args.actor))
+        except UpstreamError as e:
+            print(forget_refusal(e), file=sys.stderr)
+            return 1
     print(f"item {item_id} forgotten: state {done.state.value if done else 'unchanged'}; tokens destroyed")
     return 0
+
+
+def forget_refusal(e: UpstreamError) -> str:
+    """Why ``paw item forget`` stopped, in one line: its tokens are kept, whatever failed."""
+    where = "Plaid (/item/remove)" if e.service == "plaid" else f"{e.service} (funding source removal)"
+    code = f"{e.error_code or 'no error code'}" + (f", request_id {e.request_id}" if e.request_id else "")
+    if classify(e) is Kind.TRANSIENT:
+        return f"paw: not forgotten: {where} failed transiently ({code}); tokens kept; run it again"
+    return (
+        f"paw: not forgotten: {where} refused it for good ({code}): {str(e)[:200]}; tokens kept, "
+        "the Item may still be live there"
+    )
 
 
 async def cmd_item_retry(s: Settings, args: argparse.Namespace) -> int:

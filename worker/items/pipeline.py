@@ -313,25 +313,34 @@ class Pipeline:
         destroys the stored tokens. ``ITEM_NOT_FOUND`` (or a token Plaid no longer knows) means it
         is gone already. With ``must_remove`` (revocation) any other failure is raised and the
         tokens are kept for the retry; without it (a failed Item) removal is best effort."""
-        if item.access_token is not None and item.plaid_removed_at is None:
-            try:
-                await self.plaid.remove_item(self.access_token(item))
-            except UpstreamError as e:
-                if e.error_code not in GONE_AT_PLAID:
-                    if must_remove:
-                        raise
-                    log.warning("item.remove_failed", item_id=str(item.id), error_code=e.error_code)
-                else:
-                    await self.store.mark_plaid_removed(item.id)
-            else:
-                await self.store.mark_plaid_removed(item.id)
+        try:
+            await self.remove_at_plaid(item)
+        except UpstreamError as e:
+            if must_remove:
+                raise
+            log.warning("item.remove_failed", item_id=str(item.id), error_code=e.error_code)
         await self.store.destroy_tokens(item.id)
 
+    async def remove_at_plaid(self, item: Item) -> None:
+        """``/item/remove``, once (marked), unless there is no access token; an Item Plaid no longer
+        knows counts as removed. Any other failure is raised (:class:`UpstreamError`)."""
+        if item.access_token is None or item.plaid_removed_at is not None:
+            return
+        try:
+            await self.plaid.remove_item(self.access_token(item))
+        except UpstreamError as e:
+            if e.error_code not in GONE_AT_PLAID:
+                raise
+        await self.store.mark_plaid_removed(item.id)
+
     async def forget(self, item: Item, cause: Cause) -> Item | None:
-        """``paw item forget``: remove the Item at Plaid and at Atomic, destroy its tokens, keep its
-        history for the audit."""
-        await self.release_access(item)
+        """``paw item forget``: remove the Item at Plaid and at Atomic, then destroy its tokens, keep
+        its history for the audit. A failure at Plaid or Atomic is raised (:class:`UpstreamError`)
+        before any token is destroyed: an Item live at Plaid never loses its only handle. What was
+        done is marked (``plaid_removed_at``, ``atomic_removed_at``), so running it again goes on."""
+        await self.remove_at_plaid(item)
         await self.remove_funding_source(item)
+        await self.store.destroy_tokens(item.id)
         if item.state is State.REVOKED:
             return await self.store.get(item.id)
         return await self.store.transition(
