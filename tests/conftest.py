@@ -23,6 +23,7 @@ for _var in list(os.environ):
 
 import shutil
 
+import aio_pika
 import aiohttp
 import asyncpg
 import pytest
@@ -69,8 +70,55 @@ def service_urls() -> Iterator[tuple[str, str]]:
             containers.append(mq)
             amqp = f"amqp://guest:guest@{mq.get_container_host_ip()}:{mq.get_exposed_port(5672)}/"
     yield pg, amqp
+    _run(_swept(amqp))
     for c in containers:
         c.stop()
+
+
+async def _sweep(amqp: str) -> int:
+    """Deletes this run's queues and exchanges that a test left behind (a test killed by its
+    timeout, a subprocess that declared its own retry tiers): each test deletes its own, this is the
+    net under it, so the broker does not collect topologies run after run. Only with a local
+    ``rabbitmqctl`` (AMQP cannot list queues); only names of this run."""
+    if shutil.which("rabbitmqctl") is None or urlsplit(amqp).hostname not in (
+        "127.0.0.1",
+        "localhost",
+        "::1",
+    ):
+        return 0
+    mine = f"paw-test-{RUN}-"
+    names: dict[str, list[str]] = {}
+    for kind in ("queues", "exchanges"):
+        proc = await asyncio.create_subprocess_exec(
+            "rabbitmqctl",
+            f"list_{kind}",
+            "-q",
+            "--no-table-headers",
+            "name",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        names[kind] = [n for n in out.decode().split() if n.startswith(mine)]
+    if not any(names.values()):
+        return 0
+    conn = await aio_pika.connect(amqp)
+    try:
+        channel = await conn.channel()
+        for queue in names["queues"]:
+            await channel.queue_delete(queue)
+        for exchange in names["exchanges"]:
+            await channel.exchange_delete(exchange)
+    finally:
+        await conn.close()
+    return len(names["queues"]) + len(names["exchanges"])
+
+
+async def _swept(amqp: str) -> None:
+    try:
+        await _sweep(amqp)
+    except Exception as e:  # the sweep must never fail a run that passed
+        print(f"conftest: broker sweep failed: {type(e).__name__}: {e}")
 
 
 def _run(coro: Coroutine[Any, Any, None]) -> None:
