@@ -227,6 +227,28 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
+async def api_metrics(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Counts and times every upstream API request (/v1/*) by route (its pattern, never the ids in
+    the path) and status, refusals by the middlewares after this one included."""
+    if not request.path.startswith("/v1/"):
+        return await handler(request)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as e:
+        status = e.status
+        raise
+    finally:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        metrics.HTTP_REQUESTS.labels(route, str(status)).inc()
+        metrics.HTTP_SECONDS.labels(route).observe(time.perf_counter() - started)
+
+
+@web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error answers JSON with a reason; nothing escapes to crash the process."""
     try:
@@ -535,7 +557,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 def create_app(receiver: Receiver) -> web.Application:
     app = web.Application(
-        client_max_size=receiver.settings.max_body_bytes, middlewares=[errors, bounded, api_auth]
+        client_max_size=receiver.settings.max_body_bytes, middlewares=[api_metrics, errors, bounded, api_auth]
     )
     app[RECEIVER] = receiver
     app.router.add_post("/webhooks/plaid", plaid_webhook)

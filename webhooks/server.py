@@ -10,7 +10,7 @@ from aiohttp import web
 from webhooks.app import RECEIVER, Receiver, create_app, plaid_keys_health
 from webhooks.keys import KEY_ENDPOINT, KeyCache, KeyFetchHealth, plaid_key_fetcher
 from webhooks.limits import InFlight, TokenBuckets
-from worker import metrics
+from worker import metrics, version
 from worker.admin import service_checks, start_admin
 from worker.http_server import start_http
 from worker.logs import effective_config
@@ -63,6 +63,7 @@ async def serve_receiver(
                 admin_port,
                 details={"plaid_keys": lambda: plaid_keys_health(rx)},
             )
+        metrics.BUILD_INFO.labels(version(), settings.plaid_env, "receiver").set(1)
         log.info("receiver.started", url=url, config=effective_config(settings))
         try:
             await stop.wait()

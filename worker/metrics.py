@@ -6,7 +6,12 @@ only verified webhooks reach them), states and triggers are enums, reasons are s
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+import dataclasses
+from collections.abc import Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 WEBHOOKS_RECEIVED = Counter("paw_webhooks_received_total", "Webhooks received", ["source"])
 WEBHOOKS_ACCEPTED = Counter(
@@ -35,11 +40,95 @@ OPERATOR_ERRORS = Counter(
 )
 OUTBOX_PUBLISHED = Counter("paw_outbox_published_total", "Outcome events the broker confirmed (relay)")
 OUTBOX_FAILURES = Counter("paw_outbox_failures_total", "Relay batches that failed (broker or database)")
-OUTBOX_UNSENT = Gauge("paw_outbox_unsent", "Outcome events written but not yet confirmed by the broker")
-OUTBOX_OLDEST_S = Gauge("paw_outbox_oldest_seconds", "Age of the oldest unsent outcome event (0: none)")
-ITEMS = Gauge("paw_items", "Items per state (refreshed by each worker every few seconds)", ["state"])
-DLQ_DEPTH = Gauge("paw_dlq_depth", "Messages waiting in the dead-letter queue")
-QUEUE_DEPTH = Gauge("paw_queue_depth", "Messages waiting in a work queue", ["queue"])
+PROCESSING_SECONDS = Histogram(
+    "paw_processing_seconds",
+    "Time a consumed message spent in its handler, by kind (routing key)",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+TIME_TO_END = Histogram(
+    "paw_item_time_to_end_seconds",
+    "From submission to atomic_verified (not a return from login_required), atomic_rejected or failed",
+    ["end_state"],
+    buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400, 3 * 86400, 7 * 86400),
+)
+BUILD_INFO = Gauge("paw_build_info", "1, labelled with the running paw", ["version", "plaid_env", "service"])
+HTTP_REQUESTS = Counter(
+    "paw_http_requests_total",
+    "Requests to the upstream API (/v1/*), by route and status",
+    ["route", "status"],
+)
+HTTP_SECONDS = Histogram(
+    "paw_http_seconds",
+    "Time to answer an upstream API request (/v1/*), by route",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalSnapshot:
+    """Facts about the whole deployment (the database, the broker), not about one process."""
+
+    items: dict[str, int]
+    queues: dict[str, tuple[int, int, int]]  # queue -> (ready, consumers, retrying)
+    dead_letters: int
+    outbox_unsent: int
+    outbox_oldest_s: float
+    oldest_stuck_s: float
+
+
+class GlobalGauges(Collector):
+    """The deployment-wide gauges, exported by one process only: the worker holding the gauges'
+    Postgres advisory lock sets :attr:`snapshot`; every other process (other workers, receivers)
+    exports none of them, so ``sum()`` over all scraped processes is the truth, not N times it."""
+
+    def __init__(self) -> None:
+        self.snapshot: GlobalSnapshot | None = None
+
+    def describe(self) -> Iterator[Metric]:
+        yield from self._families(None)
+
+    def collect(self) -> Iterator[Metric]:
+        if self.snapshot is not None:
+            yield from self._families(self.snapshot)
+
+    @staticmethod
+    def _families(s: GlobalSnapshot | None) -> Iterator[Metric]:
+        items = GaugeMetricFamily("paw_items", "Items per state", labels=["state"])
+        depth = GaugeMetricFamily("paw_queue_depth", "Messages ready on a consumed queue", labels=["queue"])
+        retrying = GaugeMetricFamily(
+            "paw_queue_retrying", "Messages in a consumed queue's delay queues", labels=["queue"]
+        )
+        consumers = GaugeMetricFamily(
+            "paw_queue_consumers", "Consumers on a consumed queue", labels=["queue"]
+        )
+        dead = GaugeMetricFamily("paw_dlq_depth", "Messages waiting in the dead-letter queue")
+        unsent = GaugeMetricFamily("paw_outbox_unsent", "Outcome events written but not yet confirmed")
+        oldest = GaugeMetricFamily(
+            "paw_outbox_oldest_seconds", "Age of the oldest unsent outcome event (0: none)"
+        )
+        stuck = GaugeMetricFamily(
+            "paw_oldest_stuck_seconds",
+            "How long the longest-waiting Item in link, exchanged, processor_token_issued or "
+            "atomic_pending has not moved (0: none)",
+        )
+        if s is not None:
+            for state, n in s.items.items():
+                items.add_metric([state], n)
+            for queue, (ready, consumer_count, retry) in s.queues.items():
+                depth.add_metric([queue], ready)
+                consumers.add_metric([queue], consumer_count)
+                retrying.add_metric([queue], retry)
+            dead.add_metric([], s.dead_letters)
+            unsent.add_metric([], s.outbox_unsent)
+            oldest.add_metric([], s.outbox_oldest_s)
+            stuck.add_metric([], s.oldest_stuck_s)
+        yield from (items, depth, retrying, consumers, dead, unsent, oldest, stuck)
+
+
+GLOBAL = GlobalGauges()
+REGISTRY.register(GLOBAL)
 UPSTREAM_SECONDS = Histogram(
     "paw_upstream_seconds",
     "Plaid and Atomic call latency",

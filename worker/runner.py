@@ -10,13 +10,13 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 import structlog
-from aio_pika.abc import AbstractChannel, AbstractQueue
+from aio_pika.abc import AbstractQueue
 
-from worker import metrics
+from worker import metrics, version
 from worker.bus.consumer import Consumer
 from worker.bus.relay import Relay
-from worker.bus.topology import queue_depth
 from worker.callbacks.delivery import CallbackClient, CallbackHandler
 from worker.handlers import Handlers
 from worker.items import login_check
@@ -24,6 +24,8 @@ from worker.items.reconciler import interval_for, reconcile_once, reconcile_veri
 from worker.items.states import State
 from worker.logs import effective_config
 from worker.services import Services
+from worker.sql import query
+from worker.status import gather
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +63,7 @@ async def run_worker(
         queue = await channel.declare_queue(name, passive=True)
         tag = await queue.consume(consumer)
         consumers.append((consumer, queue, tag))
+    metrics.BUILD_INFO.labels(version(), svc.settings.plaid_env, "worker").set(1)
     log.info("worker.started", queues=list(svc.topo.consumed_queues), config=effective_config(svc.settings))
     if ready is not None:
         ready.set()
@@ -189,31 +192,56 @@ async def every(
 
 
 class Gauges:
-    """Gauges that need a query: Items per state, queue and dead-letter depths. Cheap: one GROUP BY
-    and a passive declare per queue, on a channel of their own (opened again after a failure)."""
+    """The deployment-wide gauges (:class:`worker.metrics.GlobalGauges`: Items per state, queues,
+    dead letters, the outbox, the oldest stuck Item), from the same reads as ``paw status``.
+
+    Exported by one worker only: the one holding a Postgres advisory lock on a connection of its
+    own; the others export none of them (so three workers do not show three times the truth). The
+    lock goes with its session: a worker that dies frees it, and another takes it at its next
+    refresh. A refresh that fails exports nothing rather than stale figures."""
+
+    LOCK_ID = 0x7061_775F_6761_7567  # "paw_gaug"
 
     def __init__(self, svc: Services) -> None:
         self.svc = svc
-        self.channel: AbstractChannel | None = None
+        self.lock_conn: asyncpg.Connection | None = None
+        self.holding = False
+
+    async def _hold(self) -> bool:
+        if self.lock_conn is None or self.lock_conn.is_closed():
+            self.lock_conn = await asyncpg.connect(self.svc.settings.database_url, timeout=10)
+            self.holding = False
+        if not self.holding:
+            self.holding = bool(await self.lock_conn.fetchval(query("try_session_lock"), self.LOCK_ID))
+        else:
+            await self.lock_conn.fetchval("SELECT 1")  # still alive, so still holding
+        return self.holding
 
     async def refresh(self) -> None:
         try:
-            if self.channel is None or self.channel.is_closed:
-                self.channel = await self.svc.connection.channel()
-            counts = await self.svc.store.count_by_state()
-            for state in State:
-                metrics.ITEMS.labels(state.value).set(counts.get(state.value, 0))
-            for name in self.svc.topo.consumed_queues:
-                metrics.QUEUE_DEPTH.labels(name).set(await queue_depth(self.channel, name))
-            metrics.DLQ_DEPTH.set(await queue_depth(self.channel, self.svc.topo.dead_queue))
-            unsent, oldest_s = await self.svc.store.outbox_backlog()
-            metrics.OUTBOX_UNSENT.set(unsent)
-            metrics.OUTBOX_OLDEST_S.set(oldest_s)
+            if not await self._hold():
+                metrics.GLOBAL.snapshot = None
+                return
+            status = await gather(self.svc.store, self.svc.connection, self.svc.topo)
+            oldest_moving = float(await self.svc.pool.fetchval(query("oldest_moving_age")))
         except Exception:
-            self.channel = None
+            metrics.GLOBAL.snapshot = None
+            await self.close()
             raise
+        metrics.GLOBAL.snapshot = metrics.GlobalSnapshot(
+            items={state.value: status.items.get(state.value, 0) for state in State},
+            queues={n: (q.ready, q.consumers, q.retrying) for n, q in status.queues.items()},
+            dead_letters=status.dead_letters,
+            outbox_unsent=status.outbox_unsent,
+            outbox_oldest_s=status.outbox_oldest_s,
+            oldest_stuck_s=oldest_moving,
+        )
 
     async def close(self) -> None:
-        if self.channel is not None and not self.channel.is_closed:
+        """Stops exporting and lets the lock go (closing its session)."""
+        metrics.GLOBAL.snapshot = None
+        self.holding = False
+        if self.lock_conn is not None:
             with contextlib.suppress(Exception):
-                await self.channel.close()
+                await self.lock_conn.close(timeout=5)
+            self.lock_conn = None

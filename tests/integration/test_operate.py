@@ -8,11 +8,14 @@ import json
 import signal
 import sys
 import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 
 from sandbox.app import SandboxConfig
 from tests.helpers import (
@@ -26,6 +29,7 @@ from tests.helpers import (
     submit_amqp,
 )
 from worker.bus.topology import Topology
+from worker.items.model import token_hash
 from worker.items.states import State
 from worker.runner import Gauges, run_worker
 from worker.services import Services
@@ -261,3 +265,84 @@ async def test_queue_gauges_follow_the_queues_from_one_refresh_to_the_next(servi
         await eventually(three, timeout=5)
     finally:
         await gauges.close()
+
+
+def deployment_gauges(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The deployment-wide gauges in one /metrics page: (name, labels) -> value."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        if family.name in ("paw_items", "paw_queue_consumers", "paw_dlq_depth"):
+            for sample in family.samples:
+                found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+async def test_three_workers_export_the_deployment_gauges_once_and_hand_over(
+    settings: Settings, services: Services, tmp_path: Path
+) -> None:
+    for n in range(3):  # Items waiting in link: the truth the gauges must show once
+        await services.store.create_item(
+            public_token_sha256=token_hash(f"public-sandbox-{uuid.uuid4()}"),
+            client_user_id=f"u-gauge-{n}",
+            requested_account_id=None,
+            request_id=None,
+            cause="test",
+            event_id=None,
+        )
+    ports = [free_port() for _ in range(3)]
+    procs = []
+    for n, port in enumerate(ports):
+        with (tmp_path / f"worker-{n}.log").open("wb") as out:
+            procs.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "worker.cli",
+                    "worker",
+                    env=paw_env(settings, PAW_ADMIN_PORT=str(port)),
+                    stdout=out,
+                    stderr=out,
+                )
+            )
+    items = ("paw_items", (("state", "link"),))
+    consumers = ("paw_queue_consumers", (("queue", services.topo.items_queue),))
+
+    async def scrape(alive: list[int]) -> list[dict[tuple[str, tuple[tuple[str, str], ...]], float]] | None:
+        pages = []
+        for n in alive:
+            try:
+                _, text = await get(f"http://127.0.0.1:{ports[n]}/metrics")
+            except aiohttp.ClientError:
+                return None
+            pages.append(deployment_gauges(text))
+        return pages
+
+    def exporters(pages: list[dict[Any, float]]) -> list[int]:
+        return [n for n, page in enumerate(pages) if items in page]
+
+    try:
+
+        async def one_exporter_with_the_truth(alive: list[int], workers: int) -> list[int] | None:
+            pages = await scrape(alive)
+            if pages is None or len(exporters(pages)) != 1:
+                return None
+            # summed over every scraped worker, as the dashboard does: the truth, not N times it
+            total = {key: sum(page.get(key, 0) for page in pages) for key in (items, consumers)}
+            if total != {items: 3, consumers: workers}:
+                return None
+            return [alive[n] for n in exporters(pages)]
+
+        (holder,) = await eventually(
+            lambda: one_exporter_with_the_truth([0, 1, 2], 3), timeout=30, interval=0.5
+        )
+        procs[holder].send_signal(signal.SIGKILL)
+        await procs[holder].wait()
+        rest = [n for n in range(3) if n != holder]
+        (taker,) = await eventually(lambda: one_exporter_with_the_truth(rest, 2), timeout=30, interval=0.5)
+        assert taker != holder
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            await asyncio.wait_for(proc.wait(), 40)

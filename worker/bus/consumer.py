@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -113,8 +114,12 @@ class Consumer:
         rk = original_routing_key(message)
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(routing_key=rk, message_id=message.message_id)
+        started = time.perf_counter()
         try:
-            await self.handler(rk, message.body, message.message_id)
+            try:
+                await self.handler(rk, message.body, message.message_id)
+            finally:
+                metrics.PROCESSING_SECONDS.labels(metrics.kind_of(rk)).observe(time.perf_counter() - started)
         except Poison as e:
             await self._settle(message, rk, e, retry=False)
         except Exception as e:

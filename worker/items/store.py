@@ -40,6 +40,11 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asy
     return pool
 
 
+# Triggers that end an Item's way through the pipeline the first time (a repaired login returning
+# it to atomic_verified is not one): what paw_item_time_to_end_seconds measures.
+FIRST_ENDS = frozenset({Trigger.ATOMIC_VERIFIED, Trigger.ATOMIC_REJECTED, Trigger.FAILED})
+
+
 def _nobody() -> None:
     pass
 
@@ -197,6 +202,10 @@ class Store:
         if row is None:
             return None
         metrics.TRANSITIONS.labels(row["from_state"], row["state"]).inc()
+        if trigger in FIRST_ENDS:
+            metrics.TIME_TO_END.labels(row["state"]).observe(
+                (row["updated_at"] - row["created_at"]).total_seconds()
+            )
         self.on_event()
         return Item.from_record(row)
 

@@ -252,3 +252,14 @@ WITH due AS (
 )
 UPDATE items AS i SET updated_at = now() FROM due WHERE i.id = due.id
 RETURNING i.id;
+
+-- name: try_session_lock
+-- True if this session now holds (or already held) advisory lock $1 (bigint): held until the
+-- session ends. The worker exporting the deployment-wide gauges holds one.
+SELECT pg_try_advisory_lock($1);
+
+-- name: oldest_moving_age
+-- Seconds since the longest-waiting Item in a state the worker should leave within minutes last
+-- moved (0: none).
+SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(updated_at)), 0)::float8 FROM items
+WHERE state IN ('link', 'exchanged', 'processor_token_issued', 'atomic_pending');
