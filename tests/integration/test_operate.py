@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import shutil
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -14,11 +16,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from sandbox.app import SandboxConfig
 from tests.helpers import (
+    ROOT,
     Sandbox,
     eventually,
     free_port,
@@ -277,6 +281,46 @@ def deployment_gauges(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]]
     return found
 
 
+def evaluate_dashboard_queries(
+    pages: list[dict[tuple[str, tuple[tuple[str, str], ...]], float]],
+    truth: dict[str, dict[tuple[tuple[str, str], ...], float]],
+    tmp_path: Path,
+) -> None:
+    """Evaluates the dashboard's own queries with promtool over what every worker exported (each
+    page an instance) and checks they give ``truth``."""
+    dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+    exprs = {t["expr"] for panel in dashboard["panels"] for t in panel["targets"]}
+    assert set(truth) <= exprs, set(truth) - exprs
+    series = []
+    for n, page in enumerate(pages):
+        for (name, labels), value in page.items():
+            shown = ", ".join(f'{k}="{v}"' for k, v in (("instance", f"worker-{n}"), *labels))
+            series.append({"series": f"{name}{{{shown}}}", "values": f"{value:g}x5"})
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": series,
+            "promql_expr_test": [
+                {
+                    "expr": expr,
+                    "eval_time": "2m",
+                    "exp_samples": [
+                        {"labels": "{" + ", ".join(f'{k}="{v}"' for k, v in labels) + "}", "value": value}
+                        for labels, value in want.items()
+                    ],
+                }
+                for expr, want in truth.items()
+            ],
+        }
+    ]
+    spec = tmp_path / "dashboard_test.yaml"
+    spec.write_text(yaml.safe_dump({"rule_files": [], "evaluation_interval": "1m", "tests": tests}))
+    tool = shutil.which("promtool")
+    assert tool is not None, "promtool is missing: `./run test` installs it"
+    done = subprocess.run([tool, "test", "rules", str(spec)], capture_output=True, text=True, timeout=120)  # noqa: S603
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 async def test_three_workers_export_the_deployment_gauges_once_and_hand_over(
     settings: Settings, services: Services, tmp_path: Path
 ) -> None:
@@ -335,6 +379,18 @@ async def test_three_workers_export_the_deployment_gauges_once_and_hand_over(
         (holder,) = await eventually(
             lambda: one_exporter_with_the_truth([0, 1, 2], 3), timeout=30, interval=0.5
         )
+        pages = await scrape([0, 1, 2])
+        assert pages is not None
+        truth = {
+            "sum by (state) (paw_items)": {
+                (("state", st.value),): 3 if st is State.LINK else 0 for st in State
+            },
+            "sum by (queue) (paw_queue_consumers)": {
+                (("queue", q),): 3 for q in services.topo.consumed_queues
+            },
+            "sum(paw_dlq_depth)": {(): 0},
+        }
+        evaluate_dashboard_queries(pages, truth, tmp_path)
         procs[holder].send_signal(signal.SIGKILL)
         await procs[holder].wait()
         rest = [n for n in range(3) if n != holder]
