@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 from tests.helpers import run_paw
+from worker.bus.topology import queue_depth
 from worker.items.model import token_hash
 from worker.services import Services
 from worker.settings import Settings
@@ -118,3 +119,20 @@ async def test_item_list_filters_and_bad_input_is_one_line(settings: Settings, s
         code, out, err = await run_paw(settings, "item", *command, timeout=30)
         assert (code, out) == (2, b"") and err.decode().count("\n") == 1, err
         assert "not an Item id" in err.decode()
+
+
+async def test_item_retry_refuses_what_a_drive_cannot_move_and_sends_nothing(
+    settings: Settings, services: Services
+) -> None:
+    failed = await make(services, "user-retry", state="failed", error_code="INVALID_PUBLIC_TOKEN")
+    code, out, err = await run_paw(settings, "item", "retry", str(failed), timeout=30)
+    assert (code, out) == (1, b"")
+    assert err.decode().startswith(f"paw: nothing sent: a retry cannot move Item {failed} in failed: ")
+    channel = await services.connection.channel()
+    try:
+        assert await queue_depth(channel, services.topo.items_queue) == 0
+    finally:
+        await channel.close()
+    movable = await make(services, "user-retry", state="exchanged")
+    code, out, err = await run_paw(settings, "item", "retry", str(movable), timeout=30)
+    assert code == 0 and b"item.drive sent" in out, err

@@ -237,3 +237,18 @@ def test_paw_refuses_to_talk_to_plaid_itself_with_the_emulators_keys() -> None:
         refuse_real_plaid_with_emulator_keys(Settings(plaid_client_id="real-client"))
     refuse_real_plaid_with_emulator_keys(Settings(plaid_base_url="http://127.0.0.1:8090"))  # the emulator
     refuse_real_plaid_with_emulator_keys(Settings(plaid_client_id="real-client", plaid_secret="real-secret"))
+
+
+def test_a_retry_refuses_the_states_a_drive_cannot_move_and_says_what_would() -> None:
+    from worker.items.rules import retry_refusal
+
+    movable = {
+        State.EXCHANGED,
+        State.PROCESSOR_TOKEN_ISSUED,
+        State.AWAITING_VERIFICATION,
+        State.LOGIN_REQUIRED,
+    }
+    assert {s for s in State if retry_refusal(s) is None} == movable
+    assert "item.link message" in (retry_refusal(State.LINK) or "")
+    assert "link again" in (retry_refusal(State.FAILED) or "")
+    assert "Atomic's decision" in (retry_refusal(State.ATOMIC_PENDING) or "")

@@ -18,7 +18,7 @@ from worker.cli.context import Subparsers, add_actor, broker, database, default_
 from worker.cli.render import candidates_table, confirm, expiring_table, print_item, wide_console
 from worker.errors import UpstreamError
 from worker.items.model import Cause
-from worker.items.rules import Kind, classify
+from worker.items.rules import Kind, classify, retry_refusal
 from worker.items.states import State
 from worker.items.store import Store
 from worker.settings import Settings
@@ -222,6 +222,13 @@ async def cmd_item_retry(s: Settings, args: argparse.Namespace) -> int:
         item = await Store(pool).get(item_id)
     if item is None:
         print(f"paw: no item {item_id}", file=sys.stderr)
+        return 1
+    refusal = retry_refusal(item.state)
+    if refusal is not None:
+        print(
+            f"paw: nothing sent: a retry cannot move Item {item_id} in {item.state.value}: {refusal}",
+            file=sys.stderr,
+        )
         return 1
     body = {"item_id": str(item_id), "reason": (args.reason or f"paw item retry by {args.actor}")[:200]}
     problem = next(iter(schemas.validator("item.drive").iter_errors(body)), None)

@@ -254,6 +254,31 @@ def next_step(state: State, *, has_public_token: bool, resuming: bool = False) -
     return _STEPS.get(state)
 
 
+# Why a re-drive (``item.drive``, ``paw item retry``) cannot move an Item in these states, and what would.
+_NOT_RETRYABLE = {
+    State.LINK: (
+        "only its item.link message carries the public token, so only it can exchange: find it with "
+        "`paw dlq list --item ID` and replay it, or have the user link again (public tokens live 30 minutes)"
+    ),
+    State.ATOMIC_PENDING: (
+        "it waits for Atomic's decision: Atomic's webhook moves it, and the reconciler asks Atomic after "
+        "PAW_ATOMIC_PENDING_RECONCILE_S"
+    ),
+    State.ATOMIC_VERIFIED: "it is verified: there is nothing left to do",
+    State.ATOMIC_REJECTED: "Atomic rejected it: retrying changes nothing; the user needs another account",
+    State.FAILED: "it failed for good (see its error): the user must link again through Plaid Link",
+    State.REVOKED: "it is revoked and its tokens are destroyed: the user must link again",
+}
+
+
+def retry_refusal(state: State) -> str | None:
+    """Why re-driving an Item in ``state`` would change nothing (and what would); ``None``: a drive
+    can move it (a ``login_required`` one is checked with Plaid first)."""
+    if state is State.LOGIN_REQUIRED or next_step(state, has_public_token=False, resuming=True) is not None:
+        return None
+    return _NOT_RETRYABLE[state]
+
+
 def failure_trigger(state: State, err: UpstreamError) -> Trigger:
     """Where a permanent upstream error leaves an Item: waiting for its user where update mode can
     fix it (never removed at Plaid), else failed."""
