@@ -30,7 +30,9 @@ from tests.helpers import (
     drive_letter,
     eventually,
     new_public_token,
+    paw_env,
     queue_messages,
+    run_paw,
     settled,
     submit_amqp,
 )
@@ -377,7 +379,7 @@ async def test_an_unroutable_replay_stays_on_the_dead_queue(
     lost = Letter(b'{"x": 1}', dead_headers("nothing.bound"), "m-unroutable")
     fine = drive_letter()
     await put_dead(settings, [lost, fine])
-    ran = await paw(settings, capsys, "dlq", "replay", "--all")
+    ran = await paw(settings, capsys, "dlq", "replay", "--all", "--yes")
     assert ran.code == 1 and "1 failed" in ran.out  # item.drive routes to the items queue
     left = await queue_messages(settings.amqp_url, services.topo.dead_queue)
     assert [m.body for m in left] == [lost.body]
@@ -433,7 +435,7 @@ async def test_two_engineers_replaying_everything_at_once(
     copies = letters[::10]  # a dead letter twice (the worker died between its DLQ confirm and its ack)
     await put_dead(settings, [*letters, *copies])
     parser = build_parser()
-    runs = [parser.parse_args(["dlq", "replay", "--all", "--actor", who]) for who in ("ann", "ben")]
+    runs = [parser.parse_args(["dlq", "replay", "--all", "--yes", "--actor", who]) for who in ("ann", "ben")]
     with capture_logs():
         codes = await asyncio.gather(*(args.func(settings, args) for args in runs))
     assert codes == [0, 0]
@@ -642,7 +644,7 @@ async def test_bulk_replay_killed_midway_and_run_again_loses_nothing(
         return n
 
     first = await paw_process(
-        settings, log_file, "dlq", "replay", "--all", "--rate", "400", "--actor", "killed"
+        settings, log_file, "dlq", "replay", "--all", "--yes", "--rate", "400", "--actor", "killed"
     )
     try:
         await eventually(lambda: _at_least(recorded, 100), timeout=30)
@@ -652,7 +654,7 @@ async def test_bulk_replay_killed_midway_and_run_again_loses_nothing(
     at_kill = await recorded()
     assert first.returncode == -signal.SIGKILL and 100 <= at_kill < 1000, log_file.read_text()
 
-    second = await paw_process(settings, log_file, "dlq", "replay", "--all", "--actor", "again")
+    second = await paw_process(settings, log_file, "dlq", "replay", "--all", "--yes", "--actor", "again")
     assert await asyncio.wait_for(second.wait(), 60) == 0, log_file.read_text()
 
     published = await queue_messages(settings.amqp_url, target)
@@ -726,9 +728,48 @@ async def test_a_replay_that_loses_its_channel_after_the_record_stops_and_reruns
             )
     assert result.replayed == 0 and await depth(settings) == 3  # nothing lost
     assert await depth(settings, target) == 1  # the first one was published and recorded
-    ran = await paw(settings, capsys, "dlq", "replay", "--all")
+    ran = await paw(settings, capsys, "dlq", "replay", "--all", "--yes")
     assert ran.code == 0 and "replayed 2 " in ran.out and "1 replayed before" in ran.out
     assert sorted(m.body for m in await queue_messages(settings.amqp_url, target)) == sorted(
         x.body for x in letters
     )
     assert await depth(settings) == 0
+
+
+async def test_replay_all_asks_first_and_both_actions_answer_json(
+    services: Services, settings: Settings
+) -> None:
+    await put_dead(settings, [drive_letter(1), drive_letter(2)])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker.cli",
+        "dlq",
+        "replay",
+        "--all",
+        env=paw_env(settings),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(b"n\n"), 60)
+    assert proc.returncode == 1 and out.decode().endswith("nothing replayed\n")
+    assert f"Replay every dead letter (2 on {services.topo.dead_queue})? [y/N]" in out.decode()
+    assert await depth(settings) == 2
+
+    code, out, err = await run_paw(settings, "dlq", "replay", "--all", "--yes", "--json")
+    assert code == 0, err.decode()
+    replayed = json.loads(out)  # stdout is the result alone; people's lines went to stderr
+    assert {k: replayed[k] for k in ("selected", "replayed", "already", "failed")} == {
+        "selected": 2,
+        "replayed": 2,
+        "already": 0,
+        "failed": 0,
+    }
+    assert "replayed 2 to" in err.decode() and await depth(settings) == 0
+
+    await put_dead(settings, [drive_letter(3)])
+    code, out, err = await run_paw(settings, "dlq", "purge", "--all", "--yes", "--json")
+    assert code == 0, err.decode()
+    purged = json.loads(out)
+    assert (purged["selected"], purged["purged"]) == (1, 1) and isinstance(purged["action_id"], int)

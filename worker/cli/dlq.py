@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 import structlog
+from rich.console import Console
 
 from worker.bus import dead_queue, dlq
 from worker.bus.dead_queue import Held
@@ -122,12 +123,15 @@ def register(sub: Subparsers) -> None:
     _add_selection(p)
     p.add_argument("--dry-run", action="store_true", help="show what would happen; change nothing")
     p.add_argument("--rate", type=_rate, help="at most N messages per second (default: unpaced)")
+    p.add_argument("--yes", action="store_true", help="with --all: do not ask for confirmation")
+    p.add_argument("--json", action="store_true", help="the result as JSON on stdout (the rest on stderr)")
     add_actor(p, actor)
     p.set_defaults(func=cmd_dlq_replay)
 
     p = group.add_parser("purge", help="delete dead letters for good (each one logged, redacted)")
     _add_selection(p)
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--json", action="store_true", help="the result as JSON on stdout (the rest on stderr)")
     add_actor(p, actor)
     p.set_defaults(func=cmd_dlq_purge)
 
@@ -250,6 +254,12 @@ async def cmd_dlq_replay(s: Settings, args: argparse.Namespace) -> int:
     if _nothing_selected(args, filters):
         return 2
     topo = Topology.from_settings(s)
+    out = _Output(args.json)
+    if args.all and not args.dry_run and not args.yes:
+        _, depth = await _read(s, topo)
+        if not await confirm(f"Replay every dead letter ({depth} on {topo.dead_queue})? [y/N] "):
+            out.say("nothing replayed")
+            return 1
     audit = _audit(args, filters, rate=args.rate)
     result = dead_queue.ReplayResult()
     async with database(s) as pool, broker(s, "paw-dlq-cli") as connection:
@@ -262,7 +272,8 @@ async def cmd_dlq_replay(s: Settings, args: argparse.Namespace) -> int:
                 _check_ids(filters.ids, letters)
                 chosen = _select(held, letters, filters, args.limit)
                 if not chosen:
-                    print(f"nothing to replay: none of {depth} dead letters match")
+                    out.say(f"nothing to replay: none of {depth} dead letters match")
+                    out.result(action_id=action_id, selected=0, replayed=0, already=0, failed=0)
                     return 0
                 picked = [h.letter for h in chosen]
                 if args.dry_run:
@@ -274,12 +285,19 @@ async def cmd_dlq_replay(s: Settings, args: argparse.Namespace) -> int:
                         f"publish {d.routing_key} (replay #{d.replays + 1})" if p == "publish" else WILL[p]
                         for d, p in zip(picked, plan, strict=True)
                     ]
-                    console = wide_console()
+                    console = out.console
                     title = f"dry run: replay to exchange {topo.exchange}"
                     console.print(dead_letters_table(title, picked, now, will, width=console.width))
                     console.print(
                         f"dry run: would publish {result.replayed} and ack {len(plan) - result.replayed} "
                         f"without publishing (by reason: {reasons_line(picked)}); nothing changed"
+                    )
+                    out.result(
+                        action_id=action_id,
+                        dry_run=True,
+                        selected=len(picked),
+                        would_publish=result.replayed,
+                        would_ack_only=len(plan) - result.replayed,
                     )
                     return 0
                 log.info(
@@ -306,12 +324,20 @@ async def cmd_dlq_replay(s: Settings, args: argparse.Namespace) -> int:
         already=result.already,
         failed=result.failed,
     )
-    print(
+    out.say(
         f"replayed {result.replayed} to {topo.exchange}; {result.already} replayed before (acked only); "
         f"{result.failed} failed (still on {topo.dead_queue}); audit: dlq_actions #{action_id}"
     )
     for line in result.errors[:20]:
         print(f"  failed: {line}", file=sys.stderr)
+    out.result(
+        action_id=action_id,
+        selected=result.replayed + result.already + result.failed,
+        replayed=result.replayed,
+        already=result.already,
+        failed=result.failed,
+        errors=result.errors[:20],
+    )
     return 1 if result.failed else 0
 
 
@@ -323,18 +349,20 @@ async def cmd_dlq_purge(s: Settings, args: argparse.Namespace) -> int:
     if _nothing_selected(args, filters):
         return 2
     topo = Topology.from_settings(s)
+    out = _Output(args.json)
     letters, depth = await _read(s, topo)
     async with database(s) as pool:
         letters = await dead_queue.resolve_items(pool, letters)
     _check_ids(filters.ids, letters)
     picked = [letters[i] for i in dlq.select(letters, filters, args.limit)]
     if not picked:
-        print(f"nothing to purge: none of {depth} dead letters match")
+        out.say(f"nothing to purge: none of {depth} dead letters match")
+        out.result(action_id=None, selected=0, purged=0)
         return 0
-    console = wide_console()
+    console = out.console
     console.print(dead_letters_table(f"purge from {topo.dead_queue}", picked, now, width=console.width))
     if not args.yes and not await confirm(f"Delete these {len(picked)} dead letters for good? [y/N] "):
-        print("nothing purged")
+        out.say("nothing purged")
         return 1
     confirmed = {d.key for d in picked}
     async with (
@@ -354,8 +382,27 @@ async def cmd_dlq_purge(s: Settings, args: argparse.Namespace) -> int:
         finally:
             await dead_queue.finish_action(pool, action_id, purged)
     gone = f" ({len(picked) - purged} were gone meanwhile)" if purged < len(picked) else ""
-    print(f"purged {purged} dead letters{gone} (each logged as dlq.purged); audit: dlq_actions #{action_id}")
+    out.say(
+        f"purged {purged} dead letters{gone} (each logged as dlq.purged); audit: dlq_actions #{action_id}"
+    )
+    out.result(action_id=action_id, selected=len(picked), purged=purged)
     return 0
+
+
+class _Output:
+    """Where a replay or purge speaks: people read stdout; with ``--json`` stdout carries only the
+    result object, and the tables and lines for people go to stderr."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.console = Console(stderr=True, width=240) if as_json else wide_console()
+
+    def say(self, line: str) -> None:
+        print(line, file=sys.stderr if self.as_json else sys.stdout)
+
+    def result(self, **fields: object) -> None:
+        if self.as_json:
+            print(json.dumps(fields))
 
 
 # -- paw item retry ----------------------------------------------------------------------------
