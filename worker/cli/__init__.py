@@ -13,6 +13,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 import aiormq
 import asyncpg
@@ -30,6 +31,10 @@ class _Parser(argparse.ArgumentParser):
         if self.settings_help:
             self.epilog = config.settings_help(os.environ)
         return super().format_help()
+
+    def error(self, message: str) -> NoReturn:
+        """A bad argument is one line on stderr, and exit 2 (the usage is one ``-h`` away)."""
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} -h`)\n")
 
 
 # The ``service`` field of every log line: the process role, or "cli" for the commands that operate.
