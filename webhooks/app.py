@@ -6,20 +6,22 @@ when the broker is away it answers 503 and publishes nothing (Plaid retries, ups
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import dataclasses
 import hmac
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from aiohttp import web
 
-from webhooks import listing
+from webhooks import listing, tallies
 from webhooks.envelopes import Refused, atomic_envelope, parse_webhook_body, plaid_envelope
 from webhooks.keys import KeyCache, KeyFetchHealth, KeyFetchUnavailable, UnknownKey
 from webhooks.limits import InFlight, TokenBuckets
@@ -555,11 +557,25 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
+async def _reporting(app: web.Application) -> AsyncIterator[None]:
+    """Reports the counts to Postgres while the app runs (webhooks/tallies.py), and once at the end."""
+    rx = app[RECEIVER]
+    assert rx.store is not None
+    stop = asyncio.Event()
+    task = asyncio.create_task(tallies.report_every(rx.store, rx.metrics, stop))
+    yield
+    stop.set()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(task, 10)
+
+
 def create_app(receiver: Receiver) -> web.Application:
     app = web.Application(
         client_max_size=receiver.settings.max_body_bytes, middlewares=[api_metrics, errors, bounded, api_auth]
     )
     app[RECEIVER] = receiver
+    if receiver.store is not None:
+        app.cleanup_ctx.append(_reporting)
     app.router.add_post("/webhooks/plaid", plaid_webhook)
     app.router.add_post("/webhooks/atomic", atomic_webhook)
     app.router.add_post("/v1/items", submit_item)

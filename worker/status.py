@@ -46,6 +46,15 @@ class Status:
     missing: list[str] = dataclasses.field(default_factory=list)  # queues that do not exist
     outbox_unsent: int = 0
     outbox_oldest_s: float = 0.0
+    # what the receivers reported for the last hour: (source, outcome, reason) -> count
+    last_hour: dict[tuple[str, str, str], int] = dataclasses.field(default_factory=dict)
+    last_received: dict[str, datetime] = dataclasses.field(default_factory=dict)  # per source
+
+    def count(self, outcome: str, source: str | None = None) -> int:
+        """Last hour's ``outcome`` (``received``, ``accepted``, ``rejected``, ``publish_failed``...)."""
+        return sum(
+            n for (src, out, _), n in self.last_hour.items() if out == outcome and source in (None, src)
+        )
 
     def as_json(self) -> dict[str, Any]:
         def plain(v: Any) -> Any:
@@ -70,6 +79,11 @@ class Status:
             if self.last_webhook
             else None,
             "setup_problems": self.setup_problems,
+            "webhooks_last_hour": [
+                {"source": src, "outcome": out, "reason": reason, "count": n}
+                for (src, out, reason), n in self.last_hour.items()
+            ],
+            "last_webhook_received": {src: at.isoformat() for src, at in self.last_received.items()},
         }
 
 
@@ -116,6 +130,9 @@ async def gather(store: Store, connection: AbstractRobustConnection, topo: Topol
     last = await store.pool.fetchrow(query("last_webhook"))
     problems = [alert_line(a) for a in await store.recent_operator_alerts(OPERATOR_ALERT_WINDOW)]
     unsent, oldest_s = await store.outbox_backlog()
+    last_hour = {
+        (r["source"], r["outcome"], r["reason"]): int(r["n"]) for r in await store.receiver_last_hour()
+    }
     return Status(
         prefix=topo.prefix,
         queues=queues,
@@ -127,6 +144,8 @@ async def gather(store: Store, connection: AbstractRobustConnection, topo: Topol
         missing=missing,
         outbox_unsent=unsent,
         outbox_oldest_s=oldest_s,
+        last_hour=last_hour,
+        last_received=await store.last_received(),
     )
 
 
@@ -146,6 +165,8 @@ def verdict(status: Status) -> tuple[int, str]:
         warning.append(f"{len(status.stuck)}+ Item(s) stuck for over {STUCK_AFTER}")
     if status.setup_problems:
         warning.append(f"{len(status.setup_problems)} setup problem(s)")
+    if failed := status.count("publish_failed"):
+        warning.append(f"{failed} webhook(s) refused in the last hour: the broker did not confirm them")
     if status.outbox_oldest_s > OUTBOX_LAG.total_seconds():
         warning.append(
             f"{status.outbox_unsent} outcome event(s) unsent for up to {status.outbox_oldest_s:.0f}s"

@@ -175,6 +175,23 @@ async def test_paw_status_shows_the_on_call_screen(
     assert status["last_webhook"]["routing_key"] == "webhook.atomic.verified"
     code, out, _ = await run_paw(settings, "status", timeout=30)  # the screen says the same
     assert code == 1 and "WARNING: 1 dead letter(s)" in out.decode()
+    # what the receiver saw, as it reported it: the Atomic webhook, and a forged one refused
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{receiver}/webhooks/atomic", data=b"{}", headers={"X-Atomic-Signature": "forged"}
+        ) as r:
+            assert r.status == 401
+
+    async def reported() -> dict[str, Any] | None:
+        _, out, _ = await run_paw(settings, "status", "--json", timeout=30)
+        shown = json.loads(out)
+        seen = {(w["source"], w["outcome"], w["reason"]): w["count"] for w in shown["webhooks_last_hour"]}
+        return shown if seen.get(("atomic", "rejected", "bad_signature")) == 1 else None
+
+    shown = await eventually(reported, timeout=20, interval=0.5)
+    seen = {(w["source"], w["outcome"], w["reason"]): w["count"] for w in shown["webhooks_last_hour"]}
+    assert seen[("atomic", "received", "")] >= 2 and seen[("atomic", "accepted", "")] >= 1
+    assert "atomic" in shown["last_webhook_received"]
 
 
 async def test_paw_status_without_workers_is_critical_and_a_wrong_prefix_creates_nothing(

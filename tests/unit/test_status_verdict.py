@@ -49,3 +49,15 @@ def test_a_queue_nobody_consumes_or_a_missing_queue_is_critical_and_warnings_sti
     code, line = verdict(status(prefix="pwa", missing=["pwa.items", "pwa.webhooks"]))
     assert code == CRITICAL
     assert line.startswith("CRITICAL: 2 queue(s) missing, e.g. pwa.items: is PAW_QUEUE_PREFIX=pwa right?")
+
+
+def test_publish_failures_in_the_last_hour_warn() -> None:
+    seen = {
+        ("plaid", "received", ""): 10,
+        ("", "publish_failed", ""): 3,
+        ("atomic", "rejected", "bad_signature"): 2,
+    }
+    assert verdict(status(last_hour=seen)) == (
+        WARNING,
+        "WARNING: 3 webhook(s) refused in the last hour: the broker did not confirm them",
+    )

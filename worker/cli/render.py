@@ -250,8 +250,23 @@ def status_view(status: Status, now: datetime) -> Group:
     outbox = f"Outcome events unsent: {status.outbox_unsent}" + (
         f" (oldest {status.outbox_oldest_s:.0f}s)" if status.outbox_unsent else ""
     )
+    received = ", ".join(
+        f"{src} {at:%Y-%m-%d %H:%M:%S} UTC ({human_age(now - at)} ago)"
+        for src, at in sorted(status.last_received.items())
+    )
+    footer += "\nLast webhook received: " + (received or "none reported by a receiver")
+    webhooks = Table(title="Webhooks, last hour (what the receivers reported)", box=None)
+    for col in ("source", "outcome", "reason", "count"):
+        webhooks.add_column(col, justify="right" if col == "count" else "left")
+    for (src, out, reason), n in status.last_hour.items():
+        bad = out in ("rejected", "publish_failed", "key_unavailable")
+        webhooks.add_row(src or "-", out, reason, f"[bold red]{n}[/]" if bad else str(n))
+    if not status.last_hour:
+        webhooks.add_row("none", "", "", "")
     problems = [f"[bold red]Setup problem:[/] {line}" for line in status.setup_problems]
-    return Group(f"[bold {colour}]{escape(line)}[/]", *problems, queues, items, stuck, footer, outbox)
+    return Group(
+        f"[bold {colour}]{escape(line)}[/]", *problems, queues, items, stuck, webhooks, footer, outbox
+    )
 
 
 SHOW_FACTS = (

@@ -237,6 +237,20 @@ class Store:
             for r in await self.pool.fetch(query("item_events"), item_id)
         ]
 
+    async def add_receiver_counts(self, rows: list[tuple[str, str, str, int]]) -> None:
+        """Adds a receiver's counts (source, outcome, reason, n) to the current minute."""
+        sources, outcomes, reasons, counts = (list(col) for col in zip(*rows, strict=True))
+        await self.pool.execute(query("add_receiver_counts"), sources, outcomes, reasons, counts)
+
+    async def prune_receiver_minutes(self) -> None:
+        await self.pool.execute(query("prune_receiver_minutes"))
+
+    async def receiver_last_hour(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self.pool.fetch(query("receiver_last_hour"))]
+
+    async def last_received(self) -> dict[str, datetime]:
+        return {r["source"]: r["last_at"] for r in await self.pool.fetch(query("last_received"))}
+
     async def stuck_atomic_pending(self, older_than: timedelta, limit: int) -> list[Item]:
         rows = await self.pool.fetch(query("stuck_atomic_pending"), older_than, limit)
         return [Item.from_record(r) for r in rows]
