@@ -286,6 +286,17 @@ SHOW_FACTS = (
 )
 
 
+# Envelope fields that hold Unix times (a Plaid webhook's JWT iat): shown as times too.
+EPOCH_FIELDS = ("sent_at",)
+
+
+def epoch_fields(body: object) -> list[tuple[str, int]]:
+    """The envelope's Unix-time fields present in ``body``, to be shown as times."""
+    if not isinstance(body, dict):
+        return []
+    return [(k, v) for k in EPOCH_FIELDS if isinstance(v := body.get(k), int) and 0 < v < 2**33]
+
+
 def show_dead_letter(console: Console, detail: dict[str, Any]) -> None:
     """One dead letter in full: the facts, the broker's hops, every header, the body."""
     console.print(f"[bold]{detail['key']}[/bold]  ({detail['copies']} on the queue)", highlight=False)
@@ -319,3 +330,5 @@ def show_dead_letter(console: Console, detail: dict[str, Any]) -> None:
         console.print(detail["body"], markup=False, highlight=False)
     else:
         console.print_json(json.dumps(detail["body"]))
+        for name, value in epoch_fields(detail["body"]):
+            console.print(f"{name} {value} is {utc(datetime.fromtimestamp(value, UTC))}", highlight=False)
