@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import aiohttp
 import plaid
@@ -99,8 +100,14 @@ async def test_forget_stops_before_destroying_anything_when_plaid_or_atomic_fail
     assert half is not None and half.plaid_removed_at is not None and half.atomic_removed_at is None
     assert half.access_token is not None
     sandbox.state.clear_faults()
-    code, _, err = await run_paw(settings, "item", "forget", str(item.id), "--yes")
+    code, out, err = await run_paw(settings, "item", "forget", str(item.id), "--yes", "--json")
     assert code == 0, err.decode()
+    assert json.loads(out) == {
+        "item_id": str(item.id),
+        "forgotten": True,
+        "state": "revoked",
+        "tokens_destroyed": True,
+    }
     gone = await services.store.get(item.id)
     assert gone is not None and gone.state is State.REVOKED and gone.access_token is None
     assert gone.atomic_removed_at is not None

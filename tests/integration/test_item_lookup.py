@@ -136,3 +136,10 @@ async def test_item_retry_refuses_what_a_drive_cannot_move_and_sends_nothing(
     movable = await make(services, "user-retry", state="exchanged")
     code, out, err = await run_paw(settings, "item", "retry", str(movable), timeout=30)
     assert code == 0 and b"item.drive sent" in out, err
+    code, out, err = await run_paw(settings, "item", "retry", str(movable), "--json", timeout=30)
+    sent = json.loads(out)
+    assert code == 0 and (sent["item_id"], sent["state"], sent["sent"]) == (
+        str(movable),
+        "exchanged",
+        "item.drive",
+    )

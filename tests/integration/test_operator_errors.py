@@ -79,8 +79,9 @@ async def test_the_atomic_integration_off_parks_items_and_a_replay_finishes_them
 
     # so does paw status
     code, out, err = await run_paw(settings, "status", "--json")
-    assert code == 0, err
-    (line,) = json.loads(out)["setup_problems"]
+    shown = json.loads(out)
+    assert code == 1 and "1 setup problem(s)" in shown["check"]["line"], err  # a warning, and why
+    (line,) = shown["setup_problems"]
     assert "INVALID_PRODUCT" in line
 
     # the integration is turned on again: a replay finishes every Item, with no new public token

@@ -74,6 +74,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("id", help="the Item's id (a UUID from paw)")
     p.add_argument("--yes", action="store_true", help="don't ask")
     add_actor(p, actor)
+    p.add_argument("--json", action="store_true", help="the result as JSON")
     p.set_defaults(func=cmd_item_forget)
     p = item.add_parser(
         "expiring", help="Items whose consent expires or that Plaid disconnects within N days"
@@ -88,6 +89,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("id", help="the Item's id (a UUID from paw)")
     p.add_argument("--reason", help="why; kept in the Item's history (default: 'paw item retry by ACTOR')")
     add_actor(p, actor)
+    p.add_argument("--json", action="store_true", help="the result as JSON")
     p.set_defaults(func=cmd_item_retry)
 
 
@@ -198,7 +200,13 @@ async def cmd_item_forget(s: Settings, args: argparse.Namespace) -> int:
         except UpstreamError as e:
             print(forget_refusal(e), file=sys.stderr)
             return 1
-    print(f"item {item_id} forgotten: state {done.state.value if done else 'unchanged'}; tokens destroyed")
+    state = done.state.value if done else "unchanged"
+    if args.json:
+        print(
+            json.dumps({"item_id": str(item_id), "forgotten": True, "state": state, "tokens_destroyed": True})
+        )
+    else:
+        print(f"item {item_id} forgotten: state {state}; tokens destroyed")
     return 0
 
 
@@ -247,6 +255,18 @@ async def cmd_item_retry(s: Settings, args: argparse.Namespace) -> int:
         reason=body["reason"],
         message_id=message_id,
     )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "item_id": str(item_id),
+                    "state": item.state.value,
+                    "sent": "item.drive",
+                    "message_id": message_id,
+                }
+            )
+        )
+        return 0
     print(
         f"item.drive sent for {item_id} (state {item.state.value}); the worker re-drives it from "
         f"there: follow it with `paw item show {item_id}`"
