@@ -405,6 +405,28 @@ async def call(fn: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.to_thread(fn, *args)
 
 
+async def stored_item(
+    services: Services,
+    client_user_id: str = "u-1",
+    *,
+    public_token: str | None = None,
+    request_id: str | None = None,
+    owner: str | None = None,
+) -> Item:
+    """An Item made in the store as `item.link` would make it (in `link`, with its history row and
+    first outcome event), without driving it."""
+    item, _ = await services.store.create_item(
+        public_token_sha256=token_hash(public_token or f"public-sandbox-{uuid.uuid4()}"),
+        client_user_id=client_user_id,
+        requested_account_id=None,
+        request_id=request_id,
+        cause="test",
+        event_id=None,
+        api_key_fingerprint=owner,
+    )
+    return item
+
+
 async def verified_item(
     services: Services, sandbox: Sandbox, receiver: str, username: str = "user_good"
 ) -> Item:

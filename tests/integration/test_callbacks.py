@@ -31,10 +31,11 @@ from tests.helpers import (
     free_port,
     new_public_token,
     run_paw,
+    stored_item,
     submit_http,
 )
 from worker.callbacks.targets import AMQP_REF, Callback
-from worker.items.model import Item, api_key_fingerprint, token_hash
+from worker.items.model import Item, api_key_fingerprint
 from worker.items.states import Trigger
 from worker.services import Services
 from worker.settings import Settings
@@ -108,16 +109,7 @@ def settings(settings: Settings, hook: Hook) -> Settings:
 
 
 async def make_item(services: Services, owner: str | None) -> Item:
-    item, _ = await services.store.create_item(
-        public_token_sha256=token_hash(f"public-sandbox-{uuid.uuid4()}"),
-        client_user_id=f"u-{uuid.uuid4().hex[:6]}",
-        requested_account_id=None,
-        request_id=None,
-        cause="test",
-        event_id=None,
-        api_key_fingerprint=owner,
-    )
-    return item
+    return await stored_item(services, f"u-{uuid.uuid4().hex[:6]}", owner=owner)
 
 
 TO_VERIFIED = [

@@ -34,6 +34,7 @@ from tests.helpers import (
     queue_messages,
     run_paw,
     settled,
+    stored_item,
     submit_amqp,
 )
 from worker.bus import dead_queue, dlq
@@ -174,14 +175,7 @@ async def test_list_filters_and_resolves_item_ids(
     services: Services, settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     token = "public-sandbox-" + str(uuid.uuid4())
-    item, _ = await services.store.create_item(
-        public_token_sha256=token_hash(token),
-        client_user_id="u-1",
-        requested_account_id=None,
-        request_id=None,
-        cause="item.link",
-        event_id=None,
-    )
+    item = await stored_item(services, "u-1", public_token=token)
     link = Letter(
         json.dumps({"public_token": token, "client_user_id": "u-1"}).encode(),
         dead_headers("item.link", code="INSTITUTION_DOWN", last=datetime.now(UTC) - timedelta(hours=3)),

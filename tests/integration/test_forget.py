@@ -20,6 +20,7 @@ from tests.helpers import (
     run_paw,
     settled,
     submit_amqp,
+    verified_item,
 )
 from worker.items.states import State
 from worker.services import Services
@@ -42,9 +43,7 @@ async def access_revoked_at_plaid(sandbox: Sandbox, access_token: str) -> str:
 async def test_paw_item_forget_removes_everywhere_and_keeps_history(
     services: Services, worker: RunningWorker, receiver: str, sandbox: Sandbox, settings: Settings
 ) -> None:
-    token = await new_public_token(sandbox)
-    await submit_amqp(services, {"public_token": token, "client_user_id": "u-forget"})
-    item = await settled(services, token, State.ATOMIC_VERIFIED)
+    item = await verified_item(services, sandbox, receiver)
     access = access_token_of(sandbox, item.plaid_item_id or "")
     code, _, err = await run_paw(settings, "item", "forget", str(item.id), "--yes", "--actor", "oncall-test")
     assert code == 0, err.decode()
@@ -68,9 +67,7 @@ async def test_paw_item_forget_removes_everywhere_and_keeps_history(
 async def test_forget_stops_before_destroying_anything_when_plaid_or_atomic_fail(
     services: Services, worker: RunningWorker, receiver: str, sandbox: Sandbox, settings: Settings
 ) -> None:
-    token = await new_public_token(sandbox)
-    await submit_amqp(services, {"public_token": token, "client_user_id": "u-forget-500"})
-    item = await settled(services, token, State.ATOMIC_VERIFIED)
+    item = await verified_item(services, sandbox, receiver)
     access = access_token_of(sandbox, item.plaid_item_id or "")
 
     sandbox.state.set_fault(

@@ -7,7 +7,7 @@ import json
 import uuid
 from typing import Any
 
-from tests.helpers import run_paw
+from tests.helpers import run_paw, stored_item
 from worker.bus.topology import queue_depth
 from worker.items.model import token_hash
 from worker.services import Services
@@ -16,14 +16,7 @@ from worker.sql import query
 
 
 async def make(services: Services, user: str, **columns: Any) -> uuid.UUID:
-    item, _ = await services.store.create_item(
-        public_token_sha256=token_hash(f"public-sandbox-{uuid.uuid4()}"),
-        client_user_id=user,
-        requested_account_id=None,
-        request_id=columns.pop("request_id", None),
-        cause="test",
-        event_id=None,
-    )
+    item = await stored_item(services, user, request_id=columns.pop("request_id", None))
     if columns:  # what the pipeline would have recorded by now
         sets = ", ".join(f"{k} = ${n}" for n, k in enumerate(columns, 2))
         await services.pool.execute(f"UPDATE items SET {sets} WHERE id = $1", item.id, *columns.values())
@@ -136,10 +129,31 @@ async def test_item_retry_refuses_what_a_drive_cannot_move_and_sends_nothing(
     movable = await make(services, "user-retry", state="exchanged")
     code, out, err = await run_paw(settings, "item", "retry", str(movable), timeout=30)
     assert code == 0 and b"item.drive sent" in out, err
-    code, out, err = await run_paw(settings, "item", "retry", str(movable), "--json", timeout=30)
+    code, out, err = await run_paw(
+        settings,
+        "item",
+        "retry",
+        str(movable),
+        "--reason",
+        "stuck after the outage",
+        "--actor",
+        "dana",
+        "--json",
+    )
     sent = json.loads(out)
     assert code == 0 and (sent["item_id"], sent["state"], sent["sent"]) == (
         str(movable),
         "exchanged",
         "item.drive",
     )
+    # the requests are noted beside the history (which holds transitions only), with who and why
+    code, shown, _ = await show(settings, str(movable))
+    assert [(n["kind"], n["actor"], n["text"]) for n in shown["notes"]][-1] == (
+        "retry",
+        "dana",
+        "stuck after the outage",
+    )
+    assert shown["notes"][-1]["message_id"] == sent["message_id"] and len(shown["notes"]) == 2
+    assert [h["to_state"] for h in shown["history"]] == ["link"]  # no transition was invented
+    _, refused, _ = await show(settings, str(failed))
+    assert refused["notes"] == []  # refused: nothing sent, nothing noted

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +29,10 @@ from tests.helpers import (
     paw_env,
     run_paw,
     settled,
+    stored_item,
     submit_amqp,
 )
 from worker.bus.topology import Topology
-from worker.items.model import token_hash
 from worker.items.states import State
 from worker.runner import Gauges, run_worker
 from worker.services import Services
@@ -342,14 +341,7 @@ async def test_three_workers_export_the_deployment_gauges_once_and_hand_over(
     settings: Settings, services: Services, tmp_path: Path
 ) -> None:
     for n in range(3):  # Items waiting in link: the truth the gauges must show once
-        await services.store.create_item(
-            public_token_sha256=token_hash(f"public-sandbox-{uuid.uuid4()}"),
-            client_user_id=f"u-gauge-{n}",
-            requested_account_id=None,
-            request_id=None,
-            cause="test",
-            event_id=None,
-        )
+        await stored_item(services, f"u-gauge-{n}")
     ports = [free_port() for _ in range(3)]
     procs = []
     for n, port in enumerate(ports):

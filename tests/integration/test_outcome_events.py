@@ -18,12 +18,19 @@ import pytest
 from aio_pika.abc import AbstractQueue
 
 from sandbox.app import SandboxConfig
-from tests.helpers import RunningWorker, Sandbox, eventually, new_public_token, settled, submit_amqp
+from tests.helpers import (
+    RunningWorker,
+    Sandbox,
+    eventually,
+    new_public_token,
+    settled,
+    stored_item,
+    submit_amqp,
+)
 from worker.bus.publisher import Publisher
 from worker.bus.relay import Relay
 from worker.bus.topology import declare, queue_depth
 from worker.errors import PublishFailed
-from worker.items.model import token_hash
 from worker.items.states import State, Trigger
 from worker.services import Services
 
@@ -154,14 +161,7 @@ async def test_an_unconfirmed_event_holds_back_its_items_later_events_only(
 ) -> None:
     made = []
     for n in range(3):
-        item, _ = await services.store.create_item(
-            public_token_sha256=token_hash(f"public-sandbox-{uuid.uuid4()}"),
-            client_user_id=f"u-{n}",
-            requested_account_id=None,
-            request_id=None,
-            cause="test",
-            event_id=None,
-        )
+        item = await stored_item(services, f"u-{n}")
         moved = await services.store.transition(item, Trigger.EXCHANGED, cause="test")
         assert moved is not None
         made.append(await services.store.transition(moved, Trigger.FAILED, cause="test"))
@@ -190,15 +190,7 @@ async def test_sent_events_are_deleted_after_the_retention_unsent_ones_never(
     services: Services, subscriber: AbstractQueue
 ) -> None:
     async def new_item() -> uuid.UUID:
-        item, _ = await services.store.create_item(
-            public_token_sha256=token_hash(f"public-sandbox-{uuid.uuid4()}"),
-            client_user_id="u-r",
-            requested_account_id=None,
-            request_id=None,
-            cause="test",
-            event_id=None,
-        )
-        return item.id
+        return (await stored_item(services, "u-r")).id
 
     kept = await new_item()
     assert await Relay(services.pool, services.publisher).relay_once() == 1

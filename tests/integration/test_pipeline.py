@@ -25,6 +25,7 @@ from tests.helpers import (
     plaid_api_for,
     queue_messages,
     settled,
+    stored_item,
     submit_amqp,
     submit_http,
 )
@@ -259,14 +260,7 @@ async def test_an_item_leased_by_a_dead_worker_waits_for_the_lease_without_using
     """A worker killed mid-Item leaves its lease behind; the redelivered message is deferred (not
     failed) until the lease runs out, then finishes. Five deferrals exceed the retry budget of 4."""
     token = await new_public_token(sandbox)
-    item, _ = await services.store.create_item(
-        public_token_sha256=token_hash(token),
-        client_user_id="u-lease",
-        requested_account_id=None,
-        request_id=None,
-        cause="test",
-        event_id=None,
-    )
+    item = await stored_item(services, "u-lease", public_token=token)
     await services.pool.execute(
         "UPDATE items SET lease_owner = $2, lease_until = now() + interval '5 seconds' WHERE id = $1",
         item.id,

@@ -114,15 +114,14 @@ async def cmd_item_show(s: Settings, args: argparse.Namespace) -> int:
             {k: e[k] for k in ("event_id", "sequence", "to_state")} | {"sent_at": _iso(e["sent_at"])}
             for e in await store.events(item.id)
         ]
+        notes = [{**n, "at": _iso(n["at"])} for n in await store.notes(item.id)]
     if args.json:
-        print(
-            json.dumps(
-                {**item.public(), "history": [h.public() for h in history], "outcome_events": events},
-                indent=2,
-            )
-        )
+        shown = {**item.public(), "history": [h.public() for h in history], "notes": notes}
+        print(json.dumps({**shown, "outcome_events": events}, indent=2))
         return 0
     print_item(item, history)
+    for n in notes:
+        print(f"note {n['at']}: {n['kind']} by {n['actor']}: {n['text']} (message {n['message_id']})")
     unsent = sum(1 for e in events if e["sent_at"] is None)
     print(f"outcome events in the outbox: {len(events)}, {unsent} not yet published")
     return 0
@@ -247,6 +246,10 @@ async def cmd_item_retry(s: Settings, args: argparse.Namespace) -> int:
     async with broker(s, "paw-cli") as connection:
         publisher = Publisher(connection, Topology.from_settings(s), timeout=s.publish_timeout)
         await publisher.publish("item.drive", json.dumps(body).encode(), message_id=message_id)
+    async with database(s) as pool:  # after the send: a note says what was done, not what was meant
+        await Store(pool).add_note(
+            item_id, "retry", actor=args.actor, text=body["reason"], message_id=message_id
+        )
     log.info(
         "item.retry_requested",
         item_id=str(item_id),

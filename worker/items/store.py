@@ -225,6 +225,15 @@ class Store:
         )
         return row is not None
 
+    async def add_note(
+        self, item_id: uuid.UUID, kind: str, *, actor: str, text: str, message_id: str | None = None
+    ) -> None:
+        """Records something people did to the Item that is not a transition (``paw item retry``)."""
+        await self.pool.execute(query("add_item_note"), item_id, kind, actor, text, message_id)
+
+    async def notes(self, item_id: uuid.UUID) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self.pool.fetch(query("item_notes"), item_id)]
+
     async def outbox_backlog(self) -> tuple[int, float]:
         """Outcome events not yet published, and the age in seconds of the oldest (0: none)."""
         row = await self.pool.fetchrow(query("outbox_backlog"))

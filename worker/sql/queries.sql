@@ -263,3 +263,11 @@ SELECT pg_try_advisory_lock($1);
 -- moved (0: none).
 SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(updated_at)), 0)::float8 FROM items
 WHERE state IN ('link', 'exchanged', 'processor_token_issued', 'atomic_pending');
+
+-- name: add_item_note
+-- $1 item id, $2 kind, $3 actor, $4 text, $5 message id (text|null)
+INSERT INTO item_notes (item_id, kind, actor, text, message_id) VALUES ($1, $2, $3, $4, $5);
+
+-- name: item_notes
+-- $1 item id
+SELECT kind, actor, text, message_id, at FROM item_notes WHERE item_id = $1 ORDER BY id;
