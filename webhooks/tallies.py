@@ -70,6 +70,8 @@ async def report_every(store: Store, counts: collections.Counter[str], stop: asy
                 since_prune = 0.0
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
             log.warning("receiver.report_failed", error=type(e).__name__)
+        except Exception:  # a bug must not end the reports for the receiver's lifetime
+            log.exception("receiver.report_failed")
         if stop.is_set():
             return
         with contextlib.suppress(TimeoutError):

@@ -201,6 +201,7 @@ class Gauges:
     refresh. A refresh that fails exports nothing rather than stale figures."""
 
     LOCK_ID = 0x7061_775F_6761_7567  # "paw_gaug"
+    TIMEOUT_S = 10.0
 
     def __init__(self, svc: Services) -> None:
         self.svc = svc
@@ -219,11 +220,12 @@ class Gauges:
 
     async def refresh(self) -> None:
         try:
-            if not await self._hold():
-                metrics.GLOBAL.snapshot = None
-                return
-            status = await gather(self.svc.store, self.svc.connection, self.svc.topo)
-            oldest_moving = float(await self.svc.pool.fetchval(query("oldest_moving_age")))
+            async with asyncio.timeout(self.TIMEOUT_S):  # a broker or database away: no stale figures
+                if not await self._hold():
+                    metrics.GLOBAL.snapshot = None
+                    return
+                status = await gather(self.svc.store, self.svc.connection, self.svc.topo)
+                oldest_moving = float(await self.svc.pool.fetchval(query("oldest_moving_age")))
         except Exception:
             metrics.GLOBAL.snapshot = None
             await self.close()

@@ -461,7 +461,7 @@ async def test_purge_asks_logs_redacted_and_records(
     keep = drive_letter()
     await put_dead(settings, [junk[0], keep, junk[1]])
     answers = iter(["n", "y"])
-    monkeypatch.setattr("builtins.input", lambda prompt: next(answers))
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))
     declined = await paw(settings, capsys, "dlq", "purge", "--code", "INVALID_FIELD", "--actor", "carol")
     assert declined.code == 1 and "nothing purged" in declined.out
     assert await depth(settings) == 3 and await actions(settings) == []
@@ -746,9 +746,9 @@ async def test_replay_all_asks_first_and_both_actions_answer_json(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, _ = await asyncio.wait_for(proc.communicate(b"n\n"), 60)
-    assert proc.returncode == 1 and out.decode().endswith("nothing replayed\n")
-    assert f"Replay every dead letter (2 on {services.topo.dead_queue})? [y/N]" in out.decode()
+    out, err = await asyncio.wait_for(proc.communicate(b"n\n"), 60)
+    assert proc.returncode == 1 and out.decode() == "nothing replayed\n"
+    assert f"Replay every dead letter (2 on {services.topo.dead_queue})? [y/N]" in err.decode()
     assert await depth(settings) == 2
 
     code, out, err = await run_paw(settings, "dlq", "replay", "--all", "--yes", "--json")

@@ -411,3 +411,10 @@ async def test_three_workers_export_the_deployment_gauges_once_and_hand_over(
                 proc.send_signal(signal.SIGTERM)
         for proc in procs:
             await asyncio.wait_for(proc.wait(), 40)
+
+
+async def test_paw_status_that_cannot_read_is_critical_in_one_line(settings: Settings) -> None:
+    away = dataclasses.replace(settings, database_url="postgresql://postgres@127.0.0.1:1/nowhere")
+    code, out, _ = await run_paw(away, "status", "--check", timeout=30)
+    assert code == 2 and out.decode().startswith("CRITICAL: cannot read the status: ")
+    assert out.decode().count("\n") == 1

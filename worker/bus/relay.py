@@ -134,8 +134,10 @@ class Relay:
                     await self.publisher.publish(
                         row["routing_key"], row["body"].encode(), message_id=str(row["event_id"])
                     )
-                except PublishFailed as e:
-                    failures.append(e)
+                except Exception as e:  # PublishFailed, or anything unforeseen: never raised past gather
+                    failures.append(
+                        e if isinstance(e, PublishFailed) else PublishFailed(f"{type(e).__name__}: {e}")
+                    )
                     return  # its later events wait: they must not overtake this one
                 confirmed.append(row["id"])
 

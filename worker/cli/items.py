@@ -8,6 +8,7 @@ import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import structlog
 from rich.console import Console
 
@@ -16,7 +17,7 @@ from worker.bus.publisher import Publisher
 from worker.bus.topology import Topology
 from worker.cli.context import Subparsers, add_actor, broker, database, default_actor
 from worker.cli.render import candidates_table, confirm, expiring_table, print_item, wide_console
-from worker.errors import UpstreamError
+from worker.errors import PawError, UpstreamError
 from worker.items.model import Cause
 from worker.items.rules import Kind, classify, retry_refusal
 from worker.items.states import State
@@ -246,9 +247,14 @@ async def cmd_item_retry(s: Settings, args: argparse.Namespace) -> int:
     async with broker(s, "paw-cli") as connection:
         publisher = Publisher(connection, Topology.from_settings(s), timeout=s.publish_timeout)
         await publisher.publish("item.drive", json.dumps(body).encode(), message_id=message_id)
-    async with database(s) as pool:  # after the send: a note says what was done, not what was meant
-        await Store(pool).add_note(
-            item_id, "retry", actor=args.actor, text=body["reason"], message_id=message_id
+    try:  # after the send: a note says what was done, not what was meant
+        async with database(s) as pool:
+            await Store(pool).add_note(
+                item_id, "retry", actor=args.actor, text=body["reason"], message_id=message_id
+            )
+    except (PawError, OSError, asyncpg.PostgresError) as e:  # sent all the same: say so, do not resend
+        print(
+            f"paw: item.drive was sent, but the note was not recorded ({type(e).__name__})", file=sys.stderr
         )
     log.info(
         "item.retry_requested",

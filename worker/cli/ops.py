@@ -9,17 +9,21 @@ import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+import aiormq
+import asyncpg
 from rich.console import Console
 from rich.progress import Progress
 
+from worker import reach
 from worker.bus.topology import Topology
 from worker.cli.context import Subparsers, broker, database, stop_on_signals
 from worker.cli.render import status_view
+from worker.errors import PawError
 from worker.items.sealing import Sealer, check_keys, remaining, rotate
 from worker.items.store import Store
 from worker.migrate import migrate_database
 from worker.settings import Settings
-from worker.status import gather, verdict
+from worker.status import CRITICAL, gather, verdict
 
 if TYPE_CHECKING:
     from sandbox.app import SandboxConfig
@@ -141,6 +145,16 @@ async def cmd_status(s: Settings, args: argparse.Namespace) -> int:
     """Exits with the verdict: 0 ok, 1 warning (dead letters, stuck Items, setup problems, unsent
     events), 2 critical (a queue without consumer, a missing queue: it creates none)."""
     console = Console()
+    try:
+        return await _status(s, args, console)
+    except (PawError, OSError, asyncpg.PostgresError, aiormq.exceptions.AMQPError) as e:
+        # what cannot be read is not healthy: critical, in the one line a check reads
+        why = reach.explain(e, s) if isinstance(e, PawError) else f"{type(e).__name__}: {e}"
+        print(f"CRITICAL: cannot read the status: {why}")
+        return CRITICAL
+
+
+async def _status(s: Settings, args: argparse.Namespace, console: Console) -> int:
     async with database(s) as pool, broker(s, "paw-status") as connection:
         while True:
             status = await gather(Store(pool), connection, Topology.from_settings(s))

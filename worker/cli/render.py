@@ -180,14 +180,15 @@ async def confirm(prompt: str) -> bool:
         except (OSError, ValueError, NotImplementedError):
             pass  # a regular file: reading it does not block
         else:
-            print(prompt, end="", flush=True)
+            print(prompt, end="", flush=True, file=sys.stderr)  # stdout is the command's output
             try:
                 await ready.wait()
             finally:
                 loop.remove_reader(fd)
             return _yes(sys.stdin.readline())
+    print(prompt, end="", flush=True, file=sys.stderr)
     try:
-        return _yes(input(prompt))  # noqa: ASYNC250 - a file (or no stdin): does not block
+        return _yes(input())  # noqa: ASYNC250 - a file (or no stdin): does not block
     except EOFError:
         return False
 
