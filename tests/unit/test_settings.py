@@ -241,9 +241,13 @@ def test_a_postgres_that_refuses_is_named_with_its_variable(command: list[str]) 
         PLAID_BASE_URL="http://127.0.0.1:9",  # the emulator's place: paw refuses Plaid itself with its keys
         PAW_LOG_FORMAT="json",
     )
-    assert done.returncode == 1, done.stderr
-    assert f"paw: Postgres at 127.0.0.1:{port}/paw (DATABASE_URL) refused the connection" in done.stderr
-    assert "hunter2" not in done.stderr and "Traceback" not in done.stderr
+    said = f"Postgres at 127.0.0.1:{port}/paw (DATABASE_URL) refused the connection"
+    if command == ["status"]:  # a check: critical, in its one line on stdout
+        assert done.returncode == 2 and done.stdout == f"CRITICAL: cannot read the status: {said}\n"
+    else:
+        assert done.returncode == 1, done.stderr
+        assert f"paw: {said}" in done.stderr
+    assert "hunter2" not in done.stderr + done.stdout and "Traceback" not in done.stderr
 
 
 def test_locations_name_no_user_or_password() -> None:
