@@ -155,6 +155,7 @@ class Handlers:
         decision, and whether the event was a duplicate."""
         payload = {"event_id": envelope["event_id"], "webhook": envelope["webhook"]}
         item: Item | None = None
+        moved: Item | None = None
         decision = Decision("unknown_item")
         try:
             async with self.store.pool.acquire() as conn, conn.transaction():
@@ -205,6 +206,8 @@ class Handlers:
         except Duplicate:
             log.info("event.duplicate", event_key=event_key)
             return item, decision, True
+        if moved is not None and decision.trigger is not None:
+            self.store.committed(decision.trigger, moved)
         log.info("event.processed", outcome=outcome)
         return item, decision, False
 

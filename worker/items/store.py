@@ -202,12 +202,19 @@ class Store:
         if row is None:
             return None
         metrics.TRANSITIONS.labels(row["from_state"], row["state"]).inc()
+        moved = Item.from_record(row)
+        if conn is None:  # committed already; a caller with its own transaction calls committed() after it
+            self.committed(trigger, moved)
+        return moved
+
+    def committed(self, trigger: Trigger, moved: Item) -> None:
+        """What follows a committed transition: the time-to-end metric, and a wake for the outcome
+        relay (the event is visible now, not before the commit)."""
         if trigger in FIRST_ENDS:
-            metrics.TIME_TO_END.labels(row["state"]).observe(
-                (row["updated_at"] - row["created_at"]).total_seconds()
+            metrics.TIME_TO_END.labels(moved.state.value).observe(
+                (moved.updated_at - moved.created_at).total_seconds()
             )
         self.on_event()
-        return Item.from_record(row)
 
     async def record_event(
         self,
