@@ -205,12 +205,13 @@ def patient_settings(settings: Settings) -> Settings:
     return dataclasses.replace(settings, retry_base_ms=100, retry_budget=6)
 
 
+@pytest.mark.timeout(300)
 async def test_postgres_restart_while_the_pipeline_runs(
     patient_settings: Settings, sandbox: Sandbox, receiver: str, postgres: PostgresControl
 ) -> None:
     from worker.services import open_services
 
-    n = 40
+    n = 150
     sandbox.state.set_latency(None, 30)  # every upstream call takes a while: Items are in flight
     tokens = [await new_public_token(sandbox) for _ in range(n)]
     async with open_services(patient_settings, "paw-test-chaos-pg") as svc:
@@ -222,13 +223,15 @@ async def test_postgres_restart_while_the_pipeline_runs(
             async def stream() -> None:
                 for i, token in enumerate(tokens):
                     await submit(svc, token, f"u-pg-{i}")
-                    await asyncio.sleep(0.04)  # a steady stream across the restart
+                    await asyncio.sleep(0.02)  # a steady stream (50/s) across the restarts
 
             submitter = asyncio.create_task(stream())
             await eventually(lambda: _async(sandbox.state.calls[ATOMIC_SUBMIT] >= 5), timeout=30)
-            await postgres.restart()
+            for _ in range(3):  # each restart breaks pooled connections mid-commit
+                await postgres.restart()
+                await asyncio.sleep(1.0)
             await submitter
-            await all_terminal(patient_settings.database_url, n, timeout=90)
+            await all_terminal(patient_settings.database_url, n, timeout=240)
         finally:
             stop.set()
             counts = await task
@@ -239,7 +242,10 @@ async def test_postgres_restart_while_the_pipeline_runs(
             await channel.close()
     result = await outcome(patient_settings.database_url)
     assert_exactly_once(result, n, sandbox)
-    assert result.states.get("atomic_verified", 0) >= n - 5, result.states
+    # nothing lost: a restart breaks connections mid-commit (asyncpg's InternalClientError, once a
+    # reason two Items in 250 ended INVALID_PUBLIC_TOKEN), and every commit waits for Postgres
+    assert result.states == {"atomic_verified": n}, result.states
+    assert sandbox.state.calls["/item/public_token/exchange"] == n  # no public token exchanged twice
     assert counts["retried"] > 0, counts  # the restart was felt, and retried through
     assert counts["dead_lettered"] == 0, counts
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Callable
+from typing import Any
 
+import asyncpg
 import pytest
 
 from tests.fakes import (
@@ -26,7 +28,7 @@ from tests.fakes import (
 from worker.errors import ItemBusy, UpstreamError
 from worker.items.model import Cause, Item
 from worker.items.pipeline import Pipeline
-from worker.items.states import State
+from worker.items.states import State, Trigger
 from worker.plaid_api import Account
 
 LEASE_S = 30.0
@@ -327,3 +329,58 @@ async def test_a_failing_step_moves_the_item_only_from_the_state_it_started_in()
     # the failure was refused (the row had left `link`); the drive looked again and went on from there
     assert done is not None and done.state is State.ATOMIC_PENDING
     assert "failed" not in w.store.path(item.id) and "remove_item" not in w.plaid.names()
+
+
+class BrokenOnce(FakeStore):
+    """The database as a Postgres restart leaves it: the first commit after the exchange meets a
+    pooled connection broken mid-protocol, and the lease's release fails too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.broken_commits = 1
+        self.broken_releases = 1
+
+    async def transition(self, item: Item, trigger: Trigger, **kw: Any) -> Item | None:
+        if self.broken_commits:
+            self.broken_commits -= 1
+            raise asyncpg.exceptions.InternalClientError(
+                "cannot switch to state 12; another operation (2) is in progress"
+            )
+        return await super().transition(item, trigger, **kw)
+
+    async def release(self, item_id: uuid.UUID, owner: uuid.UUID) -> None:
+        if self.broken_releases:
+            self.broken_releases -= 1
+            raise asyncpg.exceptions.CannotConnectNowError("the database system is shutting down")
+        await super().release(item_id, owner)
+
+
+async def test_a_connection_broken_by_a_postgres_restart_does_not_spend_the_public_token_twice(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Found in the Postgres-restart chaos runs: the commit after the exchange met asyncpg's
+    InternalClientError, gave up at once, and the redelivered message exchanged the spent token."""
+    w = World()
+    w.store = BrokenOnce()
+    w.pipeline.store = w.store
+    monkeypatch.setattr(asyncio, "sleep", _no_wait)
+    item = w.add(new_item(State.LINK))
+    done = await w.drive(item, PUBLIC)
+    assert done is not None and done.state is State.ATOMIC_PENDING
+    assert w.plaid.names().count("exchange_public_token") == 1 and w.store.broken_commits == 0
+
+
+async def test_a_release_the_database_refuses_does_not_hide_why_the_drive_stopped() -> None:
+    w = World()
+    w.store = BrokenOnce()
+    w.store.broken_commits = 0
+    w.pipeline.store = w.store
+    w.plaid.fail_on("accounts", transient(error_code="INSTITUTION_DOWN", status=400))
+    item = w.add(linked_item(State.EXCHANGED))
+    with pytest.raises(UpstreamError) as stopped:  # not CannotConnectNowError from the release
+        await w.drive(item)
+    assert stopped.value.error_code == "INSTITUTION_DOWN" and w.store.broken_releases == 0
+
+
+async def _no_wait(_: float) -> None:
+    return None

@@ -66,6 +66,11 @@ DATABASE_UNAVAILABLE = (
     asyncpg.InterfaceError,
     asyncpg.OperatorInterventionError,
     asyncpg.TooManyConnectionsError,
+    # A pooled connection that Postgres's shutdown broke mid-protocol fails the next query with
+    # "cannot switch to state 12; another operation (2) is in progress": the database was away,
+    # not a bug in the statement. Missing here, it made a commit give up at once after an exchange,
+    # and the redelivered message spent the public token again (INVALID_PUBLIC_TOKEN).
+    asyncpg.exceptions.InternalClientError,
 )
 StepFn = Callable[[Item, str | None], Awaitable[Done]]
 
@@ -155,7 +160,15 @@ class Pipeline:
             return item
         finally:
             if held:
-                await self.store.release(item_id, owner)
+                await self._release(item_id, owner)
+
+    async def _release(self, item_id: uuid.UUID, owner: uuid.UUID) -> None:
+        """Gives the lease back; with the database away the lease simply runs out (``lease_s``), and
+        the error that ended the drive, if any, is the one the consumer sees, not this one."""
+        try:
+            await self.store.release(item_id, owner)
+        except DATABASE_UNAVAILABLE as e:
+            log.warning("item.release_failed", item_id=str(item_id), error=type(e).__name__)
 
     async def _check_login(self, item: Item, cause: Cause, owner: uuid.UUID) -> Item | None:
         """Asks Plaid what the Item's login is now and applies it, holding the Item's lease.
