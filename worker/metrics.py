@@ -33,6 +33,10 @@ EVENTS_PROCESSED = Counter(
 TRANSITIONS = Counter("paw_transitions_total", "Item state transitions", ["from_state", "to_state"])
 RETRIES = Counter("paw_retries_total", "Messages sent to a delay queue, by error", ["queue", "reason"])
 DEAD_LETTERS = Counter("paw_dead_letters_total", "Messages dead-lettered, by error", ["queue", "reason"])
+DEAD_LETTERS_UNINDEXED = Counter(
+    "paw_dead_letters_unindexed_total",
+    "Dead letters safe on the dead queue but not written to the index (Postgres refused): paw dlq reindex",
+)
 OPERATOR_ERRORS = Counter(
     "paw_operator_errors_total",
     "Upstream errors in paw's own setup (keys, Dashboard, environment): the message is parked",

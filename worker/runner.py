@@ -56,6 +56,7 @@ async def run_worker(
             handler=callbacks if name == svc.topo.callbacks_queue else handlers,
             queue=name,
             retry_budget=svc.settings.retry_budget,
+            index=svc.pool,
         )
         # declared (passively) through the robust channel, so that after the broker comes back the
         # channel consumes again by itself (a queue taken with get_queue(ensure=False) is not

@@ -16,6 +16,8 @@ from typing import Any
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
+from worker.bus import dead_index
+from worker.bus.dlq import Filters
 from worker.bus.topology import Topology
 from worker.items.store import Store
 from worker.sql import query
@@ -49,6 +51,13 @@ class Status:
     # what the receivers reported for the last hour: (source, outcome, reason) -> count
     last_hour: dict[tuple[str, str, str], int] = dataclasses.field(default_factory=dict)
     last_received: dict[str, datetime] = dataclasses.field(default_factory=dict)  # per source
+    # the dead-letter index: dead letters per reason, most first (their sum: what it knows)
+    dead_by_reason: list[tuple[str, int]] = dataclasses.field(default_factory=list)
+
+    @property
+    def dead_unindexed(self) -> int:
+        """Messages on the dead queue the index does not know (``paw dlq reindex`` adds them)."""
+        return max(0, self.dead_letters - sum(n for _, n in self.dead_by_reason))
 
     def count(self, outcome: str, source: str | None = None) -> int:
         """Last hour's ``outcome`` (``received``, ``accepted``, ``rejected``, ``publish_failed``...)."""
@@ -72,6 +81,8 @@ class Status:
             "queues": {name: dataclasses.asdict(q) for name, q in self.queues.items()},
             "missing_queues": self.missing,
             "dead_letters": self.dead_letters,
+            "dead_letters_by_reason": dict(self.dead_by_reason),
+            "dead_letters_unindexed": self.dead_unindexed,
             "outbox": {"unsent": self.outbox_unsent, "oldest_s": round(self.outbox_oldest_s, 1)},
             "items": self.items,
             "stuck": [{k: plain(v) for k, v in s.items()} for s in self.stuck],
@@ -146,6 +157,7 @@ async def gather(store: Store, connection: AbstractRobustConnection, topo: Topol
         outbox_oldest_s=oldest_s,
         last_hour=last_hour,
         last_received=await store.last_received(),
+        dead_by_reason=await dead_index.by_reason(store.pool, Filters()),
     )
 
 
@@ -160,7 +172,11 @@ def verdict(status: Status) -> tuple[int, str]:
     idle = [name for name, q in status.queues.items() if q.consumers == 0 and name not in status.missing]
     critical += [f"no consumer on {name}" for name in idle]
     if status.dead_letters:
-        warning.append(f"{status.dead_letters} dead letter(s): paw dlq list")
+        reasons = ", ".join(f"{reason} {n}" for reason, n in status.dead_by_reason[:3])
+        why = f" ({reasons})" if reasons else ""
+        warning.append(f"{status.dead_letters} dead letter(s){why}: paw dlq list")
+    if status.dead_unindexed:
+        warning.append(f"{status.dead_unindexed} dead letter(s) not indexed: paw dlq reindex")
     if status.stuck:
         warning.append(f"{len(status.stuck)}+ Item(s) stuck for over {STUCK_AFTER}")
     if status.setup_problems:

@@ -37,11 +37,15 @@ from tests.helpers import (
     stored_item,
     submit_amqp,
 )
-from worker.bus import dead_queue, dlq
+from worker import metrics
+from worker.bus import dead_index, dead_queue, dlq, topology
+from worker.bus.consumer import Consumer
+from worker.bus.dlq import DeadLetter
 from worker.cli import build_parser
-from worker.errors import DlqError
+from worker.errors import DlqError, Poison
 from worker.items.model import token_hash
 from worker.items.states import State
+from worker.items.store import create_pool
 from worker.messages import (
     H_ATTEMPTS,
     H_ERROR_CLASS,
@@ -59,8 +63,10 @@ from worker.settings import Settings
 # -- Helpers -----------------------------------------------------------------------------------
 
 
-async def put_dead(settings: Settings, letters: Iterable[Letter]) -> None:
-    """Publishes straight onto the dead queue (with confirms), as the consumer would."""
+async def put_dead(settings: Settings, letters: Iterable[Letter], *, index: bool = True) -> None:
+    """Publishes straight onto the dead queue (with confirms) and indexes each one, as the consumer
+    would (``index=False``: as a worker whose database refused the index row)."""
+    letters = list(letters)
     conn = await aio_pika.connect(settings.amqp_url)
     try:
         channel = await conn.channel(publisher_confirms=True)
@@ -83,6 +89,13 @@ async def put_dead(settings: Settings, letters: Iterable[Letter]) -> None:
         )
     finally:
         await conn.close()
+    if index:
+        pool = await create_pool(settings.database_url, min_size=1, max_size=1)
+        try:
+            for x in letters:
+                await dead_index.record(pool, DeadLetter.parse(x.body, x.headers, x.message_id))
+        finally:
+            await pool.close()
 
 
 async def depth(settings: Settings, queue: str | None = None) -> int:
@@ -248,6 +261,179 @@ async def test_show_prints_everything_redacted(
             settings, capsys, "dlq", "show", "0" * 12 if not letter.key.startswith("0" * 12) else "1" * 12
         )
     assert await depth(settings) == 2
+
+
+async def test_filters_pick_in_the_index(services: Services) -> None:
+    """What each filter picks, decided by dead_letters_matching() in Postgres."""
+    now = datetime.now(UTC)
+    item = str(uuid.uuid4())
+    old = DeadLetter.parse(
+        json.dumps({"item_id": item, "reason": "r"}).encode(),
+        dead_headers("item.drive", code="INSTITUTION_DOWN", last=now - timedelta(hours=3)),
+        "m1",
+    )
+    new = DeadLetter.parse(
+        b'{"event_id": "e", "webhook": {"item_id": "pl-1"}}',
+        dead_headers("webhook.plaid.ITEM.ERROR", code="INTERNAL_SERVER_ERROR", message="Plaid 5%_", last=now),
+        "m2",
+    )
+    for d in (old, new):
+        assert await dead_index.record(services.pool, d)
+
+    async def picked(**kw: Any) -> list[DeadLetter]:
+        keys = await dead_index.chosen_keys(services.pool, dlq.Filters(**kw))
+        return [d for d in (old, new) if d.key in keys]
+
+    both = [old, new]
+    assert await picked() == both and dlq.Filters().empty
+    assert await picked(code="institution_down") == [old]
+    assert await picked(error="plaid 5%_") == [new]  # text, not a LIKE pattern
+    assert await picked(error="plaid 5%x") == []
+    assert await picked(error="UpstreamError") == both
+    assert await picked(since=now - timedelta(hours=1)) == [new]
+    assert await picked(until=now - timedelta(hours=1)) == [old]
+    assert await picked(routing_key="webhook.#") == [new]
+    assert await picked(routing_key="webhook.plaid.*") == []  # '*' is one word
+    assert await picked(routing_key="webhook.plaid.*.*") == [new]
+    assert await picked(routing_key="#.ERROR") == [new]
+    assert await picked(routing_key="item.drive") == [old]
+    assert await picked(item=item.upper()) == [old]
+    assert await picked(item="pl-1") == [new]
+    assert await picked(ids=(new.key[:8],)) == [new]
+    assert await picked(ids=(new.key[:8], old.key[:6])) == both
+    assert await picked(ids=(new.key[:8],), code="INSTITUTION_DOWN") == []  # every criterion must hold
+    assert await picked(min_attempts=5) == both and await picked(min_attempts=6) == []
+    assert await dead_index.chosen_keys(services.pool, dlq.Filters(), 1) == [old.key]
+    assert dlq.Filters(code="X", since=now).public() == {"code": "X", "since": now.isoformat()}
+    assert not await dead_index.record(services.pool, old)  # a second copy of one message
+    (row,) = await dead_index.by_prefix(services.pool, old.key[:8])
+    assert row.copies == 2 and row.status == "dead"
+
+
+async def test_a_hundred_lists_and_shows_leave_every_delivery_count_unchanged(
+    services: Services, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Looking reads the index only: a quorum queue counts every basic.get given back as a delivery
+    (and RabbitMQ 4 drops a message past 20 by default)."""
+    letters = [drive_letter(i) for i in range(5)]
+    await put_dead(settings, letters)
+    for i in range(50):
+        assert (await paw(settings, capsys, "dlq", "list", "--json")).code == 0
+        assert (await paw(settings, capsys, "dlq", "show", letters[i % 5].key[:10], "--json")).code == 0
+    left = await queue_messages(settings.amqp_url, services.topo.dead_queue)
+    assert [m.body for m in left] == [x.body for x in letters]  # still in order, none taken
+    assert [m.headers.get("x-delivery-count") for m in left] == [0] * 5  # never delivered before
+    assert [m.redelivered for m in left] == [False] * 5
+
+
+async def test_list_pages_and_the_new_filters(
+    services: Services, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = datetime.now(UTC)
+    old = [drive_letter(i, last=now - timedelta(hours=5), attempts=2) for i in range(3)]
+    new = [drive_letter(10 + i, attempts=6) for i in range(4)]
+    await put_dead(settings, [*old, *new])
+    item = await stored_item(services, "u-state")
+    mine = Letter(json.dumps({"item_id": str(item.id)}).encode(), dead_headers("item.drive"), "m-state")
+    await put_dead(settings, [mine])
+
+    async def keys(*argv: str) -> list[str]:
+        ran = await paw(settings, capsys, "dlq", "list", "--json", *argv)
+        assert ran.code == 0
+        return [r["key"] for r in ran.json()]
+
+    everything = [x.key for x in [*old, *new, mine]]
+    assert await keys() == everything
+    assert await keys("--until", "1h") == [x.key for x in old]
+    assert await keys("--min-attempts", "6") == [x.key for x in new]
+    assert await keys("--state", item.state.value) == [mine.key]
+    # pages: the cursor is a dead letter's id, and the next page starts after it
+    first = await keys("--limit", "3")
+    assert first == everything[:3]
+    capsys.readouterr()
+    args = build_parser().parse_args(["dlq", "list", "--limit", "3"])
+    await args.func(settings, args)
+    assert f"--after {everything[2][:12]}" in capsys.readouterr().err
+    assert await keys("--limit", "3", "--after", everything[2][:12]) == everything[3:6]
+    assert await keys("--limit", "3", "--after", everything[5][:12]) == everything[6:]
+    table = await paw(settings, capsys, "dlq", "list", "--min-attempts", "6", "--limit", "2")
+    flat = " ".join(table.out.split())
+    assert "8 dead letters, 4 match, 2 shown" in flat and "INSTITUTION_DOWN 4" in flat
+
+
+async def test_reindex_adds_what_the_worker_could_not_index(
+    services: Services, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    indexed, unindexed = drive_letter(0), [drive_letter(i) for i in range(1, 4)]
+    await put_dead(settings, [indexed])
+    await put_dead(settings, unindexed, index=False)  # the worker's database refused the rows
+    capsys.readouterr()
+    args = build_parser().parse_args(["dlq", "list", "--json"])
+    assert await args.func(settings, args) == 0
+    out = capsys.readouterr()
+    assert [r["key"] for r in json.loads(out.out)] == [indexed.key]
+    assert "holds 4 messages but the index knows 1" in out.err and "paw dlq reindex" in out.err
+    # a purge killed between its record and its ack: the row says purged, the message is there
+    await dead_index.mark(services.pool, indexed.key, "purged", None)
+
+    ran = await paw(settings, capsys, "dlq", "reindex", "--json")
+    assert ran.code == 0
+    assert {k: v for k, v in ran.json().items() if k != "action_id"} == {
+        "on_queue": 4,
+        "added": 3,
+        "restored": 1,
+        "missing": 0,
+    }
+    listed = (await paw(settings, capsys, "dlq", "list", "--json")).json()
+    assert sorted(r["key"] for r in listed) == sorted(x.key for x in [indexed, *unindexed])
+    again = await paw(settings, capsys, "dlq", "reindex", "--json")
+    assert (again.json()["added"], again.json()["restored"]) == (0, 0)
+    assert [r["action"] for r in await actions(settings)] == ["reindex", "reindex"]
+    assert await depth(settings) == 4  # reindex takes nothing
+
+
+async def test_a_worker_whose_database_refuses_the_index_still_dead_letters(
+    services: Services, settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The dead letter is on the dead queue and the original acked; the row is missing, which the
+    log, the metric and `paw dlq list` say."""
+    broken = await create_pool(settings.database_url, min_size=1, max_size=1)
+    await broken.close()
+
+    async def poison(rk: str, body: bytes, message_id: str | None) -> None:
+        raise Poison("not what an item.drive looks like")
+
+    consumer = Consumer(
+        publisher=services.publisher,
+        topo=services.topo,
+        handler=poison,
+        queue=services.topo.items_queue,
+        retry_budget=0,
+        index=broken,
+    )
+    channel = await services.connection.channel()
+    queue = await channel.get_queue(services.topo.items_queue, ensure=False)
+    before = metrics.DEAD_LETTERS_UNINDEXED._value.get()
+    await services.publisher.publish("item.drive", b'{"item_id": 7}', message_id="m-broken")
+    message = await _get(queue)
+    with capture_logs() as logs:
+        await consumer(message)
+    assert message.processed and consumer.counts["dead_lettered"] == 1
+    assert metrics.DEAD_LETTERS_UNINDEXED._value.get() == before + 1
+    assert [x["event"] for x in logs if x["log_level"] == "error"] == ["message.dead_letter_unindexed"]
+    assert await depth(settings) == 1 and await depth(settings, services.topo.items_queue) == 0
+    assert (await paw(settings, capsys, "dlq", "reindex", "--json")).json()["added"] == 1
+    (row,) = (await paw(settings, capsys, "dlq", "list", "--json")).json()
+    assert (row["message_id"], row["error_class"]) == ("m-broken", "Poison")
+    await channel.close()
+
+
+async def _get(queue: aio_pika.abc.AbstractQueue) -> aio_pika.abc.AbstractIncomingMessage:
+    async def one() -> aio_pika.abc.AbstractIncomingMessage | None:
+        return await queue.get(no_ack=False, fail=False)
+
+    message: aio_pika.abc.AbstractIncomingMessage = await eventually(one)
+    return message
 
 
 # -- replay ------------------------------------------------------------------------------------
@@ -535,12 +721,17 @@ async def test_institution_down_then_list_show_and_replay_brings_the_items_throu
             services, token, State.EXCHANGED
         )  # the access token is held: replay needs no public token
 
+    # the worker indexes each dead letter before it acks the original: wait for the third ack
+    await eventually(lambda: _indexed(services, 3))
     listed = (await paw(settings, capsys, "dlq", "list", "--code", "INSTITUTION_DOWN", "--json")).json()
     items = [await services.store.get_by_token_hash(token_hash(t)) for t in tokens]
     assert sorted(r["item_id"] for r in listed) == sorted(str(i.id) for i in items if i is not None)
     assert {r["routing_key"] for r in listed} == {"item.link"} and {r["attempts"] for r in listed} == {1}
+    assert {r["item_state"] for r in listed} == {"exchanged"} and {r["status"] for r in listed} == {"dead"}
     shown = (await paw(settings, capsys, "dlq", "show", listed[0]["id"], "--json")).json()
     assert shown["error_code"] == "INSTITUTION_DOWN" and shown["body"]["public_token"] == "[redacted]"
+    assert "Traceback" in shown["traceback"] and "INSTITUTION_DOWN" in shown["traceback"]
+    assert "public-sandbox-" not in json.dumps(shown).replace("public-sandbox-[redacted]", "")
 
     dry = await paw(settings, capsys, "dlq", "replay", "--code", "INSTITUTION_DOWN", "--dry-run")
     assert "would publish 3" in " ".join(dry.out.split()) and await depth(settings) == 3
@@ -553,8 +744,14 @@ async def test_institution_down_then_list_show_and_replay_brings_the_items_throu
         item = await settled(services, token, State.ATOMIC_VERIFIED)
         assert sandbox.state.atomic_funding_sources(str(item.id)) == 1
     assert await depth(settings) == 0
+    assert (await paw(settings, capsys, "dlq", "list", "--json")).json() == []
+    assert await dead_index.counts(services.pool) == {"replayed": 3}
     replay, dry_run = sorted(await actions(settings), key=lambda r: r["dry_run"])
     assert (replay["actor"], replay["message_count"], dry_run["dry_run"]) == ("oncall", 3, True)
+
+
+async def _indexed(services: Services, n: int) -> bool:
+    return (await dead_index.counts(services.pool)).get("dead", 0) == n
 
 
 async def _depth_is(settings: Settings, n: int) -> bool:
@@ -767,3 +964,20 @@ async def test_replay_all_asks_first_and_both_actions_answer_json(
     assert code == 0, err.decode()
     purged = json.loads(out)
     assert (purged["selected"], purged["purged"]) == (1, 1) and isinstance(purged["action_id"], int)
+
+
+async def test_a_dead_queue_declared_with_a_limit_already_is_kept_with_a_warning(services: Services) -> None:
+    """On RabbitMQ 4+ paw declares the dead queue with no delivery limit; one an older paw declared
+    keeps its arguments (the broker refuses to change them): paw carries on and names the policy."""
+    channel = await services.connection.channel()
+    underlay = await channel.get_underlay_channel()
+    assert topology.version_of(underlay).startswith("3.")  # what this machine runs
+    with capture_logs() as logs:
+        kept = await topology.declare_dead_queue(channel, services.topo, version="4.1.0")
+    assert kept is False
+    (warning,) = [x for x in logs if x["event"] == "broker.dead_queue_has_a_delivery_limit"]
+    assert "inequivalent arg 'x-delivery-limit'" in warning["error"]
+    assert "rabbitmqctl set_policy paw-dead" in warning["detail"] and "delivery-limit" in warning["detail"]
+    assert not channel.is_closed  # the refusal closed only the trial channel
+    assert await topology.declare_dead_queue(channel, services.topo) is True  # 3.x: as declared
+    await channel.close()

@@ -161,11 +161,18 @@ async def test_paw_status_shows_the_on_call_screen(
     await settled(services, token, State.ATOMIC_VERIFIED)
     code, out, err = await run_paw(settings, "status", "--check", timeout=30)
     assert (code, out.decode()) == (0, "OK: every queue consumed, no dead letters, nothing stuck\n"), err
-    await services.publisher.publish(services.topo.dead_queue, b"{}", to_queue=True)
+    await services.publisher.publish(services.topo.dead_queue, b"{}", to_queue=True)  # not indexed
+    code, out, err = await run_paw(settings, "status", "--check", timeout=30)
+    assert (code, out.decode()) == (
+        1,
+        "WARNING: 1 dead letter(s): paw dlq list; 1 dead letter(s) not indexed: paw dlq reindex\n",
+    ), err
+    assert (await run_paw(settings, "dlq", "reindex", timeout=30))[0] == 0
     code, out, err = await run_paw(settings, "status", "--json", timeout=30)
     assert code == 1, err.decode()
     status = json.loads(out)
-    assert status["check"] == {"code": 1, "line": "WARNING: 1 dead letter(s): paw dlq list"}
+    assert status["check"] == {"code": 1, "line": "WARNING: 1 dead letter(s) (unknown 1): paw dlq list"}
+    assert status["dead_letters_by_reason"] == {"unknown": 1} and status["dead_letters_unindexed"] == 0
     assert status["items"] == {"atomic_verified": 1}
     assert status["dead_letters"] == 1
     assert set(status["queues"]) == set(services.topo.consumed_queues)

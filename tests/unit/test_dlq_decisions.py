@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import random
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 
@@ -14,7 +15,8 @@ from tests.helpers import (
     drive_letter,
 )
 from worker.bus import dlq
-from worker.bus.dlq import DeadLetter, Filters
+from worker.bus.dlq import DeadLetter
+from worker.bus.topology import dead_queue_arguments
 from worker.cli.render import human_age
 from worker.items.model import token_hash
 from worker.messages import (
@@ -65,44 +67,25 @@ def test_item_refs_from_body_or_envelope() -> None:
     assert poison.refs == dlq.ItemRefs() and poison.reason == "Poison"
 
 
-def test_filters() -> None:
-    item = str(uuid.uuid4())
-    old = DeadLetter.parse(
-        json.dumps({"item_id": item, "reason": "r"}).encode(),
-        dead_headers("item.drive", code="INSTITUTION_DOWN", last=NOW - timedelta(hours=3)),
-        "m1",
-    )
-    new = DeadLetter.parse(
-        b'{"event_id": "e", "webhook": {"item_id": "pl-1"}}',
-        dead_headers("webhook.plaid.ITEM.ERROR", code="INTERNAL_SERVER_ERROR", message="Plaid 500", last=NOW),
-        "m2",
-    )
-    both = [old, new]
-
-    def picked(**kw: Any) -> list[DeadLetter]:
-        return [both[i] for i in dlq.select(both, Filters(**kw))]
-
-    assert picked() == both and Filters().empty
-    assert picked(code="institution_down") == [old]
-    assert picked(error="plaid 5") == [new]
-    assert picked(error="UpstreamError") == both
-    assert picked(since=NOW - timedelta(hours=1)) == [new]
-    assert picked(routing_key="webhook.#") == [new]
-    assert picked(routing_key="webhook.plaid.*") == []  # '*' is one word
-    assert picked(routing_key="webhook.plaid.*.*") == [new]
-    assert picked(routing_key="item.drive") == [old]
-    assert picked(item=item.upper()) == [old]
-    assert picked(item="pl-1") == [new]
-    assert picked(ids=(new.key[:8],)) == [new]
-    assert picked(ids=(new.key[:8],), code="INSTITUTION_DOWN") == []  # every criterion must hold
-    assert dlq.select(both, Filters(), limit=1) == [0]
-    assert Filters(code="X", since=NOW).public() == {"code": "X", "since": NOW.isoformat()}
-
-
 def test_topic_patterns_follow_amqp() -> None:
     assert dlq.topic_matches("#", "a.b.c") and dlq.topic_matches("a.#", "a")
     assert dlq.topic_matches("a.*.c", "a.b.c") and not dlq.topic_matches("a.*.c", "a.b.b.c")
     assert dlq.topic_matches("a.#.c", "a.b.b.c") and not dlq.topic_matches("a.b", "a.b.c")
+
+
+WORDS = ["a", "b", "item", "web-hook", "x_y", "$", "+1", ""]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_index_matches_routing_keys_as_amqp_does(seed: int) -> None:
+    """The regular expression the index matches with (Postgres ``~`` over '.' || routing key)
+    decides as AMQP's topic matching does, for patterns with #, * and odd characters."""
+    rng = random.Random(seed)
+    for _ in range(400):
+        pattern = ".".join(rng.choice([*WORDS, "*", "#"]) for _ in range(rng.randint(1, 4)))
+        key = ".".join(rng.choice(WORDS) for _ in range(rng.randint(1, 4)))
+        expected = dlq.topic_matches(pattern, key)
+        assert bool(re.match(dlq.topic_regex(pattern), "." + key)) is expected, (pattern, key)
 
 
 def test_since_accepts_durations_and_times() -> None:
@@ -168,18 +151,8 @@ def test_summary_and_detail_are_redacted() -> None:
     ]
 
 
-def test_unknown_or_ambiguous_ids() -> None:
-    letters: dict[str, DeadLetter] = {}
-    i = 0
-    while True:  # two dead letters whose ids share their first two characters
-        d = DeadLetter.parse(f"{i}".encode(), dead_headers("item.drive"), None)
-        i += 1
-        if d.key[:2] in letters:
-            a, b = letters[d.key[:2]], d
-            break
-        letters[d.key[:2]] = d
-    both = [a, b]
-    assert dlq.unknown_or_ambiguous_ids([a.key[:6], b.key[:10]], both) == {}
-    assert dlq.unknown_or_ambiguous_ids([a.key[:2]], both) == {a.key[:2]: sorted([a.short_id, b.short_id])}
-    missing = "f" * 12 if not a.key.startswith("f" * 12) else "0" * 12
-    assert dlq.unknown_or_ambiguous_ids([missing], both) == {missing: []}
+def test_the_dead_queue_has_no_delivery_limit_where_the_broker_would_set_one() -> None:
+    assert dead_queue_arguments("4.0.5") == {"x-queue-type": "quorum", "x-delivery-limit": -1}
+    assert dead_queue_arguments("4.2.0-rc.1") == {"x-queue-type": "quorum", "x-delivery-limit": -1}
+    for unlimited_by_default in ("3.10.8", "3.13.7", ""):
+        assert dead_queue_arguments(unlimited_by_default) == {"x-queue-type": "quorum"}

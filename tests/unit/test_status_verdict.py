@@ -28,7 +28,16 @@ def test_healthy_is_ok() -> None:
 
 
 def test_dead_letters_stuck_items_setup_problems_and_a_lagging_relay_warn() -> None:
-    assert verdict(status(dead_letters=4)) == (WARNING, "WARNING: 4 dead letter(s): paw dlq list")
+    indexed = [("INSTITUTION_DOWN", 3), ("Poison", 1)]
+    assert verdict(status(dead_letters=4, dead_by_reason=indexed)) == (
+        WARNING,
+        "WARNING: 4 dead letter(s) (INSTITUTION_DOWN 3, Poison 1): paw dlq list",
+    )
+    # the queue holds more than the index knows (a worker's database refused the rows)
+    assert verdict(status(dead_letters=4, dead_by_reason=[("Poison", 1)])) == (
+        WARNING,
+        "WARNING: 4 dead letter(s) (Poison 1): paw dlq list; 3 dead letter(s) not indexed: paw dlq reindex",
+    )
     code, line = verdict(
         status(stuck=[{"id": 1}], setup_problems=["x"], outbox_unsent=7, outbox_oldest_s=90.0)
     )
@@ -42,9 +51,9 @@ def test_dead_letters_stuck_items_setup_problems_and_a_lagging_relay_warn() -> N
 
 def test_a_queue_nobody_consumes_or_a_missing_queue_is_critical_and_warnings_still_show() -> None:
     idle = {**status().queues, "paw.webhooks": QueueFacts(ready=9, consumers=0, retrying=0)}
-    assert verdict(status(queues=idle, dead_letters=1)) == (
+    assert verdict(status(queues=idle, dead_letters=1, dead_by_reason=[("Poison", 1)])) == (
         CRITICAL,
-        "CRITICAL: no consumer on paw.webhooks; 1 dead letter(s): paw dlq list",
+        "CRITICAL: no consumer on paw.webhooks; 1 dead letter(s) (Poison 1): paw dlq list",
     )
     code, line = verdict(status(prefix="pwa", missing=["pwa.items", "pwa.webhooks"]))
     assert code == CRITICAL

@@ -16,14 +16,18 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from worker import metrics
+from worker.bus import dead_index
+from worker.bus.dlq import DeadLetter
 from worker.bus.publisher import Publisher
 from worker.bus.retry import retry_decision
 from worker.bus.topology import Topology
@@ -47,6 +51,8 @@ log = structlog.get_logger(__name__)
 
 # A message deferred this often (Item busy, event ahead of its Item) is dead-lettered after all.
 MAX_DEFERRALS = 100
+# How long indexing a dead letter may hold the ack of its original.
+INDEX_TIMEOUT_S = 5.0
 
 
 Handler = Callable[[str, bytes, str | None], Awaitable[None]]
@@ -83,8 +89,10 @@ class Consumer:
         handler: Handler,
         queue: str,
         retry_budget: int,
+        index: asyncpg.Pool | None = None,
     ) -> None:
         self.publisher = publisher
+        self.index = index  # where dead letters are indexed (worker/bus/dead_index.py)
         self.topo = topo
         self.handler = handler
         self.queue = queue
@@ -195,6 +203,7 @@ class Consumer:
                     message_id=message.message_id,
                     to_queue=True,
                 )
+                await self._index(DeadLetter.parse(message.body, headers, message.message_id), error)
                 self.counts["dead_lettered"] += 1
                 metrics.DEAD_LETTERS.labels(self.queue, reason_of(error)).inc()
                 if isinstance(error, UpstreamError) and classify(error) is Kind.OPERATOR:
@@ -214,3 +223,22 @@ class Consumer:
             await message.nack(requeue=True)
             return
         await message.ack()
+
+    async def _index(self, letter: DeadLetter, error: Exception) -> None:
+        """Indexes a dead letter whose copy the broker confirmed. A database that refuses does not
+        stop the ack: the copy is safe on the dead queue and ``paw dlq reindex`` adds its row."""
+        if self.index is None:
+            return
+        trace = "".join(traceback.format_exception(error))
+        try:
+            async with asyncio.timeout(INDEX_TIMEOUT_S):
+                await dead_index.record(self.index, letter, traceback=trace)
+        except Exception as e:  # the dead letter is safe; this is only the index beside it
+            metrics.DEAD_LETTERS_UNINDEXED.inc()
+            log.error(
+                "message.dead_letter_unindexed",
+                dlq_id=letter.short_id,
+                error_class=type(e).__name__,
+                error=redact_text(str(e))[:300],
+                detail="the dead letter is on the dead queue; `paw dlq reindex` indexes it",
+            )

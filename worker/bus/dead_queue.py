@@ -18,6 +18,7 @@ import asyncpg
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
+from worker.bus import dead_index
 from worker.bus.dlq import DeadLetter, pace_delay, replay_headers, replay_route
 from worker.bus.publisher import Publisher
 from worker.bus.topology import Topology, queue_depth
@@ -153,6 +154,7 @@ async def replay_one(
                 message_id=d.message_id,
                 to_queue=to_queue,
             )
+        await dead_index.mark(conn, d.key, "replayed", action_id if claimed is not None else None)
     await _ack(held)
     return claimed is not None
 
@@ -210,8 +212,17 @@ async def replay(
     return result
 
 
-async def purge(chosen: Sequence[Held], *, actor: str, progress: Callable[[], None] | None = None) -> int:
-    """Logs each dead letter (redacted, body and headers included), then acks it. Returns how many."""
+async def purge(
+    pool: asyncpg.Pool,
+    chosen: Sequence[Held],
+    *,
+    action_id: int,
+    actor: str,
+    progress: Callable[[], None] | None = None,
+) -> int:
+    """Logs each dead letter (redacted, body and headers included), marks it purged in the index,
+    then acks it. Returns how many. (Killed between the mark and the ack, the message goes back to
+    the dead queue with its row saying purged: ``paw dlq reindex`` makes it dead again.)"""
     now = datetime.now(UTC)
     purged = 0
     for held in chosen:
@@ -227,6 +238,7 @@ async def purge(chosen: Sequence[Held], *, actor: str, progress: Callable[[], No
             headers=detail["headers"],
             body=detail["body"],
         )
+        await dead_index.mark(pool, held.letter.key, "purged", action_id)
         await _ack(held)
         purged += 1
         if progress is not None:

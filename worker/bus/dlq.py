@@ -46,6 +46,7 @@ import decimal
 import hashlib
 import json
 import re
+import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -64,7 +65,7 @@ from worker.messages import (
     H_REQUEST_ID,
     H_ROUTING_KEY,
 )
-from worker.redact import redact
+from worker.redact import redact, redact_text
 
 log = structlog.get_logger(__name__)
 
@@ -190,6 +191,11 @@ class DeadLetter:
     first_failure: datetime | None
     last_failure: datetime | None
     queue: str
+    # From the index (:mod:`worker.bus.dead_index`); a message read off the queue has the defaults.
+    traceback: str = ""
+    status: str = "dead"
+    copies: int = 1
+    item_state: str | None = None
 
     @classmethod
     def parse(cls, body: bytes, headers: Mapping[str, Any] | None, message_id: str | None) -> DeadLetter:
@@ -256,6 +262,9 @@ class DeadLetter:
             "replays": self.replays,
             "message_id": self.message_id,
             "queue": self.queue,
+            "status": self.status,
+            "copies": self.copies,
+            "item_state": self.item_state,
         }
         redacted: dict[str, Any] = redact(out)
         return redacted
@@ -274,9 +283,86 @@ class DeadLetter:
                 "headers": dict(self.headers),
                 "history": history if isinstance(history, list) else [],
                 "body": body,
+                "traceback": self.traceback,
             }
         )
         return out
+
+
+# -- Pure: a dead letter in the index ----------------------------------------------------------
+
+TRACEBACK_MAX = 16_000
+
+
+def redacted_body(body: bytes) -> Any:
+    """The body as the index keeps it: parsed JSON with tokens and secret fields masked, or the
+    (masked) text of a body that is not JSON."""
+    try:
+        return redact(json.loads(body))
+    except ValueError:
+        return redact_text(body.decode("utf-8", "replace"))[:TRACEBACK_MAX]
+
+
+def _uuid_or_none(text: str | None) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text) if text else None
+    except ValueError:
+        return None
+
+
+def index_args(d: DeadLetter, *, traceback: str = "", indexed_by: str = "worker") -> tuple[Any, ...]:
+    """The arguments of ``dead_letter_record`` for ``d`` (worker/sql/dead_letters.sql)."""
+    return (
+        d.key,
+        d.routing_key,
+        d.message_id,
+        d.queue,
+        _uuid_or_none(d.refs.item_id),
+        d.refs.plaid_item_id,
+        d.refs.public_token_sha256,
+        d.error_class,
+        d.error_code,
+        d.error_message,
+        redact_text(traceback)[-TRACEBACK_MAX:],
+        d.request_id,
+        d.attempts,
+        d.replays,
+        d.first_failure,
+        d.last_failure,
+        redact(dict(d.headers)),
+        redacted_body(d.body),
+        indexed_by,
+    )
+
+
+def from_row(row: Mapping[str, Any]) -> DeadLetter:
+    """A dead letter as the index holds it (body and headers redacted already)."""
+    body = row["body"]
+    return DeadLetter(
+        key=row["key"],
+        body=(body if isinstance(body, str) else json.dumps(body)).encode(),
+        headers=row["headers"] or {},
+        message_id=row["message_id"],
+        routing_key=row["routing_key"],
+        refs=ItemRefs(
+            item_id=str(row["item_id"]) if row["item_id"] else None,
+            public_token_sha256=row["public_token_sha256"],
+            plaid_item_id=row["plaid_item_id"],
+        ),
+        error_class=row["error_class"],
+        error_message=row["error_message"],
+        error_code=row["error_code"],
+        request_id=row["request_id"],
+        attempts=row["attempts"],
+        replays=row["replays"],
+        first_failure=row["first_failure"],
+        last_failure=row["dead_lettered_at"],
+        queue=row["queue"],
+        traceback=row["traceback"],
+        status=row["status"],
+        copies=row["copies"],
+        item_state=row["item_state"],
+    )
 
 
 def by_reason(letters: Iterable[DeadLetter]) -> list[tuple[str, int]]:
@@ -303,7 +389,7 @@ def topic_matches(pattern: str, routing_key: str) -> bool:
 SINCE = re.compile(r"^(\d+)([smhd])$")
 
 
-def parse_since(text: str, now: datetime) -> datetime:
+def parse_since(text: str, now: datetime, flag: str = "--since") -> datetime:
     """``90s``, ``30m``, ``2h``, ``1d`` (ago), or an ISO 8601 time (UTC unless it says otherwise)."""
     m = SINCE.match(text.strip())
     if m:
@@ -312,13 +398,30 @@ def parse_since(text: str, now: datetime) -> datetime:
     try:
         parsed = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ValueError(f"--since wants 30m, 2h, 1d or an ISO time, got {text!r}") from None
+        raise ValueError(f"{flag} wants 30m, 2h, 1d or an ISO time, got {text!r}") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def topic_regex(pattern: str) -> str:
+    """The AMQP topic ``pattern`` as a regular expression over ``'.' || routing_key`` (the same in
+    Python's ``re`` and Postgres's ``~``): ``*`` is one word, ``#`` zero or more, as
+    :func:`topic_matches` decides."""
+    parts = []
+    for word in pattern.split("."):
+        if word == "#":
+            parts.append(r"(\.[^.]*)*")
+        elif word == "*":
+            parts.append(r"\.[^.]*")
+        else:
+            parts.append(r"\." + "".join(c if c.isalnum() or c in "_-" else "\\" + c for c in word))
+    return "^" + "".join(parts) + "$"
 
 
 @dataclasses.dataclass(frozen=True)
 class Filters:
-    """Which dead letters a command acts on. Every given criterion must hold."""
+    """Which dead letters a command acts on. Every given criterion must hold. The index applies them
+    in SQL (``dead_letters_matching``, through :meth:`sql_args`): the one definition of what a
+    filter picks."""
 
     ids: tuple[str, ...] = ()  # id prefixes (any may match)
     item: str | None = None  # our Item id, or Plaid's item_id
@@ -326,26 +429,38 @@ class Filters:
     error: str | None = None  # substring of the error class or message (case-insensitive)
     since: datetime | None = None  # dead-lettered at or after
     routing_key: str | None = None  # AMQP topic pattern
+    until: datetime | None = None  # dead-lettered before
+    min_attempts: int | None = None
+    state: str | None = None  # the Item's current state (known only to the index)
 
     @property
     def empty(self) -> bool:
-        return not (self.ids or self.item or self.code or self.error or self.since or self.routing_key)
+        return not (
+            self.ids
+            or self.item
+            or self.code
+            or self.error
+            or self.since
+            or self.routing_key
+            or self.until
+            or self.min_attempts
+            or self.state
+        )
 
-    def matches(self, d: DeadLetter) -> bool:
-        if self.ids and not any(d.key.startswith(i) for i in self.ids):
-            return False
-        if self.item and self.item.lower() not in {
-            (d.refs.item_id or "").lower(),
-            (d.refs.plaid_item_id or "").lower(),
-        }:
-            return False
-        if self.code and d.error_code.upper() != self.code.upper():
-            return False
-        if self.error and self.error.lower() not in f"{d.error_class} {d.error_message}".lower():
-            return False
-        if self.since and (d.last_failure is None or d.last_failure < self.since):
-            return False
-        return not (self.routing_key and not topic_matches(self.routing_key, d.routing_key))
+    def sql_args(self, status: str | None = "dead") -> tuple[Any, ...]:
+        """The ten arguments of ``dead_letters_matching`` (worker/sql/dead_letters.sql)."""
+        return (
+            status,
+            list(self.ids) or None,
+            self.item or None,
+            self.code or None,
+            self.error or None,
+            self.since,
+            self.until,
+            topic_regex(self.routing_key) if self.routing_key else None,
+            self.min_attempts or None,
+            self.state or None,
+        )
 
     def public(self) -> dict[str, Any]:
         """The filters as recorded in ``dlq_actions``."""
@@ -355,26 +470,12 @@ class Filters:
             "code": self.code,
             "error": self.error,
             "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
             "routing_key": self.routing_key,
+            "min_attempts": self.min_attempts,
+            "state": self.state,
         }
         return {k: v for k, v in out.items() if v}
-
-
-def select(letters: Sequence[DeadLetter], filters: Filters, limit: int | None = None) -> list[int]:
-    """Positions of the dead letters the filters pick, in queue order, at most ``limit``."""
-    picked = [i for i, d in enumerate(letters) if filters.matches(d)]
-    return picked[:limit] if limit else picked
-
-
-def unknown_or_ambiguous_ids(ids: Iterable[str], letters: Iterable[DeadLetter]) -> dict[str, list[str]]:
-    """Id prefixes that name no dead letter (``[]``) or more than one (their short ids)."""
-    keys = {d.key for d in letters}
-    out: dict[str, list[str]] = {}
-    for prefix in ids:
-        found = sorted(k[:SHORT_ID] for k in keys if k.startswith(prefix))
-        if len(found) != 1:
-            out[prefix] = found
-    return out
 
 
 # -- Pure: how a replayed copy looks and how fast they go ---------------------------------------

@@ -19,6 +19,8 @@ import dataclasses
 from typing import Any
 
 import aio_pika
+import aiormq
+import aiormq.abc
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
@@ -100,7 +102,8 @@ class Topology:
 
 
 async def declare(channel: AbstractChannel, topo: Topology) -> AbstractExchange:
-    """Declares everything (idempotent); returns the events exchange."""
+    """Declares everything (idempotent); returns the events exchange. The dead queue is declared on
+    a channel of its own (:func:`declare_dead_queue`)."""
     exchange = await channel.declare_exchange(topo.exchange, aio_pika.ExchangeType.TOPIC, durable=True)
     quorum: dict[str, Any] = {"x-queue-type": "quorum"}
     for name, bindings in topo.consumed_queues.items():
@@ -119,8 +122,61 @@ async def declare(channel: AbstractChannel, topo: Topology) -> AbstractExchange:
                     "x-dead-letter-routing-key": name,
                 },
             )
-    await channel.declare_queue(topo.dead_queue, durable=True, arguments=quorum)
+    await declare_dead_queue(channel, topo)
     return exchange
+
+
+def version_of(underlay: aiormq.abc.AbstractChannel) -> str:
+    """The broker's version as it announced it (``3.10.8``), ``""`` where it did not."""
+    version = (underlay.connection.server_properties or {}).get("version", "")
+    return version.decode() if isinstance(version, bytes) else str(version)
+
+
+def dead_queue_arguments(version: str) -> dict[str, Any]:
+    """The dead queue's arguments: a quorum queue that never drops a message by delivery count.
+    RabbitMQ 4.0+ gives quorum queues a delivery limit of 20 unless told otherwise (``-1``: none);
+    3.x has no limit unless one is set, and its -1 is not "none", so nothing is set there."""
+    args: dict[str, Any] = {"x-queue-type": "quorum"}
+    major = version.split(".", 1)[0]
+    if major.isdigit() and int(major) >= 4:
+        args["x-delivery-limit"] = -1
+    return args
+
+
+DEAD_QUEUE_POLICY = (
+    "rabbitmqctl set_policy paw-dead '^{queue}$' '{{\"delivery-limit\": 1000000000}}' "
+    "--apply-to quorum_queues --priority 10"
+)
+
+
+async def declare_dead_queue(channel: AbstractChannel, topo: Topology, version: str | None = None) -> bool:
+    """Declares the dead queue without a delivery limit where the broker has one by default. A dead
+    queue declared before (by an older paw, or on 3.x before an upgrade to 4) keeps the arguments it
+    was made with: paw carries on with it, says so, and names the policy that lifts the limit.
+    Returns whether the queue has the arguments paw wants."""
+    underlay = await channel.get_underlay_channel()
+    args = dead_queue_arguments(version_of(underlay) if version is None else version)
+    if "x-delivery-limit" not in args:
+        await channel.declare_queue(topo.dead_queue, durable=True, arguments=args)
+        return True
+    trial = await underlay.connection.channel()  # a 406 closes the channel: try on one of our own
+    try:
+        await trial.queue_declare(topo.dead_queue, durable=True, arguments=args)
+        return True
+    except aiormq.exceptions.ChannelPreconditionFailed as e:
+        log.warning(
+            "broker.dead_queue_has_a_delivery_limit",
+            queue=topo.dead_queue,
+            error=str(e),
+            detail="RabbitMQ 4+ drops a quorum-queue message past 20 deliveries unless the queue was "
+            "declared without a limit; this one was declared before. Replays and purges count as "
+            "deliveries. Lift the limit with a policy: "
+            + DEAD_QUEUE_POLICY.format(queue=topo.dead_queue.replace(".", "\\.")),
+        )
+        return False
+    finally:
+        if not trial.is_closed:
+            await trial.close()
 
 
 async def undeclare(channel: AbstractChannel, topo: Topology) -> None:

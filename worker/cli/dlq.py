@@ -8,35 +8,42 @@ parses arguments, opens the database and the broker, asks for confirmation and p
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import aiormq
 import asyncpg
 import structlog
 from rich.console import Console
 
-from worker.bus import dead_queue, dlq
+from worker.bus import dead_index, dead_queue, dlq
+from worker.bus.dead_index import Reindexed
 from worker.bus.dead_queue import Held
-from worker.bus.dlq import DeadLetter, Filters
+from worker.bus.dlq import Filters
 from worker.bus.publisher import Publisher
 from worker.bus.topology import Topology
 from worker.cli.context import Subparsers, add_actor, broker, database, default_actor
 from worker.cli.render import (
     confirm,
+    counts_line,
     dead_letters_table,
     progress_bar,
     reasons_line,
     show_dead_letter,
     wide_console,
 )
-from worker.errors import DlqError
+from worker.errors import DlqError, PawError
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
 
+PAGE = 100  # dead letters per page of `paw dlq list`
+PLAN_ROWS = 200  # rows a dry run or a purge's confirmation shows (the counts cover everything)
 ENV_NOTE = "(AMQP_URL, DATABASE_URL, PAW_EXCHANGE, PAW_QUEUE_PREFIX)"
 WILL = {
     "publish": "publish",
@@ -85,6 +92,9 @@ def _add_filters(p: argparse.ArgumentParser) -> None:
         dest="routing_key",
         help="the original routing key, as an AMQP pattern: 'item.link', 'webhook.plaid.#'",
     )
+    g.add_argument("--until", help="dead-lettered before: 30m, 2h, 1d (ago), or an ISO time")
+    g.add_argument("--min-attempts", dest="min_attempts", type=_positive, help="tried at least N times")
+    g.add_argument("--state", help="the Item's current state, e.g. exchanged, failed")
     g.add_argument("--limit", type=_positive, help="at most N dead letters, oldest first")
 
 
@@ -95,18 +105,21 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: Subparsers) -> None:
-    """Adds ``paw dlq list|show|replay|purge``."""
+    """Adds ``paw dlq list|show|replay|purge|reindex``."""
     actor = default_actor()  # read once, while main() builds the parser
-    group = sub.add_parser("dlq", help=f"dead letters: list, show, replay, purge {ENV_NOTE}").add_subparsers(
-        dest="dlq_command", required=True
-    )
+    group = sub.add_parser(
+        "dlq", help=f"dead letters: list, show, replay, purge, reindex {ENV_NOTE}"
+    ).add_subparsers(dest="dlq_command", required=True)
 
     p = group.add_parser(
         "list", help="the dead letters in queue order: age, routing key, item, error, attempts"
     )
     _add_filters(p)
+    p.add_argument(
+        "--after", type=_dlq_id, metavar="ID", help="the page after this dead letter (printed on stderr)"
+    )
     p.add_argument("--json", action="store_true", help="a JSON array, for scripts")
-    p.set_defaults(func=cmd_dlq_list)
+    p.set_defaults(func=cmd_dlq_list, limit=PAGE)
 
     p = group.add_parser("show", help="one dead letter: every header, the broker's hops, the body (redacted)")
     p.add_argument("id", type=_dlq_id, help="its id from `paw dlq list` (any unique prefix of 6 or more)")
@@ -135,35 +148,26 @@ def register(sub: Subparsers) -> None:
     add_actor(p, actor)
     p.set_defaults(func=cmd_dlq_purge)
 
+    p = group.add_parser(
+        "reindex",
+        help="read the dead queue once and index the dead letters the index lacks",
+        description="For dead letters a worker could not index (Postgres refused at that moment) or "
+        "that predate the index: reads every message on the dead queue once (each counts as a "
+        "delivery), adds the missing rows, makes rows of an unfinished purge dead again, and "
+        "reports indexed dead letters that are not on the queue.",
+    )
+    p.add_argument("--json", action="store_true", help="the result as JSON on stdout")
+    add_actor(p, actor)
+    p.set_defaults(func=cmd_dlq_reindex)
+
 
 # -- Plumbing ----------------------------------------------------------------------------------
-
-
-async def _read(s: Settings, topo: Topology) -> tuple[list[DeadLetter], int]:
-    """A snapshot of the dead queue; every message is back on it when this returns."""
-    async with (
-        broker(s, "paw-dlq-cli") as connection,
-        dead_queue.held_dead_letters(connection, topo) as (held, depth),
-    ):
-        return [h.letter for h in held], depth
-
-
-async def _resolve_best_effort(s: Settings, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
-    """Item ids from the database; list and show still work without it (the incident may be a
-    database outage)."""
-    try:
-        async with database(s) as pool:
-            return await dead_queue.resolve_items(pool, letters)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as e:
-        print(
-            f"paw: database unavailable, Item ids of item.link messages not looked up ({e})", file=sys.stderr
-        )
-        return list(letters)
 
 
 def _filters(args: argparse.Namespace, now: datetime) -> Filters:
     try:
         since = dlq.parse_since(args.since, now) if args.since else None
+        until = dlq.parse_since(args.until, now, "--until") if args.until else None
     except ValueError as e:
         raise DlqError(str(e)) from None
     return Filters(
@@ -172,7 +176,10 @@ def _filters(args: argparse.Namespace, now: datetime) -> Filters:
         code=args.code,
         error=args.error,
         since=since,
+        until=until,
         routing_key=args.routing_key,
+        min_attempts=args.min_attempts,
+        state=args.state,
     )
 
 
@@ -181,23 +188,19 @@ def _audit(args: argparse.Namespace, filters: Filters, **more: Any) -> dict[str,
     return {k: v for k, v in out.items() if v}
 
 
-def _check_ids(ids: Sequence[str], letters: Sequence[DeadLetter]) -> None:
-    bad = dlq.unknown_or_ambiguous_ids(ids, letters)
-    if bad:
-        raise DlqError(
-            "; ".join(
-                f"{prefix}: ambiguous, could be {', '.join(found)}"
-                if found
-                else f"{prefix}: no such dead letter (replayed or purged already?)"
-                for prefix, found in bad.items()
-            )
-        )
-
-
-def _select(
-    held: Sequence[Held], letters: Sequence[DeadLetter], filters: Filters, limit: int | None
-) -> list[Held]:
-    return [Held(letters[i], held[i].message) for i in dlq.select(letters, filters, limit)]
+async def _check_ids(pool: asyncpg.Pool, ids: Sequence[str]) -> None:
+    """Every id names exactly one dead letter, still dead (an id is checked against the index)."""
+    problems = []
+    for prefix in ids:
+        found = await dead_index.by_prefix(pool, prefix)
+        if not found:
+            problems.append(f"{prefix}: no such dead letter")
+        elif len(found) > 1:
+            problems.append(f"{prefix}: ambiguous, could be {', '.join(d.short_id for d in found)}")
+        elif found[0].status != "dead":
+            problems.append(f"{prefix}: {found[0].status} already")
+    if problems:
+        raise DlqError("; ".join(problems))
 
 
 def _nothing_selected(args: argparse.Namespace, filters: Filters) -> bool:
@@ -207,6 +210,22 @@ def _nothing_selected(args: argparse.Namespace, filters: Filters) -> bool:
     return False
 
 
+async def _unindexed_hint(s: Settings, topo: Topology, indexed: int) -> str | None:
+    """A line for people when the dead queue holds more than the index knows (a worker could not
+    write the index, or an upgrade): a passive declare, which touches no message."""
+    try:
+        async with asyncio.timeout(5), broker(s, "paw-dlq-cli") as connection:
+            depth = await dead_queue.dlq_depth(connection, topo)
+    except (OSError, TimeoutError, DlqError, aiormq.exceptions.AMQPError, PawError):
+        return None
+    if depth > indexed:
+        return (
+            f"paw: {topo.dead_queue} holds {depth} messages but the index knows {indexed} dead letters: "
+            "run `paw dlq reindex`"
+        )
+    return None
+
+
 # -- paw dlq list / show -----------------------------------------------------------------------
 
 
@@ -214,30 +233,44 @@ async def cmd_dlq_list(s: Settings, args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     filters = _filters(args, now)
     topo = Topology.from_settings(s)
-    letters, depth = await _read(s, topo)
-    letters = await _resolve_best_effort(s, letters)
-    chosen = [letters[i] for i in dlq.select(letters, filters, args.limit)]
+    async with database(s) as pool:
+        try:
+            after = await dead_index.seq_of(pool, args.after) if args.after else 0
+        except LookupError:
+            raise DlqError(f"--after {args.after}: no such dead letter (or ambiguous)") from None
+        page = await dead_index.page(pool, filters, after=after, limit=args.limit)
+        total = (await dead_index.counts(pool)).get("dead", 0)
+    hint = await _unindexed_hint(s, topo, total)
+    if hint:
+        print(hint, file=sys.stderr)
+    if page.next_after is not None:
+        print(
+            f"paw: {page.matched} match; the next page: paw dlq list --after {page.letters[-1].short_id}",
+            file=sys.stderr,
+        )
     if args.json:
-        print(json.dumps([d.summary(now) for d in chosen], indent=2))
+        print(json.dumps([d.summary(now) for d in page.letters], indent=2))
         return 0
     console = wide_console()
-    shown = f", {len(chosen)} shown" if len(chosen) != len(letters) else ""
-    console.print(
-        dead_letters_table(
-            f"{topo.dead_queue}: {depth} dead letters{shown}", chosen, now, width=console.width
-        )
-    )
-    console.print(f"by reason: {reasons_line(chosen)}")
+    title = f"{topo.dead_queue}: {total} dead letters"
+    if not filters.empty:
+        title += f", {page.matched} match"
+    if len(page.letters) != page.matched:
+        title += f", {len(page.letters)} shown"
+    console.print(dead_letters_table(title, page.letters, now, width=console.width))
+    console.print(f"by reason: {counts_line(page.reasons)}")
     return 0
 
 
 async def cmd_dlq_show(s: Settings, args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
-    letters, _ = await _read(s, Topology.from_settings(s))
-    _check_ids([args.id], letters)
-    copies = [d for d in letters if d.key.startswith(args.id)]
-    (letter,) = await _resolve_best_effort(s, copies[:1])
-    detail = {**letter.detail(now), "copies": len(copies)}
+    async with database(s) as pool:
+        found = await dead_index.by_prefix(pool, args.id)
+    if not found:
+        raise DlqError(f"{args.id}: no such dead letter (not indexed? `paw dlq reindex`)")
+    if len(found) > 1:
+        raise DlqError(f"{args.id}: ambiguous, could be {', '.join(d.short_id for d in found)}")
+    detail = found[0].detail(now)
     if args.json:
         print(json.dumps(detail, indent=2))
         return 0
@@ -245,7 +278,22 @@ async def cmd_dlq_show(s: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-# -- paw dlq replay / purge --------------------------------------------------------------------
+# -- paw dlq replay / purge / reindex ----------------------------------------------------------
+
+
+async def _take(
+    pool: asyncpg.Pool, held: Sequence[Held], filters: Filters, limit: int | None
+) -> tuple[list[Held], Reindexed]:
+    """The held messages the filters pick, in queue order: the index picks (after adding rows for
+    dead letters it did not know, so nothing on the queue escapes a filter), the queue supplies."""
+    letters = await dead_queue.resolve_items(pool, [h.letter for h in held])
+    fixed = await dead_index.reindex(pool, letters)
+    picked = set(await dead_index.chosen_keys(pool, filters, limit))
+    # a copy left on the queue by a replay recorded but not acked (killed, or the channel lost): the
+    # replay only acks it
+    picked |= set(await dead_index.chosen_keys(pool, filters, status="replayed")) & {d.key for d in letters}
+    chosen = [Held(d, h.message) for h, d in zip(held, letters, strict=True) if d.key in picked]
+    return chosen, fixed
 
 
 async def cmd_dlq_replay(s: Settings, args: argparse.Namespace) -> int:
@@ -255,68 +303,78 @@ async def cmd_dlq_replay(s: Settings, args: argparse.Namespace) -> int:
         return 2
     topo = Topology.from_settings(s)
     out = _Output(args.json)
-    if args.all and not args.dry_run and not args.yes:
-        _, depth = await _read(s, topo)
-        if not await confirm(f"Replay every dead letter ({depth} on {topo.dead_queue})? [y/N] "):
-            out.say("nothing replayed")
-            return 1
     audit = _audit(args, filters, rate=args.rate)
     result = dead_queue.ReplayResult()
-    async with database(s) as pool, broker(s, "paw-dlq-cli") as connection:
-        action_id = await dead_queue.start_action(
-            pool, "replay", actor=args.actor, filters=audit, dry_run=args.dry_run
-        )
-        try:
-            async with dead_queue.held_dead_letters(connection, topo) as (held, depth):
-                letters = await dead_queue.resolve_items(pool, [h.letter for h in held])
-                _check_ids(filters.ids, letters)
-                chosen = _select(held, letters, filters, args.limit)
-                if not chosen:
-                    out.say(f"nothing to replay: none of {depth} dead letters match")
-                    out.result(action_id=action_id, selected=0, replayed=0, already=0, failed=0)
-                    return 0
-                picked = [h.letter for h in chosen]
-                if args.dry_run:
-                    plan = dlq.replay_plan(
-                        picked, await dead_queue.already_replayed(pool, (d.key for d in picked))
-                    )
-                    result.replayed = plan.count("publish")
-                    will = [
-                        f"publish {d.routing_key} (replay #{d.replays + 1})" if p == "publish" else WILL[p]
-                        for d, p in zip(picked, plan, strict=True)
-                    ]
-                    console = out.console
-                    title = f"dry run: replay to exchange {topo.exchange}"
-                    console.print(dead_letters_table(title, picked, now, will, width=console.width))
-                    console.print(
-                        f"dry run: would publish {result.replayed} and ack {len(plan) - result.replayed} "
-                        f"without publishing (by reason: {reasons_line(picked)}); nothing changed"
-                    )
-                    out.result(
-                        action_id=action_id,
-                        dry_run=True,
-                        selected=len(picked),
-                        would_publish=result.replayed,
-                        would_ack_only=len(plan) - result.replayed,
-                    )
-                    return 0
-                log.info(
-                    "dlq.replay_started", action_id=action_id, actor=args.actor, selected=len(chosen), **audit
-                )
-                with progress_bar(len(chosen), "replaying") as bar:
-                    task = bar.add_task("replay", total=len(chosen))
-                    await dead_queue.replay(
-                        pool,
-                        Publisher(connection, topo, timeout=s.publish_timeout),
-                        chosen,
+    async with database(s) as pool:
+        await _check_ids(pool, filters.ids)
+        if args.dry_run:  # the plan, from the index alone: the queue is not touched
+            keys = await dead_index.chosen_keys(pool, filters, args.limit)
+            replayed_before = await dead_queue.already_replayed(pool, keys)
+            selected, would = len(keys), len(set(keys) - replayed_before)
+            page = await dead_index.page(pool, filters, limit=min(args.limit or PLAN_ROWS, PLAN_ROWS))
+            picked = page.letters
+            action_id = await dead_queue.start_action(
+                pool, "replay", actor=args.actor, filters=audit, dry_run=True
+            )
+            plan = dlq.replay_plan(picked, replayed_before)
+            will = [
+                f"publish {d.routing_key} (replay #{d.replays + 1})" if p == "publish" else WILL[p]
+                for d, p in zip(picked, plan, strict=True)
+            ]
+            console = out.console
+            title = f"dry run: replay to exchange {topo.exchange}"
+            console.print(dead_letters_table(title, picked, now, will, width=console.width))
+            console.print(
+                f"dry run: would publish {would} and ack {selected - would} without publishing "
+                f"(by reason: {reasons_line(picked) if args.limit else counts_line(page.reasons)}); "
+                "nothing changed"
+            )
+            await dead_queue.finish_action(pool, action_id, 0)
+            out.result(
+                action_id=action_id,
+                dry_run=True,
+                selected=selected,
+                would_publish=would,
+                would_ack_only=selected - would,
+            )
+            return 0
+        if args.all and not args.yes:
+            total = (await dead_index.counts(pool)).get("dead", 0)
+            if not await confirm(f"Replay every dead letter ({total} on {topo.dead_queue})? [y/N] "):
+                out.say("nothing replayed")
+                return 1
+        async with broker(s, "paw-dlq-cli") as connection:
+            action_id = await dead_queue.start_action(
+                pool, "replay", actor=args.actor, filters=audit, dry_run=False
+            )
+            try:
+                async with dead_queue.held_dead_letters(connection, topo) as (held, depth):
+                    chosen, _ = await _take(pool, held, filters, args.limit)
+                    if not chosen:
+                        out.say(f"nothing to replay: none of {depth} dead letters match")
+                        out.result(action_id=action_id, selected=0, replayed=0, already=0, failed=0)
+                        return 0
+                    log.info(
+                        "dlq.replay_started",
                         action_id=action_id,
                         actor=args.actor,
-                        rate=args.rate,
-                        progress=lambda: bar.advance(task),
-                        result=result,
+                        selected=len(chosen),
+                        **audit,
                     )
-        finally:
-            await dead_queue.finish_action(pool, action_id, result.replayed)
+                    with progress_bar(len(chosen), "replaying") as bar:
+                        task = bar.add_task("replay", total=len(chosen))
+                        await dead_queue.replay(
+                            pool,
+                            Publisher(connection, topo, timeout=s.publish_timeout),
+                            chosen,
+                            action_id=action_id,
+                            actor=args.actor,
+                            rate=args.rate,
+                            progress=lambda: bar.advance(task),
+                            result=result,
+                        )
+            finally:
+                await dead_queue.finish_action(pool, action_id, result.replayed)
     log.info(
         "dlq.replay_finished",
         action_id=action_id,
@@ -342,50 +400,81 @@ async def cmd_dlq_replay(s: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_dlq_purge(s: Settings, args: argparse.Namespace) -> int:
-    """Two passes: pick and confirm (holding nothing while a person reads the table), then take the
-    queue again and purge exactly the dead letters confirmed, those still there."""
+    """Pick and confirm from the index (the queue untouched while a person reads the table), then
+    take the queue once and purge exactly the dead letters confirmed, those still there."""
     now = datetime.now(UTC)
     filters = _filters(args, now)
     if _nothing_selected(args, filters):
         return 2
     topo = Topology.from_settings(s)
     out = _Output(args.json)
-    letters, depth = await _read(s, topo)
     async with database(s) as pool:
-        letters = await dead_queue.resolve_items(pool, letters)
-    _check_ids(filters.ids, letters)
-    picked = [letters[i] for i in dlq.select(letters, filters, args.limit)]
-    if not picked:
-        out.say(f"nothing to purge: none of {depth} dead letters match")
-        out.result(action_id=None, selected=0, purged=0)
-        return 0
-    console = out.console
-    console.print(dead_letters_table(f"purge from {topo.dead_queue}", picked, now, width=console.width))
-    if not args.yes and not await confirm(f"Delete these {len(picked)} dead letters for good? [y/N] "):
-        out.say("nothing purged")
-        return 1
-    confirmed = {d.key for d in picked}
-    async with (
-        database(s) as pool,
-        broker(s, "paw-dlq-cli") as connection,
-        dead_queue.held_dead_letters(connection, topo) as (held, _),
-    ):
-        chosen = [h for h in held if h.letter.key in confirmed]
-        action_id = await dead_queue.start_action(
-            pool, "purge", actor=args.actor, filters=_audit(args, filters), dry_run=False
+        await _check_ids(pool, filters.ids)
+        keys = await dead_index.chosen_keys(pool, filters, args.limit)
+        if not keys:
+            out.say("nothing to purge: no dead letter matches")
+            out.result(action_id=None, selected=0, purged=0)
+            return 0
+        page = await dead_index.page(pool, Filters(ids=tuple(keys[:PLAN_ROWS])), limit=PLAN_ROWS)
+        console = out.console
+        more = f" (the first {len(page.letters)} of {len(keys)})" if len(keys) > len(page.letters) else ""
+        console.print(
+            dead_letters_table(f"purge from {topo.dead_queue}{more}", page.letters, now, width=console.width)
         )
-        purged = 0
-        try:
-            with progress_bar(len(chosen), "purging") as bar:
-                task = bar.add_task("purge", total=len(chosen))
-                purged = await dead_queue.purge(chosen, actor=args.actor, progress=lambda: bar.advance(task))
-        finally:
-            await dead_queue.finish_action(pool, action_id, purged)
-    gone = f" ({len(picked) - purged} were gone meanwhile)" if purged < len(picked) else ""
+        if not args.yes and not await confirm(f"Delete these {len(keys)} dead letters for good? [y/N] "):
+            out.say("nothing purged")
+            return 1
+        confirmed = set(keys)
+        async with (
+            broker(s, "paw-dlq-cli") as connection,
+            dead_queue.held_dead_letters(connection, topo) as (held, _),
+        ):
+            chosen = [h for h in held if h.letter.key in confirmed]
+            action_id = await dead_queue.start_action(
+                pool, "purge", actor=args.actor, filters=_audit(args, filters), dry_run=False
+            )
+            purged = 0
+            try:
+                with progress_bar(len(chosen), "purging") as bar:
+                    task = bar.add_task("purge", total=len(chosen))
+                    purged = await dead_queue.purge(
+                        pool,
+                        chosen,
+                        action_id=action_id,
+                        actor=args.actor,
+                        progress=lambda: bar.advance(task),
+                    )
+            finally:
+                await dead_queue.finish_action(pool, action_id, purged)
+    gone = f" ({len(keys) - purged} were gone meanwhile)" if purged < len(keys) else ""
     out.say(
         f"purged {purged} dead letters{gone} (each logged as dlq.purged); audit: dlq_actions #{action_id}"
     )
-    out.result(action_id=action_id, selected=len(picked), purged=purged)
+    out.result(action_id=action_id, selected=len(keys), purged=purged)
+    return 0
+
+
+async def cmd_dlq_reindex(s: Settings, args: argparse.Namespace) -> int:
+    """Reads the dead queue once and writes the rows the index lacks."""
+    topo = Topology.from_settings(s)
+    out = _Output(args.json)
+    async with database(s) as pool, broker(s, "paw-dlq-cli") as connection:
+        action_id = await dead_queue.start_action(
+            pool, "reindex", actor=args.actor, filters={}, dry_run=False
+        )
+        fixed = Reindexed(0, 0, 0, 0)
+        try:
+            async with dead_queue.held_dead_letters(connection, topo) as (held, _):
+                letters = await dead_queue.resolve_items(pool, [h.letter for h in held])
+                fixed = await dead_index.reindex(pool, letters)
+        finally:
+            await dead_queue.finish_action(pool, action_id, fixed.added)
+    out.say(
+        f"read {fixed.on_queue} dead letters off {topo.dead_queue}: {fixed.added} added to the index, "
+        f"{fixed.restored} back to dead (a purge had not finished), {fixed.missing} indexed as dead but "
+        f"not on the queue; audit: dlq_actions #{action_id}"
+    )
+    out.result(action_id=action_id, **dataclasses.asdict(fixed))
     return 0
 
 

@@ -128,6 +128,8 @@ def dead_letters_table(
         table.add_column("error", no_wrap=True, overflow="ellipsis", ratio=1, min_width=10)
     table.add_column("tries", no_wrap=True, justify="right")
     table.add_column("replays", no_wrap=True, justify="right")
+    if wide:
+        table.add_column("item state", no_wrap=True)
     if will is not None:
         table.add_column("will", no_wrap=True)
     for i, d in enumerate(letters):
@@ -141,13 +143,19 @@ def dead_letters_table(
             *([row["error"]] if wide else []),
             str(d.attempts),
             str(d.replays),
+            *([d.item_state or ""] if wide else []),
         ]
         table.add_row(*cells, *([will[i]] if will is not None else []))
     return table
 
 
 def reasons_line(letters: Sequence[DeadLetter]) -> str:
-    return ", ".join(f"{reason} {n}" for reason, n in dlq.by_reason(letters)) or "-"
+    """``INSTITUTION_DOWN 5, Poison 1``: how many of these dead letters per reason."""
+    return counts_line(dlq.by_reason(letters))
+
+
+def counts_line(pairs: Sequence[tuple[str, int]]) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in pairs) or "-"
 
 
 def progress_bar(total: int, what: str) -> Progress:
@@ -229,6 +237,10 @@ def status_view(status: Status, now: datetime) -> Group:
         "",
         "",
     )
+    for reason, n in status.dead_by_reason:
+        queues.add_row(f"  {escape(reason)}", str(n), "", "")
+    if status.dead_unindexed:
+        queues.add_row("  [bold red]not indexed[/] (paw dlq reindex)", str(status.dead_unindexed), "", "")
     items = Table(title="Items per state", box=None)
     items.add_column("state")
     items.add_column("items", justify="right")
@@ -273,6 +285,7 @@ def status_view(status: Status, now: datetime) -> Group:
 SHOW_FACTS = (
     "routing_key",
     "item_id",
+    "item_state",
     "plaid_item_id",
     "message_id",
     "queue",
@@ -300,7 +313,9 @@ def epoch_fields(body: object) -> list[tuple[str, int]]:
 
 def show_dead_letter(console: Console, detail: dict[str, Any]) -> None:
     """One dead letter in full: the facts, the broker's hops, every header, the body."""
-    console.print(f"[bold]{detail['key']}[/bold]  ({detail['copies']} on the queue)", highlight=False)
+    copies = detail["copies"]
+    more = f", {copies} copies" if copies > 1 else ""
+    console.print(f"[bold]{detail['key']}[/bold]  ({detail['status']}{more})", highlight=False)
     facts = Table(show_header=False, box=None, pad_edge=False)
     facts.add_column(style="bold", no_wrap=True)
     facts.add_column(overflow="fold")
@@ -326,7 +341,10 @@ def show_dead_letter(console: Console, detail: dict[str, Any]) -> None:
         if name != "x-death":
             headers.add_row(name, value if isinstance(value, str) else json.dumps(value))
     console.print(headers)
-    console.print("body:")
+    if detail.get("traceback"):
+        console.print("traceback:")
+        console.print(detail["traceback"], markup=False, highlight=False)
+    console.print("body (redacted):")
     if isinstance(detail["body"], str):
         console.print(detail["body"], markup=False, highlight=False)
     else:
