@@ -209,6 +209,11 @@ class PlaidLedger:
         self.disabled_processors: set[str] = set()
         self._link_tokens: dict[str, _LinkToken] = {}
 
+    def live_exchanged_items(self) -> set[str]:
+        """The item_ids of Items whose access token was issued and that are not removed: what a
+        client still holds access to, as far as Plaid knows."""
+        return {item.item_id for item in self._access.values() if not item.removed}
+
     # -- Link ---------------------------------------------------------------------------------
 
     def create_public_token(

@@ -77,6 +77,11 @@ class DlqError(PawError):
     """The dead-letter command could not do what was asked."""
 
 
+class ResultParked(PawError):
+    """The database could not take what an upstream call did: the result was parked on the broker
+    (confirmed) and is applied as soon as Postgres answers. The message that led to it is done."""
+
+
 class Poison(PawError):
     """The message can never be processed as it is."""
 

@@ -15,6 +15,7 @@ import structlog
 
 from worker.errors import Poison
 from worker.items.model import Cause, Item, token_hash
+from worker.items.parking import ParkedResult
 from worker.items.pipeline import Pipeline
 from worker.items.rules import (
     Decision,
@@ -53,6 +54,15 @@ class Handlers:
             await self.atomic_webhook(routing_key, data)
         else:
             await self.plaid_webhook(routing_key, data)
+
+    async def parked(self, routing_key: str, body: bytes, message_id: str | None) -> None:
+        """A result parked while the database was away (the parked queue's handler)."""
+        try:
+            result = ParkedResult.decode(body)
+        except (ValueError, KeyError, TypeError) as e:
+            raise Poison(f"not a parked result: {type(e).__name__}: {e}") from None
+        structlog.contextvars.bind_contextvars(item_id=str(result.item_id))
+        await self.pipeline.apply_parked(result)
 
     async def item_link(self, data: dict[str, Any], message_id: str | None) -> None:
         owner = uuid.uuid4()  # this message's lease on the Item it creates

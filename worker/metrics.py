@@ -33,6 +33,12 @@ EVENTS_PROCESSED = Counter(
 TRANSITIONS = Counter("paw_transitions_total", "Item state transitions", ["from_state", "to_state"])
 RETRIES = Counter("paw_retries_total", "Messages sent to a delay queue, by error", ["queue", "reason"])
 DEAD_LETTERS = Counter("paw_dead_letters_total", "Messages dead-lettered, by error", ["queue", "reason"])
+PARKED = Counter(
+    "paw_results_parked_total",
+    "Upstream results the database could not take: parked on the broker, applied, or found orphaned "
+    "(the Item moved on without them: their access token removed at Plaid)",
+    ["outcome"],
+)
 DEAD_LETTERS_UNINDEXED = Counter(
     "paw_dead_letters_unindexed_total",
     "Dead letters safe on the dead queue but not written to the index (Postgres refused): paw dlq reindex",

@@ -53,7 +53,13 @@ async def run_worker(
         consumer = Consumer(
             publisher=svc.publisher,
             topo=svc.topo,
-            handler=callbacks if name == svc.topo.callbacks_queue else handlers,
+            handler=(
+                callbacks
+                if name == svc.topo.callbacks_queue
+                else handlers.parked
+                if name == svc.topo.parked_queue
+                else handlers
+            ),
             queue=name,
             retry_budget=svc.settings.retry_budget,
             index=svc.pool,

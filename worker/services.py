@@ -17,6 +17,7 @@ from worker.atomic_api import AtomicClient
 from worker.bus.publisher import Publisher
 from worker.bus.topology import Topology, declare
 from worker.errors import SettingsError
+from worker.items.parking import ParkedResult
 from worker.items.pipeline import Pipeline
 from worker.items.sealing import Sealer, check_keys
 from worker.items.store import Store
@@ -90,6 +91,15 @@ async def open_services(
         stack.push_async_callback(atomic.close)
         store = Store(pool)
         publisher = Publisher(connection, topo, timeout=settings.publish_timeout)
+
+        async def park(result: ParkedResult) -> None:  # confirmed, or PublishFailed
+            await publisher.publish(
+                topo.parked_queue,
+                result.encode(),
+                message_id=f"parked-{result.item_id}-{result.trigger.value}",
+                to_queue=True,
+            )
+
         yield Services(
             settings=settings,
             topo=topo,
@@ -108,5 +118,6 @@ async def open_services(
                 lease_s=settings.item_lease_s,
                 accept_caution=settings.accept_insights_caution,
                 automated_expiry=timedelta(seconds=settings.automated_microdeposits_expiry_s),
+                park=park,
             ),
         )

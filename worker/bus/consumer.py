@@ -31,7 +31,7 @@ from worker.bus.dlq import DeadLetter
 from worker.bus.publisher import Publisher
 from worker.bus.retry import retry_decision
 from worker.bus.topology import Topology
-from worker.errors import Deferred, PawError, Poison, PublishFailed, UpstreamError
+from worker.errors import Deferred, PawError, Poison, PublishFailed, ResultParked, UpstreamError
 from worker.items.rules import Kind, classify
 from worker.messages import (
     H_ATTEMPTS,
@@ -128,6 +128,10 @@ class Consumer:
                 await self.handler(rk, message.body, message.message_id)
             finally:
                 metrics.PROCESSING_SECONDS.labels(metrics.kind_of(rk)).observe(time.perf_counter() - started)
+        except ResultParked:  # done: what it did waits on the parked queue for the database
+            await message.ack()
+            self.counts["acked"] += 1
+            metrics.EVENTS_PROCESSED.labels(metrics.kind_of(rk), "parked").inc()
         except Poison as e:
             await self._settle(message, rk, e, retry=False)
         except Exception as e:

@@ -10,6 +10,8 @@ Topology (names derive from ``PAW_EXCHANGE`` and ``PAW_QUEUE_PREFIX``):
   signed HTTP callbacks (:mod:`worker.callbacks`), with delay queues like a work queue's;
 - per work queue, delay queues ``<queue>.retry.<ms>`` (message TTL, dead-lettered back to the work
   queue through the default exchange) for retries with backoff;
+- quorum queue ``<prefix>.parked`` (no binding): results of upstream calls the database could not
+  take, applied when it answers (:mod:`worker.items.parking`), with delay queues like a work queue's;
 - quorum queue ``<prefix>.dead`` for dead letters, with the reason in headers.
 """
 
@@ -71,15 +73,22 @@ class Topology:
         return {self.callbacks_queue: ("item.state.#",)}
 
     @property
+    def parked_queue(self) -> str:
+        """Results the database could not take, published straight to it (no binding) and applied
+        when Postgres answers (worker/items/parking.py)."""
+        return f"{self.prefix}.parked"
+
+    @property
     def consumed_queues(self) -> dict[str, tuple[str, ...]]:
         """Every queue the worker consumes (each with its delay queues) -> its bindings."""
-        return {**self.work_queues, **self.event_queues}
+        return {**self.work_queues, **self.event_queues, self.parked_queue: ()}
 
     @property
     def replayed_to_own_queue(self) -> tuple[str, ...]:
         """Queues whose dead letters ``paw dlq replay`` puts back on the queue itself, not on the
-        exchange: they consume events others subscribe to as well, who had theirs already."""
-        return tuple(self.event_queues)
+        exchange: they consume events others subscribe to as well, who had theirs already; or, the
+        parked queue, nothing is bound to reach them."""
+        return (*self.event_queues, self.parked_queue)
 
     @property
     def dead_queue(self) -> str:
@@ -96,8 +105,9 @@ class Topology:
     def all_queues(self) -> list[str]:
         names = [*self.work_queues, self.dead_queue]
         names += [self.retry_queue(q, d) for q in self.work_queues for d in self.retry_delays_ms]
-        names += [*self.event_queues]
-        names += [self.retry_queue(q, d) for q in self.event_queues for d in self.retry_delays_ms]
+        own = [*self.event_queues, self.parked_queue]
+        names += own
+        names += [self.retry_queue(q, d) for q in own for d in self.retry_delays_ms]
         return names
 
 

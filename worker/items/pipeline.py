@@ -20,9 +20,11 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import structlog
 
+from worker import metrics
 from worker.atomic_api import AtomicClient
-from worker.errors import ItemBusy, UpstreamError
+from worker.errors import ItemBusy, PublishFailed, ResultParked, UpstreamError
 from worker.items.model import NO_CHANGES, Cause, Changes, Item, Sealed
+from worker.items.parking import ParkedResult
 from worker.items.rules import (
     AUTOMATED_MICRODEPOSITS_EXPIRY,
     STEPPING,
@@ -57,8 +59,16 @@ class Done:
     changes: Changes = NO_CHANGES
 
 
-# How long a step waits for the database to commit what an upstream call already did.
+# How long a step waits for the database to commit what an upstream call already did, when it cannot
+# park the result on the broker (then a fresh access token is removed at Plaid after this).
 COMMIT_PATIENCE_S = 30.0
+# How long it waits before parking the result instead (a restart of Postgres takes a few seconds).
+PARK_AFTER_S = 5.0
+# How long a parked result's message is held waiting for the database before it goes through the
+# delay queues (whose longest tier would hold it back longer than the database might be away).
+PARKED_PATIENCE_S = 600.0
+
+Park = Callable[[ParkedResult], Awaitable[None]]
 DATABASE_UNAVAILABLE = (
     OSError,
     TimeoutError,
@@ -87,6 +97,7 @@ class Pipeline:
         accept_caution: bool = False,
         automated_expiry: timedelta = AUTOMATED_MICRODEPOSITS_EXPIRY,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        park: Park | None = None,
     ) -> None:
         """``lease_s``: how long this worker may hold an Item between two steps (PAW_ITEM_LEASE_S).
         Renewed by every step's commit, so it only has to outlast one step (at most two upstream
@@ -97,6 +108,8 @@ class Pipeline:
         # an automated micro-deposit account still pending this long after the Item began waiting fails
         self.automated_expiry = automated_expiry
         self.now = now
+        # publishes a result the database cannot take, confirmed (worker.services); None: no parking
+        self.park = park
         self.store = store
         self.sealer = sealer
         self.plaid = plaid
@@ -242,6 +255,7 @@ class Pipeline:
         consumer to retry."""
         try:
             done = await step(item, public_token)
+            answered_at = self.now()
         except UpstreamError as err:
             kind = classify(err)
             if (
@@ -256,7 +270,9 @@ class Pipeline:
             log.info("item.still_waiting", item_id=str(item.id), **done.detail)
             return item, False
         release = next_state(item.state, done.trigger) not in STEPPING
-        moved = await self._commit(item, done, cause, lease=(owner, None if release else self.lease_s))
+        moved = await self._commit(
+            item, done, cause, lease=(owner, None if release else self.lease_s), answered_at=answered_at
+        )
         return moved, release and moved is not None
 
     async def _operator_alert(self, err: UpstreamError, step: str) -> None:
@@ -267,15 +283,23 @@ class Pipeline:
             await self.store.record_operator_alert(code, err.service, step, hint)
 
     async def _commit(
-        self, item: Item, done: Done, cause: Cause, *, lease: tuple[uuid.UUID, float | None]
+        self,
+        item: Item,
+        done: Done,
+        cause: Cause,
+        *,
+        lease: tuple[uuid.UUID, float | None],
+        answered_at: datetime | None = None,
     ) -> Item | None:
-        """Commits what an upstream call did, retrying through a database blip for up to
-        ``COMMIT_PATIENCE_S``: the call has happened and may not be repeatable (a public token is
-        spent by its exchange). If the database stays away, a fresh access token is removed at
-        Plaid rather than left live and unrecorded."""
+        """Commits what an upstream call did, retrying through a database blip: the call has
+        happened and may not be repeatable (a public token is spent by its exchange). If the
+        database stays away for ``PARK_AFTER_S``, the result is parked on the broker
+        (:mod:`worker.items.parking`) and :class:`ResultParked` raised; without parking, or if the
+        broker does not confirm either, after ``COMMIT_PATIENCE_S`` a fresh access token is removed
+        at Plaid rather than left live and unrecorded, and the database error raised."""
         trigger = done.trigger
         assert trigger is not None
-        deadline = time.monotonic() + COMMIT_PATIENCE_S
+        started = time.monotonic()
         delay = 0.05
         while True:
             try:
@@ -289,7 +313,11 @@ class Pipeline:
                     lease=lease,
                 )
             except DATABASE_UNAVAILABLE as e:
-                if time.monotonic() + delay > deadline:
+                waited = time.monotonic() - started
+                if self.park is not None and waited + delay > PARK_AFTER_S:
+                    # returns only if the broker did not confirm: then wait on, as without parking
+                    await self._park(item, done, cause, lease[0], answered_at or self.now())
+                if waited + delay > COMMIT_PATIENCE_S:
                     log.error(
                         "item.commit_lost",
                         item_id=str(item.id),
@@ -302,6 +330,87 @@ class Pipeline:
                 log.warning("item.commit_retry", item_id=str(item.id), error=type(e).__name__, delay_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    async def _park(
+        self, item: Item, done: Done, cause: Cause, owner: uuid.UUID, answered_at: datetime
+    ) -> None:
+        """Parks the result; raises :class:`ResultParked` once the broker confirmed it. Returns if it
+        did not (the caller goes on waiting for the database)."""
+        assert self.park is not None and done.trigger is not None
+        parked = ParkedResult(
+            item_id=item.id,
+            from_state=item.state,
+            trigger=done.trigger,
+            cause=cause,
+            detail=dict(done.detail),
+            changes=done.changes,
+            owner=owner,
+            answered_at=answered_at,
+            parked_at=self.now(),
+        )
+        try:
+            await self.park(parked)
+        except PublishFailed as e:
+            log.error("item.park_failed", item_id=str(item.id), trigger=done.trigger.value, error=str(e))
+            return
+        metrics.PARKED.labels("parked").inc()
+        log.warning(
+            "item.result_parked",
+            item_id=str(item.id),
+            trigger=done.trigger.value,
+            from_state=item.state.value,
+            unrecorded_s=round((parked.parked_at - answered_at).total_seconds(), 3),
+        )
+        raise ResultParked()
+
+    async def apply_parked(self, parked: ParkedResult) -> Item | None:
+        """Applies a parked result as soon as the database answers (waiting for it up to
+        ``PARKED_PATIENCE_S``), then drives the Item on. Idempotent: a second copy finds the Item
+        moved on with this very result and only drives it."""
+        deadline = time.monotonic() + PARKED_PATIENCE_S
+        delay = 0.05
+        while True:
+            try:
+                return await self._apply_parked(parked)
+            except DATABASE_UNAVAILABLE as e:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.debug("item.parked_waits", item_id=str(parked.item_id), error=type(e).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _apply_parked(self, parked: ParkedResult) -> Item | None:
+        item = await self.store.get(parked.item_id)
+        if item is None:
+            log.error("item.parked_for_unknown_item", item_id=str(parked.item_id))
+            return None
+        if item.state is parked.from_state:
+            moved = await self.store.transition(
+                item,
+                parked.trigger,
+                cause=parked.cause.name,
+                event_id=parked.cause.event_id,
+                detail={**parked.detail, "parked": True},
+                changes=parked.changes,
+                lease=(parked.owner, None) if parked.owner else None,
+            )
+            if moved is not None:
+                metrics.PARKED.labels("applied").inc()
+                log.info(
+                    "item.parked_applied",
+                    item_id=str(item.id),
+                    trigger=parked.trigger.value,
+                    parked_s=round((self.now() - parked.parked_at).total_seconds(), 3),
+                )
+            item = moved or await self.store.get(parked.item_id)
+            if item is None:
+                return None
+        orphan = parked.orphaned_access_token(item.access_token)
+        if orphan is not None:  # the Item moved on without it: live at Plaid, recorded nowhere
+            metrics.PARKED.labels("orphan_removed").inc()
+            log.error("item.parked_orphan", item_id=str(item.id), state=item.state.value)
+            await self._remove_unrecorded(orphan, item)
+        return await self.drive(item.id, public_token=None, cause=parked.cause)
 
     async def _remove_unrecorded(self, sealed: Sealed, item: Item) -> None:
         try:
