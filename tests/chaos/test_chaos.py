@@ -219,9 +219,9 @@ async def test_postgres_restart_while_the_pipeline_runs(
 ) -> None:
     from worker.services import open_services
 
-    # PAW_CHAOS_PG_RESTARTS=20 is the long form (issue 19: 20 restarts in a row, Items streaming at
+    # CHAOS_PG_RESTARTS=20 is the long form (issue 19: 20 restarts in a row, Items streaming at
     # 50/s throughout, about 3 s per restart); the normal run restarts three times
-    restarts = int(os.environ.get("PAW_CHAOS_PG_RESTARTS", "3"))
+    restarts = int(os.environ.get("CHAOS_PG_RESTARTS", "3"))
     n = max(150, 150 * restarts)
     sandbox.state.set_latency(None, 30)  # every upstream call takes a while: Items are in flight
     tokens = [await new_public_token(sandbox) for _ in range(n)]
