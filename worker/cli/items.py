@@ -8,20 +8,19 @@ import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import structlog
 from rich.console import Console
 
-import schemas
 from worker.bus.publisher import Publisher
 from worker.bus.topology import Topology
 from worker.cli.context import Subparsers, add_actor, broker, database, default_actor
 from worker.cli.render import candidates_table, confirm, expiring_table, print_item, wide_console
-from worker.errors import PawError, UpstreamError
+from worker.errors import UpstreamError
 from worker.items.model import Cause
-from worker.items.rules import Kind, classify, retry_refusal
+from worker.items.rules import Kind, classify
 from worker.items.states import State
 from worker.items.store import Store
+from worker.operate import retry_item
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -226,58 +225,28 @@ async def cmd_item_retry(s: Settings, args: argparse.Namespace) -> int:
     item_id = _required_id(args.id)
     if item_id is None:
         return 2
-    async with database(s) as pool:
-        item = await Store(pool).get(item_id)
-    if item is None:
-        print(f"paw: no item {item_id}", file=sys.stderr)
-        return 1
-    refusal = retry_refusal(item.state)
-    if refusal is not None:
-        print(
-            f"paw: nothing sent: a retry cannot move Item {item_id} in {item.state.value}: {refusal}",
-            file=sys.stderr,
-        )
-        return 1
-    body = {"item_id": str(item_id), "reason": (args.reason or f"paw item retry by {args.actor}")[:200]}
-    problem = next(iter(schemas.validator("item.drive").iter_errors(body)), None)
-    if problem is not None:
-        print(f"paw: item.drive would be invalid: {problem.message}", file=sys.stderr)
-        return 2
-    message_id = str(uuid.uuid4())
-    async with broker(s, "paw-cli") as connection:
+    async with database(s) as pool, broker(s, "paw-cli") as connection:
         publisher = Publisher(connection, Topology.from_settings(s), timeout=s.publish_timeout)
-        await publisher.publish("item.drive", json.dumps(body).encode(), message_id=message_id)
-    try:  # after the send: a note says what was done, not what was meant
-        async with database(s) as pool:
-            await Store(pool).add_note(
-                item_id, "retry", actor=args.actor, text=body["reason"], message_id=message_id
-            )
-    except (PawError, OSError, asyncpg.PostgresError) as e:  # sent all the same: say so, do not resend
-        print(
-            f"paw: item.drive was sent, but the note was not recorded ({type(e).__name__})", file=sys.stderr
-        )
-    log.info(
-        "item.retry_requested",
-        item_id=str(item_id),
-        state=item.state.value,
-        actor=args.actor,
-        reason=body["reason"],
-        message_id=message_id,
-    )
+        done = await retry_item(Store(pool), publisher, item_id, actor=args.actor, reason=args.reason)
+    if done.refused is not None:
+        print(f"paw: {'nothing sent: ' if done.state else ''}{done.refused}", file=sys.stderr)
+        return 1
+    if not done.note_recorded:
+        print("paw: item.drive was sent, but the note was not recorded", file=sys.stderr)
     if args.json:
         print(
             json.dumps(
                 {
                     "item_id": str(item_id),
-                    "state": item.state.value,
+                    "state": done.state,
                     "sent": "item.drive",
-                    "message_id": message_id,
+                    "message_id": done.message_id,
                 }
             )
         )
         return 0
     print(
-        f"item.drive sent for {item_id} (state {item.state.value}); the worker re-drives it from "
+        f"item.drive sent for {item_id} (state {done.state}); the worker re-drives it from "
         f"there: follow it with `paw item show {item_id}`"
     )
     return 0

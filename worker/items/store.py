@@ -126,10 +126,19 @@ class Store:
         until: datetime | None,
         client_user_id: str | None,
         limit: int,
+        before: tuple[datetime, uuid.UUID] | None = None,
     ) -> list[Item]:
-        """The latest changed Items first, filtered (None: any)."""
+        """The latest changed Items first, filtered (None: any); ``before``: the page after that
+        Item's (updated_at, id)."""
         rows = await self.pool.fetch(
-            query("filter_items"), states, error_code, since, until, client_user_id, limit
+            query("filter_items"),
+            states,
+            error_code,
+            since,
+            until,
+            client_user_id,
+            limit,
+            *(before or (None, None)),
         )
         return [Item.from_record(r) for r in rows]
 

@@ -43,13 +43,16 @@ ORDER BY updated_at DESC, id
 LIMIT $4;
 
 -- name: filter_items
--- `paw item list`: the latest changed first, with optional filters (null: any).
--- $1 states (text[]), $2 error_code, $3 updated since, $4 updated until, $5 client_user_id, $6 limit
+-- `paw item list` and the console's Items page: the latest changed first, with optional filters
+-- (null: any), in pages (keyset: the page after the Item at ($7, $8)).
+-- $1 states (text[]), $2 error_code, $3 updated since, $4 updated until, $5 client_user_id, $6 limit,
+-- $7 before updated_at, $8 before id
 SELECT * FROM items
 WHERE ($1::text[] IS NULL OR state = ANY($1::text[]))
   AND ($2::text IS NULL OR error_code = $2)
   AND ($3::timestamptz IS NULL OR updated_at >= $3)
   AND ($4::timestamptz IS NULL OR updated_at < $4)
   AND ($5::text IS NULL OR client_user_id = $5)
+  AND ($7::timestamptz IS NULL OR (updated_at, id) < ($7, $8::uuid))
 ORDER BY updated_at DESC, id DESC
 LIMIT $6;
