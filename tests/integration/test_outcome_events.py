@@ -128,6 +128,7 @@ async def test_outcome_events_reach_only_the_queues_bound_for_them(services: Ser
             services.topo.items_queue: 1,
             services.topo.webhooks_queue: 0,
             services.topo.callbacks_queue: 1,
+            services.topo.parked_queue: 0,
         }
 
         async def depths() -> bool:  # a quorum queue's count can follow the confirm by a moment
