@@ -260,7 +260,7 @@ def effective_config(s: Settings) -> dict[str, Any]:
         "plaid_host": without_credentials(s.plaid_host),
         "atomic_host": without_credentials(s.atomic_base_url),
         "database": without_credentials(s.database_url),
-        "broker": without_credentials(s.amqp_url),
+        "broker": ",".join(without_credentials(url) for url in s.amqp_urls),
         **{name: getattr(s, name) for name in SHOWN},
         "admin": f"{s.admin_host}:{s.admin_port}",
         "active_token_key": s.active_key_id,

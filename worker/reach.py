@@ -71,13 +71,15 @@ def _why(e: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def naming(service: tuple[str, str, int], url: str) -> Iterator[None]:
-    """Turns a failure to connect, inside the block, into :class:`Unreachable` naming ``service``."""
+def naming(service: tuple[str, str, int], url: str, *more: str) -> Iterator[None]:
+    """Turns a failure to connect, inside the block, into :class:`Unreachable` naming ``service``
+    (at each of its URLs: a cluster's nodes, when every one of them failed)."""
     name, variable, default_port = service
     try:
         yield
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, aiormq.exceptions.AMQPError) as e:
-        raise Unreachable(f"{name} at {location(url, default_port)} ({variable}) {_why(e)}") from e
+        where = ", ".join(location(u, default_port) for u in (url, *more))
+        raise Unreachable(f"{name} at {where} ({variable}) {_why(e)}") from e
 
 
 def migration_name(version: int, name: str) -> str:
@@ -124,9 +126,11 @@ async def open_pool(settings: Settings, *, min_size: int = 2, max_size: int = 10
 
 
 async def open_broker(settings: Settings, name: str) -> AbstractRobustConnection:
-    """A robust connection on AMQP_URL; after it opens, aio-pika reconnects by itself."""
-    with naming(RABBITMQ, settings.amqp_url):
-        return await connect(settings.amqp_url, name)
+    """A robust connection to the first node of AMQP_URL that answers; after it opens, it reconnects
+    by itself, to the next node each time (:mod:`worker.bus.failover`). When every node refuses,
+    the error names them all, with the last one's reason."""
+    with naming(RABBITMQ, *settings.amqp_urls):
+        return await connect(settings.amqp_urls, name)
 
 
 def explain(e: PawError, settings: Settings) -> str:

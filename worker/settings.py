@@ -18,6 +18,7 @@ import base64
 import binascii
 import dataclasses
 import math
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -48,7 +49,7 @@ LINK_COUNTRY_CODES = tuple("US GB ES NL FR IE CA DE IT PL DK NO SE EE LT LV PT B
 @dataclasses.dataclass(frozen=True)
 class Settings:
     database_url: str = "postgresql://postgres@127.0.0.1:5432/paw"
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"  # one node, or a cluster's: see amqp_urls
     plaid_env: str = "sandbox"
     plaid_base_url: str = ""
     plaid_client_id: str = "paw-sandbox-client"
@@ -89,8 +90,15 @@ class Settings:
     callback_timeout: float = 10.0
     admin_host: str = "127.0.0.1"
     admin_port: int = 9100
+    console_host: str = "127.0.0.1"
+    console_port: int = 9102
     log_format: str = "auto"
     log_level: str = "info"
+
+    @property
+    def amqp_urls(self) -> tuple[str, ...]:
+        """The RabbitMQ nodes of AMQP_URL, in its order: one, or a cluster's several (comma-separated)."""
+        return split_urls(self.amqp_url)
 
     @property
     def plaid_host(self) -> str:
@@ -113,6 +121,15 @@ FIELD_DEFAULTS: dict[str, object] = {f.name: f.default for f in dataclasses.fiel
 
 # A parser: ``parse(name, raw) -> value``, raising SettingsError with a message that starts with ``name``.
 Parser = Callable[[str, str], object]
+
+
+# A comma that starts another URL (``...,amqp://...``); one inside a password or a path does not.
+_NEXT_URL = re.compile(r"\s*,\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def split_urls(text: str) -> tuple[str, ...]:
+    """The URLs of a comma-separated list of them (a cluster's nodes), in order; one URL is a list of one."""
+    return tuple(part for part in (p.strip() for p in _NEXT_URL.split(text.strip())) if part)
 
 
 def mask_url(text: str) -> str:
@@ -178,6 +195,31 @@ def _url(*schemes: str) -> Parser:
         return raw.strip().rstrip("/") if parts.scheme.startswith("http") else raw.strip()
 
     return parse
+
+
+_AMQP = _url("amqp", "amqps")
+
+
+def _amqp_urls(name: str, raw: str) -> str:
+    """One RabbitMQ node's URL, or a cluster's nodes comma-separated; each is checked as a URL of its
+    own. A comma is a separator only before the next URL's scheme."""
+    parts = split_urls(raw)
+    if raw.strip().endswith(",") or any(part.endswith(",") for part in parts):
+        raise SettingsError(f"{name} must list node URLs separated by single commas, got an empty entry")
+    urls = [
+        str(_AMQP(name if len(parts) == 1 else f"{name} (node {i})", part))
+        for i, part in enumerate(parts, start=1)
+    ]
+    for url in urls:  # "amqp://mq1,mq2/" or "amqp://mq1/,mq2": one URL per node, scheme included
+        where = urlsplit(url)
+        if "," in (where.hostname or "") + where.path:
+            raise SettingsError(
+                f"{name} must give each node a URL of its own (amqp://...), comma-separated, "
+                f"got {_quoted_url(url)}"
+            )
+    if len(set(urls)) != len(urls):
+        raise SettingsError(f"{name} names a node twice")
+    return ",".join(urls)
 
 
 def _choice(*options: str, **aliases: str) -> Parser:
@@ -283,7 +325,9 @@ def show(var: Var, value: object, *, mask: bool = True) -> str:
         text = str(value)
     if not mask:
         return text
-    return mask_url(text) if "://" in text or not var.secret else MASKED
+    if "://" in text:  # every URL of a list (a cluster's nodes) masked, not only the first
+        return ",".join(mask_url(part) for part in split_urls(text))
+    return text if not var.secret else MASKED
 
 
 _EMULATOR = "the emulator's (sandbox only)"
@@ -299,8 +343,9 @@ _VARS = (
     Var(
         "AMQP_URL",
         "amqp_url",
-        _url("amqp", "amqps"),
-        "RabbitMQ: amqp://user:password@host:port/vhost (amqps:// for TLS)",
+        _amqp_urls,
+        "RabbitMQ: amqp://user:password@host:port/vhost (amqps:// for TLS); a cluster's nodes "
+        "comma-separated: connections fail over between them (README: RabbitMQ cluster)",
         secret=True,
     ),
     Var(
@@ -520,6 +565,13 @@ _VARS = (
         _int(0, 65535),
         "the worker's admin port (the receiver's is its --admin-port, 9101)",
     ),
+    Var(
+        "PAW_CONSOLE_HOST",
+        "console_host",
+        _str,
+        "where `paw console` listens; beyond loopback only with a sign-in (PAW_CONSOLE_AUTH)",
+    ),
+    Var("PAW_CONSOLE_PORT", "console_port", _int(1, 65535), "`paw console`'s port"),
     Var(
         "PAW_LOG_FORMAT",
         "log_format",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aio_pika
@@ -15,25 +16,34 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from worker.bus.failover import FailoverConnection, open_failover
 from worker.bus.topology import Topology
 from worker.errors import PublishFailed
 
 log = structlog.get_logger(__name__)
 
 
-async def connect(url: str, name: str) -> AbstractRobustConnection:
-    conn = await aio_pika.connect_robust(url, client_properties={"connection_name": name})
-    return conn
+async def connect(urls: str | Sequence[str], name: str) -> FailoverConnection:
+    """A robust connection to the first node of ``urls`` that answers, failing over to the others
+    (:mod:`worker.bus.failover`); one URL is a cluster of one."""
+    nodes = [urls] if isinstance(urls, str) else list(urls)
+    return await open_failover(nodes, client_properties={"connection_name": name})
 
 
 class Publisher:
     """Publishes persistent, mandatory messages and waits for the confirm, within a bound.
 
     One robust channel, opened on first use and kept: aio-pika reopens it by itself when the
-    connection comes back, so it is never replaced (a replacement would leak a channel per outage).
-    While the connection is down a publish fails at once instead of waiting for the reconnect; a
-    publish caught by the drop itself is bounded by ``timeout``. Either way the caller gets
-    :class:`PublishFailed` and nothing was acknowledged.
+    connection comes back, so an outage does not replace it (a replacement would leak a channel per
+    outage). Only a channel the broker nacks on is replaced, and closed (:meth:`_renew`).
+
+    A publish ends confirmed or in :class:`PublishFailed`, within ``timeout``, never in between.
+    When the connection is lost under it (its node went away), the broker's confirm can no longer
+    come; while the connection still has a node to try (:attr:`FailoverConnection.trying_nodes`), the
+    publish waits for the reconnect and sends the message again, on whichever node answered. The
+    first copy may have reached the queue before the loss: consumers deduplicate (the inbox, the
+    public token, the outcome events' ``event_id``), as they do for any redelivery. A publish made
+    while every node has failed in turn fails at once instead of waiting for the reconnect.
     """
 
     def __init__(self, connection: AbstractRobustConnection, topo: Topology, *, timeout: float = 5.0) -> None:
@@ -43,25 +53,52 @@ class Publisher:
         self._channel: AbstractRobustChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._lock = asyncio.Lock()
+        self.resent = 0  # publishes sent again after their connection was lost under them
 
     async def _ready(self) -> tuple[AbstractRobustChannel, AbstractExchange]:
-        if not self.connection.connected.is_set():
+        conn = self.connection
+        if isinstance(conn, FailoverConnection):
+            if not conn.settled:  # down, or reopened with its channels not restored yet
+                if not conn.trying_nodes:
+                    raise PublishFailed("broker unavailable: not connected")
+                await conn.reopened_after(conn.generation)  # bounded by the caller's timeout
+        elif not conn.connected.is_set():
             raise PublishFailed("broker unavailable: not connected")
-        if self._channel is None or self._exchange is None:
+        channel, exchange = self._channel, self._exchange
+        if channel is None or exchange is None:
             async with self._lock:
                 if self._channel is None or self._exchange is None:
-                    channel = self.connection.channel(publisher_confirms=True, on_return_raises=True)
-                    await channel.initialize()
-                    self._exchange = await channel.get_exchange(self.topo.exchange, ensure=False)
-                    self._channel = channel
-        if self._channel.is_closed:
-            await self._channel.ready()  # reopened by aio-pika after a reconnect or a channel error
-        return self._channel, self._exchange
+                    opened = self.connection.channel(publisher_confirms=True, on_return_raises=True)
+                    await opened.initialize()
+                    self._exchange = await opened.get_exchange(self.topo.exchange, ensure=False)
+                    self._channel = opened
+                channel, exchange = self._channel, self._exchange
+        if channel.is_closed:
+            await channel.ready()  # reopened by aio-pika after a reconnect or a channel error
+        return channel, exchange
+
+    def _lost_since(self, generation: int | None) -> bool:
+        """The connection the publish went out on is gone, and there is another one to come (or
+        already here): the publish is worth sending again."""
+        conn = self.connection
+        if not isinstance(conn, FailoverConnection) or not conn.trying_nodes:
+            return False
+        return conn.generation != generation or not conn.settled
+
+    def _generation(self) -> int | None:
+        conn = self.connection
+        return conn.generation if isinstance(conn, FailoverConnection) else None
 
     @property
     def is_ready(self) -> bool:
-        """Connected, and the channel is open (or not opened yet: nothing needed it so far)."""
-        if self.connection.is_closed or not self.connection.connected.is_set():
+        """Connected and the channel open (or not opened yet: nothing needed it so far); or failing
+        over to a node not tried yet, where a publish waits for the reconnect."""
+        conn = self.connection
+        if conn.is_closed:
+            return False
+        if isinstance(conn, FailoverConnection) and not conn.settled:
+            return conn.trying_nodes
+        if not conn.connected.is_set():
             return False
         return self._channel is None or not self._channel.is_closed
 
@@ -85,16 +122,52 @@ class Publisher:
             message_id=message_id,
             expiration=expiration_ms / 1000 if expiration_ms is not None else None,
         )
+        refusals = 0
         try:
             async with asyncio.timeout(self.timeout):
-                channel, events = await self._ready()
-                exchange = channel.default_exchange if to_queue else events
-                await exchange.publish(message, routing_key, mandatory=True)
+                while True:
+                    generation = self._generation()
+                    channel: AbstractRobustChannel | None = None
+                    try:
+                        channel, events = await self._ready()
+                        exchange = channel.default_exchange if to_queue else events
+                        await exchange.publish(message, routing_key, mandatory=True)
+                        return
+                    except aio_pika.exceptions.PublishError:
+                        raise  # returned: unroutable, whatever the channel
+                    except aio_pika.exceptions.DeliveryError:
+                        # Nacked: the broker did not take the message, so it is sent again, on a
+                        # fresh channel. RabbitMQ 3.10 nacks every publish of a channel whose first
+                        # one to a quorum queue met a leader that had just died; a new channel finds
+                        # the new leader. Backing off, until the timeout.
+                        refusals += 1
+                        await self._renew(channel)
+                        await asyncio.sleep(min(0.05 * 2**refusals, 1.0))
+                        log.info("publish.resend", routing_key=routing_key, error="nack")
+                        continue
+                    except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as e:
+                        if channel is not None and channel is not self._channel:
+                            continue  # its channel was renewed under it (a nack): send it again
+                        if generation is None or not self._lost_since(generation):
+                            raise PublishFailed(f"broker unavailable: {type(e).__name__}") from None
+                        assert isinstance(self.connection, FailoverConnection)
+                        # sent again only on a connection opened since: each attempt needs a new one
+                        await self.connection.reopened_after(generation)
+                        self.resent += 1
+                        log.info("publish.resend", routing_key=routing_key, error=type(e).__name__)
         except TimeoutError:
+            if refusals:
+                raise PublishFailed(f"broker refused {routing_key} ({refusals} times)") from None
             raise PublishFailed(f"no confirm for {routing_key} within {self.timeout}s") from None
         except aio_pika.exceptions.PublishError:
             raise PublishFailed(f"{routing_key} is unroutable") from None
-        except aio_pika.exceptions.DeliveryError:
-            raise PublishFailed(f"broker refused {routing_key}") from None
-        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as e:
-            raise PublishFailed(f"broker unavailable: {type(e).__name__}") from None
+
+    async def _renew(self, stale: AbstractRobustChannel | None) -> None:
+        """Closes ``stale`` and lets the next publish open a new channel; once per channel, however
+        many publishes were nacked on it (the others find the new one)."""
+        async with self._lock:
+            if stale is None or self._channel is not stale:
+                return
+            self._channel = self._exchange = None
+        with contextlib.suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
+            await stale.close()
