@@ -77,6 +77,10 @@ class DlqError(PawError):
     """The dead-letter command could not do what was asked."""
 
 
+class DeadQueueLost(DlqError):
+    """The broker took the dead queue's channel away mid-run: run the same command again."""
+
+
 class ResultParked(PawError):
     """The database could not take what an upstream call did: the result was parked on the broker
     (confirmed) and is applied as soon as Postgres answers. The message that led to it is done."""

@@ -1,6 +1,7 @@
 """The worker process: the consumers of the work queues, and loops beside them (the outcome-event
 relay, the Atomic and the verification reconcilers, the check of login_required Items with Plaid,
-the gauges), until told to stop; then it drains, and relays what the drained messages wrote."""
+the replay jobs, the gauges), until told to stop; then it drains, and relays what the drained
+messages wrote."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from aio_pika.abc import AbstractQueue
 
 from worker import metrics, version
 from worker.bus.consumer import Consumer
+from worker.bus.dlq_jobs import JobRunner
 from worker.bus.relay import Relay
 from worker.callbacks.delivery import CallbackClient, CallbackHandler
 from worker.handlers import Handlers
@@ -32,6 +34,9 @@ log = structlog.get_logger(__name__)
 # On SIGTERM the worker waits this long for the messages in hand (docker-compose.yml's stop_grace_period
 # must exceed it, with room for what follows: closing the channel, the admin server, the connections).
 DRAIN_S = 30.0
+# ... and this long, after the drain, for the replay-job runner to stop between two messages and queue
+# its job again (it stops at once when told, so it is usually done by then).
+JOBS_STOP_S = 10.0
 
 
 async def run_worker(
@@ -108,10 +113,12 @@ async def run_worker(
     )
     gauges = Gauges(svc)
     gauges_loop = asyncio.create_task(every(5.0, stop, gauges.refresh, failed="gauges.refresh_failed"))
+    jobs = asyncio.create_task(JobRunner(svc.pool, svc.connection, svc.topo, svc.publisher).run(stop))
     try:
         await stop.wait()
     finally:
         await _drain(consumers, drain_timeout)
+        await _stop_jobs(jobs, JOBS_STOP_S)
         relay_stop.set()
         await relaying
         await _flush(relay)
@@ -130,6 +137,17 @@ async def run_worker(
     totals["outcome_events"] = relay.published
     log.info("worker.stopped", **totals)
     return totals
+
+
+async def _stop_jobs(jobs: asyncio.Task[None], timeout: float) -> None:
+    """The job runner stops by itself once ``stop`` is set: between two messages, its job queued
+    again. One that has not within ``timeout`` is cancelled; its job, left running, goes stale and
+    another worker takes it over."""
+    await asyncio.wait({jobs}, timeout=timeout)
+    if not jobs.done():
+        log.warning("worker.jobs_stop_timeout")
+        jobs.cancel()
+    await asyncio.gather(jobs, return_exceptions=True)
 
 
 async def _flush(relay: Relay) -> None:

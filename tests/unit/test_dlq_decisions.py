@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -14,7 +15,7 @@ from tests.helpers import (
     dead_headers,
     drive_letter,
 )
-from worker.bus import dlq
+from worker.bus import dlq, dlq_jobs
 from worker.bus.dlq import DeadLetter
 from worker.bus.topology import dead_queue_arguments
 from worker.cli.render import human_age
@@ -156,3 +157,74 @@ def test_the_dead_queue_has_no_delivery_limit_where_the_broker_would_set_one() -
     assert dead_queue_arguments("4.2.0-rc.1") == {"x-queue-type": "quorum", "x-delivery-limit": -1}
     for unlimited_by_default in ("3.10.8", "3.13.7", ""):
         assert dead_queue_arguments(unlimited_by_default) == {"x-queue-type": "quorum"}
+
+
+# -- Replay jobs: what is stored, what runs, how it ends -------------------------------------------
+
+
+def test_filters_round_trip_through_their_public_form() -> None:
+    full = dlq.Filters(
+        ids=("abcdef12", "0123456789"),
+        item=str(uuid.uuid4()),
+        code="INSTITUTION_DOWN",
+        error="timeout",
+        since=NOW - timedelta(hours=2),
+        routing_key="webhook.plaid.#",
+        until=NOW,
+        min_attempts=3,
+        state="exchanged",
+    )
+    for f in (full, dlq.Filters(), dlq.Filters(code="X"), dlq.Filters(since=NOW)):
+        stored = json.loads(json.dumps(f.public()))  # as jsonb keeps it
+        assert dlq.Filters.from_public(stored) == f
+    # what is not a filter is left alone; a time written without a zone is UTC
+    assert dlq.Filters.from_public({"code": "X", "limit": 5, "all": True, "rate": 2.0}) == dlq.Filters(
+        code="X"
+    )
+    assert dlq.Filters.from_public({"since": "2026-11-23T12:00:00"}).since == NOW
+    with pytest.raises(ValueError):
+        dlq.Filters.from_public({"ids": "abcdef"})
+    with pytest.raises(ValueError):
+        dlq.Filters.from_public({"until": "yesterday"})
+
+
+def test_a_job_stores_its_filters_and_runs_on_what_matched_when_it_was_created() -> None:
+    f = dlq.Filters(code="INSTITUTION_DOWN", since=NOW - timedelta(hours=1))
+    stored = dlq_jobs.stored_filters(f, 10)
+    assert stored == {
+        "code": "INSTITUTION_DOWN",
+        "since": (NOW - timedelta(hours=1)).isoformat(),
+        "limit": 10,
+    }
+    assert dlq_jobs.stored_filters(dlq.Filters(), None) == {"all": True}
+    created = NOW + timedelta(minutes=5)
+    assert dlq_jobs.run_filters(stored, created) == dataclasses.replace(f, until=created)
+    earlier = dlq.Filters(code="X", until=NOW)  # an --until before the job keeps it
+    assert dlq_jobs.run_filters(earlier.public(), created).until == NOW
+    assert dlq_jobs.run_filters({"all": True}, created) == dlq.Filters(until=created)
+
+
+def test_a_resumed_job_takes_what_its_limit_leaves() -> None:
+    assert dlq_jobs.remaining(None, 40) is None
+    assert dlq_jobs.remaining(100, 0) == 100
+    assert dlq_jobs.remaining(100, 40) == 60
+    assert dlq_jobs.remaining(100, 130) == 0
+
+
+def test_where_a_run_leaves_its_job() -> None:
+    assert dlq_jobs.outcome(stopped=False, cancel=False, error=None) == "done"
+    assert dlq_jobs.outcome(stopped=False, cancel=True, error=None) == "done"  # it had finished anyway
+    assert dlq_jobs.outcome(stopped=True, cancel=True, error=None) == "cancelled"
+    assert dlq_jobs.outcome(stopped=True, cancel=False, error=None) == "queued"  # the worker is stopping
+    assert dlq_jobs.outcome(stopped=True, cancel=True, error="DlqError: x") == "failed"
+    assert dlq_jobs.outcome(stopped=False, cancel=False, error="OSError: x") == "failed"
+
+
+def test_progress_is_written_at_first_then_every_half_second_or_twenty_messages() -> None:
+    t = dlq_jobs.Throttle(every_s=0.5, every_n=20)
+    assert t.due(100.0, 0)  # the selection is known
+    assert not t.due(100.1, 1) and not t.due(100.4, 19)
+    assert t.due(100.45, 20)  # twenty messages
+    assert not t.due(100.9, 21)
+    assert t.due(100.96, 22)  # half a second
+    assert not t.due(101.0, 23)

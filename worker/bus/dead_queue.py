@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,11 +19,11 @@ import asyncpg
 import structlog
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
-from worker.bus import dead_index
-from worker.bus.dlq import DeadLetter, pace_delay, replay_headers, replay_route
+from worker.bus import dead_index, dlq
+from worker.bus.dlq import SHORT_ID, DeadLetter, Filters, pace_delay, replay_headers, replay_route
 from worker.bus.publisher import Publisher
 from worker.bus.topology import Topology, queue_depth
-from worker.errors import DlqError, PublishFailed
+from worker.errors import DeadQueueLost, DlqError, PublishFailed
 from worker.sql import query
 
 log = structlog.get_logger(__name__)
@@ -134,6 +135,14 @@ class ReplayResult:
     already: int = 0  # recorded by an earlier run (or a colleague): acked without publishing
     failed: int = 0  # not confirmed: left on the dead queue
     errors: list[str] = dataclasses.field(default_factory=list)
+    failed_keys: set[str] = dataclasses.field(default_factory=set)
+    selected: int = 0  # what :func:`run_replay` chose when it first took the queue
+    depth: int = 0  # the dead queue's depth then
+    stopped: bool = False  # asked to stop (should_stop) before everything chosen was done
+
+    @property
+    def processed(self) -> int:
+        return self.replayed + self.already + self.failed
 
 
 async def replay_one(
@@ -165,9 +174,28 @@ async def _ack(held: Held) -> None:
     except (aio_pika.exceptions.ChannelInvalidStateError, aiormq.exceptions.AMQPError, ConnectionError) as e:
         # the broker took the dead queue's channel away (consumer_timeout, a restart): everything not
         # acked went back to the queue; what was replayed is recorded, so a second run only acks it
-        raise DlqError(
+        raise DeadQueueLost(
             f"lost the dead queue's channel ({type(e).__name__}); run the same command again"
         ) from None
+
+
+# What a run reports as it goes: called once the selection is known, then after each message.
+Progress = Callable[[ReplayResult], Awaitable[None]]
+# Asked between messages (and during a paced wait): True ends the run there, cleanly.
+ShouldStop = Callable[[], bool]
+
+STOP_CHECK_S = 0.1  # how often a paced wait asks whether to stop
+SLICE_S = 300.0  # how long one run holds the dead queue before giving it back and taking it again
+RETAKES = 3  # takes in a row that find none of what is left before those count as failed
+
+
+async def _pause(delay: float, should_stop: ShouldStop | None) -> None:
+    """Sleeps ``delay`` seconds, in short steps when something may ask to stop meanwhile."""
+    end = time.monotonic() + delay
+    while (left := end - time.monotonic()) > 0:
+        if should_stop is not None and should_stop():
+            return
+        await asyncio.sleep(min(left, STOP_CHECK_S) if should_stop is not None else left)
 
 
 async def replay(
@@ -178,23 +206,27 @@ async def replay(
     action_id: int,
     actor: str,
     rate: float | None = None,
-    progress: Callable[[], None] | None = None,
+    progress: Progress | None = None,
     result: ReplayResult | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> ReplayResult:
     """Replays ``chosen`` one by one, at most ``rate`` per second, counting into ``result`` (so a
-    caller knows how far an interrupted run got)."""
+    caller knows how far an interrupted run got); ``should_stop`` is asked before each message."""
     result = result if result is not None else ReplayResult()
     started = time.monotonic()
     for done, held in enumerate(chosen):
         delay = pace_delay(done, rate, time.monotonic() - started)
         if delay:
-            await asyncio.sleep(delay)
+            await _pause(delay, should_stop)
+        if should_stop is not None and should_stop():
+            break
         d = held.letter
         try:
             published = await replay_one(pool, publisher, held, action_id=action_id, actor=actor)
         except PublishFailed as e:  # not confirmed, not recorded: still on the dead queue
             result.failed += 1
             result.errors.append(f"{d.short_id} {d.routing_key}: {e}")
+            result.failed_keys.add(d.key)
             log.error("dlq.replay_failed", dlq_id=d.short_id, routing_key=d.routing_key, error=str(e))
         else:
             if published:
@@ -208,8 +240,179 @@ async def replay(
                 message_id=d.message_id,
             )
         if progress is not None:
-            progress()
+            await progress(result)
     return result
+
+
+async def take(pool: asyncpg.Pool, held: Sequence[Held], filters: Filters, limit: int | None) -> list[Held]:
+    """The held messages the filters pick, in queue order: the index picks (after adding rows for
+    dead letters it did not know, so nothing on the queue escapes a filter), the queue supplies."""
+    letters = await resolve_items(pool, [h.letter for h in held])
+    await dead_index.reindex(pool, letters)
+    picked = set(await dead_index.chosen_keys(pool, filters, limit))
+    # a copy left on the queue by a replay recorded but not acked (killed, or the channel lost): the
+    # replay only acks it
+    picked |= set(await dead_index.chosen_keys(pool, filters, status="replayed")) & {d.key for d in letters}
+    return [Held(d, h.message) for h, d in zip(held, letters, strict=True) if d.key in picked]
+
+
+async def run_replay(
+    pool: asyncpg.Pool,
+    connection: AbstractRobustConnection,
+    topo: Topology,
+    publisher: Publisher,
+    filters: Filters,
+    *,
+    limit: int | None,
+    rate: float | None,
+    actor: str,
+    action_id: int,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
+    result: ReplayResult | None = None,
+    slice_s: float = SLICE_S,
+) -> ReplayResult:
+    """The replay ``paw dlq replay`` and the replay jobs run: takes the dead queue, chooses through
+    the index what ``filters`` pick (at most ``limit``), and replays it at most ``rate`` a second,
+    counting into ``result``. The caller opens and closes the audit row ``action_id``.
+
+    The queue is held at most ``slice_s`` at a time (under the broker's consumer_timeout): then what
+    is left goes back and the queue is taken again for the rest of what the first take chose (never
+    more: a copy that dies again meanwhile is a new dead letter for another run), until all of it is
+    replayed; a dead-queue channel the broker takes away is taken again the same way. What is still
+    not on the queue after :data:`RETAKES` takes in a row (another reader holds it) counts as failed.
+    ``should_stop`` ends the run between messages (``result.stopped``): what was replayed is
+    recorded, the rest is back on the dead queue."""
+    result = result if result is not None else ReplayResult()
+    stopping: ShouldStop = should_stop or (lambda: False)
+    planned: set[str] | None = None  # what the first take chose
+    misses = 0  # takes in a row that replayed none of what is left
+    while True:
+        if stopping():
+            result.stopped = True
+            break
+        before = result.processed
+        try:
+            async with held_dead_letters(connection, topo) as (held, depth):
+                chosen = await take(pool, held, filters, limit if planned is None else None)
+                if planned is None:
+                    planned = {h.letter.key for h in chosen}
+                    result.selected, result.depth = len(chosen), depth
+                    log.info(
+                        "dlq.replay_started",
+                        action_id=action_id,
+                        actor=actor,
+                        selected=len(chosen),
+                        limit=limit,
+                        rate=rate,
+                        **filters.public(),
+                    )
+                    if progress is not None:
+                        await progress(result)
+                else:  # the rest of the first choice; not what failed in this run (it stays dead)
+                    chosen = [
+                        h
+                        for h in chosen
+                        if h.letter.key in planned and h.letter.key not in result.failed_keys
+                    ]
+                if chosen:
+                    await replay(
+                        pool,
+                        publisher,
+                        chosen,
+                        action_id=action_id,
+                        actor=actor,
+                        rate=rate,
+                        progress=progress,
+                        result=result,
+                        should_stop=functools.partial(_stop_or_after, stopping, time.monotonic() + slice_s),
+                    )
+        except DeadQueueLost:
+            log.warning("dlq.replay_retake", action_id=action_id, done=result.processed, why="channel lost")
+        if not planned:
+            break
+        left = await _left(pool, planned, result.failed_keys)
+        if not left:
+            break
+        misses = 0 if result.processed > before else misses + 1
+        if misses > RETAKES:  # not on the queue when taken again: someone else holds them
+            _missing(result, left, topo)
+            break
+        if misses:  # our own messages given back a moment ago may not be counted yet
+            await _pause(1.0, stopping)
+        why = "not found yet" if misses else "slice"
+        log.info("dlq.replay_retake", action_id=action_id, done=result.processed, left=len(left), why=why)
+    return result
+
+
+async def _left(pool: asyncpg.Pool, planned: set[str], failed: set[str]) -> set[str]:
+    """What a run chose and has not replayed yet (still dead in the index), what failed aside."""
+    status = await dead_index.statuses(pool, sorted(planned))
+    return {k for k in planned if status.get(k) == "dead"} - failed
+
+
+def _missing(result: ReplayResult, keys: set[str], topo: Topology) -> None:
+    for key in sorted(keys):
+        result.failed += 1
+        result.failed_keys.add(key)
+        result.errors.append(
+            f"{key[:SHORT_ID]}: not on {topo.dead_queue} when taken again (held by another reader?)"
+        )
+    log.error("dlq.replay_missing", missing=len(keys))
+
+
+def _stop_or_after(stopping: ShouldStop, deadline: float) -> bool:
+    return stopping() or time.monotonic() >= deadline
+
+
+# -- I/O: the plan of a replay -----------------------------------------------------------------
+
+PLAN_ROWS = 200  # the dead letters a plan shows one by one (its counts cover everything)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a replay of some filters would do now, read from the index alone (the queue untouched)."""
+
+    selected: int
+    would_publish: int
+    by_reason: list[tuple[str, int]]  # most first
+    sample: list[DeadLetter]  # the first dead letters chosen, oldest first
+    will: list[str]  # what happens to each of them: publish, replayed, copy (dlq.replay_plan)
+
+    @property
+    def would_ack_only(self) -> int:
+        return self.selected - self.would_publish
+
+    def public(self, now: datetime | None = None) -> dict[str, Any]:
+        """The plan as JSON: counts, ``[reason, count]`` pairs, and the sample rows (redacted) each
+        with what would happen to it (``will``)."""
+        now = now or datetime.now(UTC)
+        return {
+            "selected": self.selected,
+            "would_publish": self.would_publish,
+            "would_ack_only": self.would_ack_only,
+            "by_reason": [[r, n] for r, n in self.by_reason],
+            "sample": [{**d.summary(now), "will": w} for d, w in zip(self.sample, self.will, strict=True)],
+        }
+
+
+async def plan_replay(
+    pool: asyncpg.Pool, filters: Filters, limit: int | None, *, rows: int = PLAN_ROWS
+) -> Plan:
+    """What ``run_replay`` with these filters and limit would do, from the index: how many it would
+    publish, how many it would only ack (replayed before), per reason, and the first ``rows``."""
+    keys = await dead_index.chosen_keys(pool, filters, limit)
+    replayed_before = await already_replayed(pool, keys)
+    page = await dead_index.page(pool, filters, limit=min(limit or rows, rows))
+    return Plan(
+        selected=len(keys),
+        would_publish=len(set(keys) - replayed_before),
+        # with a limit, the reasons of what the limit keeps (of the rows shown); else of all matched
+        by_reason=dlq.by_reason(page.letters) if limit else page.reasons,
+        sample=page.letters,
+        will=dlq.replay_plan(page.letters, replayed_before),
+    )
 
 
 async def purge(

@@ -477,6 +477,38 @@ class Filters:
         }
         return {k: v for k, v in out.items() if v}
 
+    @classmethod
+    def from_public(cls, data: Mapping[str, Any]) -> Filters:
+        """The filters :meth:`public` wrote (a job's ``filters``, an audit row's); keys that are not
+        filters (``limit``, ``all``, ``rate``) are left alone. Raises ValueError on a malformed value."""
+
+        def when(name: str) -> datetime | None:
+            text = data.get(name)
+            if not text:
+                return None
+            parsed = datetime.fromisoformat(str(text))
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+        def text(name: str) -> str | None:
+            value = data.get(name)
+            return str(value) if value else None
+
+        ids = data.get("ids") or ()
+        if isinstance(ids, str) or not all(isinstance(i, str) for i in ids):
+            raise ValueError(f"ids must be a list of id prefixes, got {ids!r}")
+        attempts = data.get("min_attempts")
+        return cls(
+            ids=tuple(ids),
+            item=text("item"),
+            code=text("code"),
+            error=text("error"),
+            since=when("since"),
+            until=when("until"),
+            routing_key=text("routing_key"),
+            min_attempts=int(attempts) if attempts else None,
+            state=text("state"),
+        )
+
 
 # -- Pure: how a replayed copy looks and how fast they go ---------------------------------------
 

@@ -1,14 +1,16 @@
-"""``paw dlq list|show|replay|purge``: the dead-letter commands for on-call.
+"""``paw dlq list|show|replay|purge|reindex|job|jobs``: the dead-letter commands for on-call.
 
-The decisions live in :mod:`worker.bus.dlq`, the I/O in :mod:`worker.bus.dead_queue`; this module
-parses arguments, opens the database and the broker, asks for confirmation and prints (through
-:mod:`worker.cli.render` for people, ``--json`` for scripts).
+The decisions live in :mod:`worker.bus.dlq`, the I/O in :mod:`worker.bus.dead_queue` (the replay
+itself, :func:`~worker.bus.dead_queue.run_replay`, which the jobs of :mod:`worker.bus.dlq_jobs` run
+too); this module parses arguments, opens the database and the broker, asks for confirmation and
+prints (through :mod:`worker.cli.render` for people, ``--json`` for scripts).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import sys
@@ -20,10 +22,10 @@ import aiormq
 import asyncpg
 import structlog
 from rich.console import Console
+from rich.progress import Progress, TaskID
 
-from worker.bus import dead_index, dead_queue, dlq
+from worker.bus import dead_index, dead_queue, dlq, dlq_jobs
 from worker.bus.dead_index import Reindexed
-from worker.bus.dead_queue import Held
 from worker.bus.dlq import Filters
 from worker.bus.publisher import Publisher
 from worker.bus.topology import Topology
@@ -32,9 +34,11 @@ from worker.cli.render import (
     confirm,
     counts_line,
     dead_letters_table,
+    job_result_line,
+    jobs_table,
     progress_bar,
-    reasons_line,
     show_dead_letter,
+    show_job,
     wide_console,
 )
 from worker.errors import DlqError, PawError
@@ -43,7 +47,7 @@ from worker.settings import Settings
 log = structlog.get_logger(__name__)
 
 PAGE = 100  # dead letters per page of `paw dlq list`
-PLAN_ROWS = 200  # rows a dry run or a purge's confirmation shows (the counts cover everything)
+PLAN_ROWS = dead_queue.PLAN_ROWS  # rows a dry run or a purge's confirmation shows (counts cover all)
 ENV_NOTE = "(AMQP_URL, DATABASE_URL, PAW_EXCHANGE, PAW_QUEUE_PREFIX)"
 WILL = {
     "publish": "publish",
@@ -105,10 +109,10 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub: Subparsers) -> None:
-    """Adds ``paw dlq list|show|replay|purge|reindex``."""
+    """Adds ``paw dlq list|show|replay|purge|reindex|job|jobs``."""
     actor = default_actor()  # read once, while main() builds the parser
     group = sub.add_parser(
-        "dlq", help=f"dead letters: list, show, replay, purge, reindex {ENV_NOTE}"
+        "dlq", help=f"dead letters: list, show, replay, purge, reindex, jobs {ENV_NOTE}"
     ).add_subparsers(dest="dlq_command", required=True)
 
     p = group.add_parser(
@@ -137,9 +141,41 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--dry-run", action="store_true", help="show what would happen; change nothing")
     p.add_argument("--rate", type=_rate, help="at most N messages per second (default: unpaced)")
     p.add_argument("--yes", action="store_true", help="with --all: do not ask for confirmation")
-    p.add_argument("--json", action="store_true", help="the result as JSON on stdout (the rest on stderr)")
+    p.add_argument(
+        "--job",
+        action="store_true",
+        help="queue a job that a worker runs (a closed terminal does not stop it); prints its id",
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="with --job (implied): follow the job until it ends; exit 0 if every message was replayed "
+        "(Ctrl-C stops following, not the job)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="the result as JSON on stdout (the rest on stderr); with --wait, the job as a JSON line "
+        "each time it changes",
+    )
     add_actor(p, actor)
     p.set_defaults(func=cmd_dlq_replay)
+
+    p = group.add_parser(
+        "job",
+        help="one replay job: `paw dlq job ID`; `paw dlq job cancel ID` stops it",
+        description="A queued job is cancelled at once; a running one is stopped by its worker between "
+        "two messages: what was replayed is recorded, the rest stays on the dead queue.",
+    )
+    p.add_argument("first", metavar="ID|cancel", help="the job's id (from `paw dlq jobs`), or cancel")
+    p.add_argument("then", nargs="?", metavar="ID", help="after cancel: the job's id")
+    p.add_argument("--json", action="store_true", help="the job as JSON")
+    p.set_defaults(func=cmd_dlq_job)
+
+    p = group.add_parser("jobs", help="the recent replay jobs, newest first")
+    p.add_argument("--limit", type=_positive, default=20, help="at most N (default 20)")
+    p.add_argument("--json", action="store_true", help="a JSON array, for scripts")
+    p.set_defaults(func=cmd_dlq_jobs)
 
     p = group.add_parser("purge", help="delete dead letters for good (each one logged, redacted)")
     _add_selection(p)
@@ -281,100 +317,63 @@ async def cmd_dlq_show(s: Settings, args: argparse.Namespace) -> int:
 # -- paw dlq replay / purge / reindex ----------------------------------------------------------
 
 
-async def _take(
-    pool: asyncpg.Pool, held: Sequence[Held], filters: Filters, limit: int | None
-) -> tuple[list[Held], Reindexed]:
-    """The held messages the filters pick, in queue order: the index picks (after adding rows for
-    dead letters it did not know, so nothing on the queue escapes a filter), the queue supplies."""
-    letters = await dead_queue.resolve_items(pool, [h.letter for h in held])
-    fixed = await dead_index.reindex(pool, letters)
-    picked = set(await dead_index.chosen_keys(pool, filters, limit))
-    # a copy left on the queue by a replay recorded but not acked (killed, or the channel lost): the
-    # replay only acks it
-    picked |= set(await dead_index.chosen_keys(pool, filters, status="replayed")) & {d.key for d in letters}
-    chosen = [Held(d, h.message) for h, d in zip(held, letters, strict=True) if d.key in picked]
-    return chosen, fixed
-
-
 async def cmd_dlq_replay(s: Settings, args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     filters = _filters(args, now)
     if _nothing_selected(args, filters):
         return 2
+    if args.dry_run and (args.job or args.wait):
+        print("paw: --dry-run plans and --job runs: give one of them", file=sys.stderr)
+        return 2
     topo = Topology.from_settings(s)
     out = _Output(args.json)
     audit = _audit(args, filters, rate=args.rate)
-    result = dead_queue.ReplayResult()
     async with database(s) as pool:
         await _check_ids(pool, filters.ids)
         if args.dry_run:  # the plan, from the index alone: the queue is not touched
-            keys = await dead_index.chosen_keys(pool, filters, args.limit)
-            replayed_before = await dead_queue.already_replayed(pool, keys)
-            selected, would = len(keys), len(set(keys) - replayed_before)
-            page = await dead_index.page(pool, filters, limit=min(args.limit or PLAN_ROWS, PLAN_ROWS))
-            picked = page.letters
-            action_id = await dead_queue.start_action(
-                pool, "replay", actor=args.actor, filters=audit, dry_run=True
-            )
-            plan = dlq.replay_plan(picked, replayed_before)
-            will = [
-                f"publish {d.routing_key} (replay #{d.replays + 1})" if p == "publish" else WILL[p]
-                for d, p in zip(picked, plan, strict=True)
-            ]
-            console = out.console
-            title = f"dry run: replay to exchange {topo.exchange}"
-            console.print(dead_letters_table(title, picked, now, will, width=console.width))
-            console.print(
-                f"dry run: would publish {would} and ack {selected - would} without publishing "
-                f"(by reason: {reasons_line(picked) if args.limit else counts_line(page.reasons)}); "
-                "nothing changed"
-            )
-            await dead_queue.finish_action(pool, action_id, 0)
-            out.result(
-                action_id=action_id,
-                dry_run=True,
-                selected=selected,
-                would_publish=would,
-                would_ack_only=selected - would,
-            )
-            return 0
+            return await _dry_run(pool, topo, filters, args, audit, out, now)
         if args.all and not args.yes:
             total = (await dead_index.counts(pool)).get("dead", 0)
             if not await confirm(f"Replay every dead letter ({total} on {topo.dead_queue})? [y/N] "):
                 out.say("nothing replayed")
                 return 1
+        if args.job or args.wait:
+            job_id = await dlq_jobs.enqueue(pool, "replay", filters, args.limit, args.rate, args.actor)
+            if args.wait:
+                return await _wait(pool, topo, job_id, out)
+            job = await _job(pool, job_id)
+            out.say(
+                f"job #{job_id} queued: a worker runs it (follow: paw dlq job {job_id}; "
+                f"cancel: paw dlq job cancel {job_id})"
+            )
+            out.result(**job.public())
+            return 0
         async with broker(s, "paw-dlq-cli") as connection:
             action_id = await dead_queue.start_action(
                 pool, "replay", actor=args.actor, filters=audit, dry_run=False
             )
+            result = dead_queue.ReplayResult()
             try:
-                async with dead_queue.held_dead_letters(connection, topo) as (held, depth):
-                    chosen, _ = await _take(pool, held, filters, args.limit)
-                    if not chosen:
-                        out.say(f"nothing to replay: none of {depth} dead letters match")
-                        out.result(action_id=action_id, selected=0, replayed=0, already=0, failed=0)
-                        return 0
-                    log.info(
-                        "dlq.replay_started",
-                        action_id=action_id,
+                with _Bar("replaying") as bar:
+                    await dead_queue.run_replay(
+                        pool,
+                        connection,
+                        topo,
+                        Publisher(connection, topo, timeout=s.publish_timeout),
+                        filters,
+                        limit=args.limit,
+                        rate=args.rate,
                         actor=args.actor,
-                        selected=len(chosen),
-                        **audit,
+                        action_id=action_id,
+                        progress=bar.replayed,
+                        result=result,
                     )
-                    with progress_bar(len(chosen), "replaying") as bar:
-                        task = bar.add_task("replay", total=len(chosen))
-                        await dead_queue.replay(
-                            pool,
-                            Publisher(connection, topo, timeout=s.publish_timeout),
-                            chosen,
-                            action_id=action_id,
-                            actor=args.actor,
-                            rate=args.rate,
-                            progress=lambda: bar.advance(task),
-                            result=result,
-                        )
             finally:
                 await dead_queue.finish_action(pool, action_id, result.replayed)
+    if not result.selected:
+        out.say(f"nothing to replay: none of {result.depth} dead letters match")
+        out.result(action_id=action_id, selected=0, replayed=0, already=0, failed=0)
+        return 0
     log.info(
         "dlq.replay_finished",
         action_id=action_id,
@@ -390,13 +389,169 @@ async def cmd_dlq_replay(s: Settings, args: argparse.Namespace) -> int:
         print(f"  failed: {line}", file=sys.stderr)
     out.result(
         action_id=action_id,
-        selected=result.replayed + result.already + result.failed,
+        selected=result.processed,
         replayed=result.replayed,
         already=result.already,
         failed=result.failed,
         errors=result.errors[:20],
     )
     return 1 if result.failed else 0
+
+
+async def _dry_run(
+    pool: asyncpg.Pool,
+    topo: Topology,
+    filters: Filters,
+    args: argparse.Namespace,
+    audit: dict[str, Any],
+    out: _Output,
+    now: datetime,
+) -> int:
+    plan = await dlq_jobs.plan_replay(pool, filters, args.limit, rows=PLAN_ROWS)
+    action_id = await dead_queue.start_action(pool, "replay", actor=args.actor, filters=audit, dry_run=True)
+    will = [
+        f"publish {d.routing_key} (replay #{d.replays + 1})" if p == "publish" else WILL[p]
+        for d, p in zip(plan.sample, plan.will, strict=True)
+    ]
+    console = out.console
+    title = f"dry run: replay to exchange {topo.exchange}"
+    console.print(dead_letters_table(title, plan.sample, now, will, width=console.width))
+    console.print(
+        f"dry run: would publish {plan.would_publish} and ack {plan.would_ack_only} without publishing "
+        f"(by reason: {counts_line(plan.by_reason)}); nothing changed"
+    )
+    await dead_queue.finish_action(pool, action_id, 0)
+    out.result(
+        action_id=action_id,
+        dry_run=True,
+        selected=plan.selected,
+        would_publish=plan.would_publish,
+        would_ack_only=plan.would_ack_only,
+    )
+    return 0
+
+
+class _Bar:
+    """The progress bar of a replay, opened once the replay knows how many it chose (on stderr;
+    none for fewer than two)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.stack = contextlib.ExitStack()
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.close()
+
+    def update(self, total: int, completed: int) -> None:
+        if self.bar is None or self.task is None:
+            self.bar = self.stack.enter_context(progress_bar(total, self.what))
+            self.task = self.bar.add_task(self.what, total=total)
+        self.bar.update(self.task, total=total, completed=completed)
+
+    async def replayed(self, result: dead_queue.ReplayResult) -> None:
+        self.update(result.selected, result.processed)
+
+
+# -- paw dlq replay --job / --wait, paw dlq job, paw dlq jobs -----------------------------------
+
+NO_WORKER_S = 10.0  # --wait says so when no worker has taken the job after this long
+
+
+async def _job(pool: asyncpg.Pool, job_id: int) -> dlq_jobs.Job:
+    job = await dlq_jobs.get(pool, job_id)
+    if job is None:
+        raise DlqError(f"no such job #{job_id} (`paw dlq jobs` lists them)")
+    return job
+
+
+async def _wait(pool: asyncpg.Pool, topo: Topology, job_id: int, out: _Output) -> int:
+    """Follows a job until it ends: a progress bar (lines of JSON with --json). Ctrl-C stops the
+    waiting, never the job."""
+    print(
+        f"job #{job_id} queued; following it (Ctrl-C stops following, not the job: "
+        f"`paw dlq job cancel {job_id}` cancels it)",
+        file=sys.stderr,
+    )
+    last: dlq_jobs.Job | None = None
+
+    async def nobody_took_it() -> None:
+        await asyncio.sleep(NO_WORKER_S)
+        if last is None or last.status == "queued":
+            print(f"paw: no worker has taken job #{job_id} yet: is a worker running?", file=sys.stderr)
+
+    nudge = asyncio.create_task(nobody_took_it())
+    try:
+        with _Bar("replaying") as bar:
+            async for job in dlq_jobs.follow(pool, job_id):
+                last = job
+                if out.as_json:
+                    print(json.dumps(job.public()), flush=True)
+                elif job.status != "queued" and job.selected:
+                    bar.update(job.selected, job.done + job.failed)
+    except asyncio.CancelledError:  # Ctrl-C
+        print(f"\npaw: stopped following; job #{job_id} goes on (`paw dlq job {job_id}`)", file=sys.stderr)
+        raise
+    finally:
+        nudge.cancel()
+    assert last is not None  # follow yields at least once
+    out.say(job_result_line(last, topo.exchange, topo.dead_queue))
+    return 0 if last.succeeded else 1
+
+
+def _job_words(words: Sequence[str]) -> tuple[bool, int] | None:
+    """``[ID]`` or ``["cancel", ID]`` → (cancel?, id); None if neither."""
+    if len(words) == 1 and words[0].isdigit():
+        return False, int(words[0])
+    if len(words) == 2 and words[0] == "cancel" and words[1].isdigit():
+        return True, int(words[1])
+    return None
+
+
+async def cmd_dlq_job(s: Settings, args: argparse.Namespace) -> int:
+    """``paw dlq job ID`` shows a job; ``paw dlq job cancel ID`` cancels it."""
+    parsed = _job_words([w for w in (args.first, args.then) if w is not None])
+    if parsed is None:
+        print("paw dlq job: want `paw dlq job ID` or `paw dlq job cancel ID`", file=sys.stderr)
+        return 2
+    cancel, job_id = parsed
+    topo = Topology.from_settings(s)
+    out = _Output(args.json)
+    async with database(s) as pool:
+        if not cancel:
+            job = await _job(pool, job_id)
+            if args.json:
+                print(json.dumps(job.public(), indent=2))
+            else:
+                show_job(wide_console(), job)
+            return 0
+        before = await _job(pool, job_id)
+        job = await dlq_jobs.request_cancel(pool, job_id) or before
+    if before.finished:
+        out.say(f"job #{job_id} is {before.status} already: nothing to cancel")
+        code = 1
+    elif job.status == "cancelled":
+        out.say(job_result_line(job, topo.exchange, topo.dead_queue))
+        code = 0
+    else:
+        out.say(f"job #{job_id}: cancel requested; its worker stops it between two messages")
+        code = 0
+    out.result(**job.public())
+    return code
+
+
+async def cmd_dlq_jobs(s: Settings, args: argparse.Namespace) -> int:
+    async with database(s) as pool:
+        jobs = await dlq_jobs.list_recent(pool, args.limit)
+    if args.json:
+        print(json.dumps([j.public() for j in jobs], indent=2))
+        return 0
+    wide_console().print(jobs_table(jobs))
+    return 0
 
 
 async def cmd_dlq_purge(s: Settings, args: argparse.Namespace) -> int:

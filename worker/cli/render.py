@@ -17,6 +17,7 @@ from rich.table import Table
 
 from worker.bus import dlq
 from worker.bus.dlq import DeadLetter
+from worker.bus.dlq_jobs import Job
 from worker.items.model import HistoryEntry, Item
 from worker.status import STUCK_AFTER, Status, verdict
 
@@ -156,6 +157,80 @@ def reasons_line(letters: Sequence[DeadLetter]) -> str:
 
 def counts_line(pairs: Sequence[tuple[str, int]]) -> str:
     return ", ".join(f"{reason} {n}" for reason, n in pairs) or "-"
+
+
+def job_filters_line(job: Job) -> str:
+    """``code=INSTITUTION_DOWN, limit=10``: what a replay job selects."""
+    return (
+        ", ".join(f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in job.filters.items()) or "-"
+    )
+
+
+def job_progress(job: Job) -> str:
+    return f"{job.done + job.failed}/{job.selected}" if job.started_at else "-"
+
+
+def job_result_line(job: Job, exchange: str, dead_queue: str) -> str:
+    """How a replay job ended (or where it is), in the words of the in-process replay's last line."""
+    counts = (
+        f"replayed {job.replayed} to {exchange}; {job.already} replayed before (acked only); "
+        f"{job.failed} failed (still on {dead_queue})"
+    )
+    audit = f"; audit: dlq_actions #{job.action_id}" if job.action_id else ""
+    if job.status == "done" and not job.selected:
+        return f"job #{job.id} done: nothing to replay (no dead letter matched){audit}"
+    if job.status == "cancelled" and not job.started_at:
+        return f"job #{job.id} cancelled before a worker took it: nothing replayed"
+    if job.status == "cancelled":
+        return f"job #{job.id} cancelled: {counts}; the rest is still on {dead_queue}{audit}"
+    if job.status == "failed":
+        return f"job #{job.id} failed ({job.error}): {counts}{audit}"
+    return f"job #{job.id} {job.status}: {counts}{audit}"
+
+
+def show_job(console: Console, job: Job) -> None:
+    """``paw dlq job ID``: one replay job."""
+    cancel = " (cancel requested)" if job.cancel_requested and not job.finished else ""
+    console.print(f"[bold]job #{job.id}[/bold]  {job.action}  {job.status}{cancel}  by {escape(job.actor)}")
+    rate = f"{job.rate:g}/s" if job.rate else "unpaced"
+    console.print(f"  filters: {escape(job_filters_line(job))}  rate: {rate}")
+    console.print(
+        f"  progress: {job_progress(job)} (replayed {job.replayed}, replayed before {job.already}, "
+        f"failed {job.failed})"
+    )
+    times = [f"created {utc(job.created_at)}"]
+    times += [f"started {utc(job.started_at)}"] if job.started_at else []
+    times += [f"finished {utc(job.finished_at)}"] if job.finished_at else []
+    times += [f"heartbeat {utc(job.heartbeat_at)}"] if job.heartbeat_at and not job.finished else []
+    console.print("  " + ", ".join(times))
+    if job.runs:
+        on = f" (last on {escape(job.claimed_by)})" if job.claimed_by else ""
+        console.print(f"  runs: {job.runs}{on}")
+    if job.action_id:
+        console.print(f"  audit: dlq_actions #{job.action_id}")
+    if job.error:
+        console.print(f"  error: {escape(job.error)}")
+
+
+def jobs_table(jobs: Sequence[Job]) -> Table:
+    table = Table(title="replay jobs, newest first", title_justify="left")
+    for col in ("job", "status", "actor", "progress", "failed", "filters", "rate", "created (UTC)"):
+        table.add_column(
+            col, no_wrap=col != "filters", justify="right" if col in ("job", "failed") else "left"
+        )
+    for job in jobs:
+        status = job.status + (" (cancelling)" if job.cancel_requested and not job.finished else "")
+        table.add_row(
+            str(job.id),
+            status,
+            job.actor,
+            job_progress(job),
+            str(job.failed),
+            job_filters_line(job),
+            f"{job.rate:g}/s" if job.rate else "-",
+            utc(job.created_at),
+        )
+    return table
 
 
 def progress_bar(total: int, what: str) -> Progress:
