@@ -12,8 +12,8 @@ import structlog
 
 import schemas
 from worker.bus.publisher import Publisher
-from worker.errors import PawError
-from worker.items.rules import retry_refusal
+from worker.errors import PawError, UpstreamError
+from worker.items.rules import Kind, classify, retry_refusal
 from worker.items.store import Store
 
 log = structlog.get_logger(__name__)
@@ -68,3 +68,15 @@ async def retry_item(
         message_id=message_id,
     )
     return Retry(item_id, item.state.value, message_id=message_id, note_recorded=noted)
+
+
+def forget_refusal(e: UpstreamError) -> str:
+    """Why ``paw item forget`` stopped, in one line: its tokens are kept, whatever failed."""
+    where = "Plaid (/item/remove)" if e.service == "plaid" else f"{e.service} (funding source removal)"
+    code = f"{e.error_code or 'no error code'}" + (f", request_id {e.request_id}" if e.request_id else "")
+    if classify(e) is Kind.TRANSIENT:
+        return f"paw: not forgotten: {where} failed transiently ({code}); tokens kept; run it again"
+    return (
+        f"paw: not forgotten: {where} refused it for good ({code}): {str(e)[:200]}; tokens kept, "
+        "the Item may still be live there"
+    )

@@ -20,7 +20,7 @@ import asyncpg
 
 from worker import logs, reach, version
 from worker import settings as settings_mod
-from worker.cli import config, demo, dlq, items, ops
+from worker.cli import config, console, demo, dlq, items, ops
 from worker.errors import PawError, SettingsError
 
 
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.settings_help = True
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (ops, items, dlq, demo, config):
+    for module in (ops, items, dlq, console, demo, config):
         module.register(sub)
     return parser
 

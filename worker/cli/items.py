@@ -17,10 +17,9 @@ from worker.cli.context import Subparsers, add_actor, broker, database, default_
 from worker.cli.render import candidates_table, confirm, expiring_table, print_item, wide_console
 from worker.errors import UpstreamError
 from worker.items.model import Cause
-from worker.items.rules import Kind, classify
 from worker.items.states import State
 from worker.items.store import Store
-from worker.operate import retry_item
+from worker.operate import forget_refusal, retry_item
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -207,18 +206,6 @@ async def cmd_item_forget(s: Settings, args: argparse.Namespace) -> int:
     else:
         print(f"item {item_id} forgotten: state {state}; tokens destroyed")
     return 0
-
-
-def forget_refusal(e: UpstreamError) -> str:
-    """Why ``paw item forget`` stopped, in one line: its tokens are kept, whatever failed."""
-    where = "Plaid (/item/remove)" if e.service == "plaid" else f"{e.service} (funding source removal)"
-    code = f"{e.error_code or 'no error code'}" + (f", request_id {e.request_id}" if e.request_id else "")
-    if classify(e) is Kind.TRANSIENT:
-        return f"paw: not forgotten: {where} failed transiently ({code}); tokens kept; run it again"
-    return (
-        f"paw: not forgotten: {where} refused it for good ({code}): {str(e)[:200]}; tokens kept, "
-        "the Item may still be live there"
-    )
 
 
 async def cmd_item_retry(s: Settings, args: argparse.Namespace) -> int:
