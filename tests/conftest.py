@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,6 +52,21 @@ from worker.settings import Settings, load
 RUN = uuid.uuid4().hex[:8]
 
 
+def _containers() -> tuple[Any, Any]:
+    """testcontainers' Postgres and RabbitMQ containers, wherever this version keeps them (4.14+
+    moved them to ``testcontainers.community`` and warns on the old path; its own modules warn about
+    its own decorators at import: neither is this project's to fix, and pytest makes warnings errors)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            from testcontainers.community.postgres import PostgresContainer
+            from testcontainers.community.rabbitmq import RabbitMqContainer
+        except ImportError:
+            from testcontainers.postgres import PostgresContainer
+            from testcontainers.rabbitmq import RabbitMqContainer
+    return PostgresContainer, RabbitMqContainer
+
+
 @pytest.fixture(scope="session")
 def service_urls() -> Iterator[tuple[str, str]]:
     """(postgres admin DSN, AMQP URL): the local services, else testcontainers."""
@@ -58,8 +74,7 @@ def service_urls() -> Iterator[tuple[str, str]]:
     amqp = os.environ.get("PAW_TEST_AMQP_URL", DEFAULT_AMQP)
     containers: list[Any] = []
     if not service_answers(pg, 5432) or not service_answers(amqp, 5672):
-        from testcontainers.postgres import PostgresContainer
-        from testcontainers.rabbitmq import RabbitMqContainer
+        PostgresContainer, RabbitMqContainer = _containers()
 
         if not service_answers(pg, 5432):
             pgc = PostgresContainer("postgres:15-alpine", driver=None).start()
