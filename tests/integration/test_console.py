@@ -152,6 +152,66 @@ async def test_mutations_need_a_post_with_a_csrf_token_and_a_same_origin(
             assert plan["plan"]["selected"] == 0 and plan["cli"] == "paw dlq replay --all"
 
 
+async def _csrf(http: aiohttp.ClientSession, console: str) -> str:
+    async with http.get(console + "/console/") as resp:
+        found = re.search(r'<meta name="csrf-token" content="([^"]+)"', await resp.text())
+    assert found is not None
+    return found.group(1)
+
+
+async def test_purge_plans_first_and_deletes_only_what_the_plan_showed(
+    services: Services, settings: Settings, console: str
+) -> None:
+    down = [drive_letter(i) for i in range(3)]
+    login = [drive_letter(10 + i, code="ITEM_LOGIN_REQUIRED") for i in range(2)]
+    await put_dead(settings, [*down, *login])
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:  # an IP host
+        csrf = await _csrf(http, console)
+
+        async def post(path: str, form: list[tuple[str, str]]) -> tuple[int, Any]:
+            async with http.post(
+                console + "/console/api" + path,
+                data=[*form, ("csrf_token", csrf)],
+                headers={"Origin": console},
+            ) as resp:
+                return resp.status, await resp.json()
+
+        # two ticked dead letters are two ids (a form repeats the field)
+        status, plan = await post(
+            "/dead-letters/purge-plan", [("ids", login[0].key[:12]), ("ids", login[1].key[:12])]
+        )
+        assert status == 200 and plan["plan"]["would_purge"] == 2, plan
+        assert (
+            plan["cli"]
+            == f"paw dlq purge {login[0].key[:12]} {login[1].key[:12]} --until '{plan['params']['until']}'"
+        )
+
+        status, plan = await post("/dead-letters/purge-plan", [("code", "INSTITUTION_DOWN")])
+        assert status == 200 and plan["plan"]["would_purge"] == 3
+        assert plan["plan"]["by_reason"] == [["INSTITUTION_DOWN", 3]]
+        # planning changed nothing, and one more of the same reason dies after the plan
+        statuses = await services.pool.fetch("SELECT status FROM dead_letters")
+        assert [r["status"] for r in statuses] == ["dead"] * 5
+        late = drive_letter(99)
+        await put_dead(settings, [late])
+
+        status, refused = await post("/dead-letters/purge", list(plan["params"].items()))
+        assert status == 400 and "confirmation" in refused["error"]
+        status, done = await post("/dead-letters/purge", [*plan["params"].items(), ("confirm", "yes")])
+        assert status == 200 and done["selected"] == 3 and done["purged"] == 3, done
+
+    left = await queue_messages(settings.amqp_url, services.topo.dead_queue)
+    assert sorted(m.body for m in left) == sorted(x.body for x in [*login, late])
+    rows = await services.pool.fetch(
+        "SELECT status, count(*) AS n FROM dead_letters GROUP BY status ORDER BY status"
+    )
+    assert [(r["status"], r["n"]) for r in rows] == [("dead", 3), ("purged", 3)]
+    audit = await services.pool.fetchrow(
+        "SELECT action, actor, message_count FROM dlq_actions WHERE id = $1", done["action_id"]
+    )
+    assert (audit["action"], audit["message_count"]) == ("purge", 3) and audit["actor"]
+
+
 @pytest.fixture
 def sandbox_config(sandbox_config_for_receiver: SandboxConfig) -> SandboxConfig:
     return sandbox_config_for_receiver  # Atomic's webhooks reach the receiver

@@ -447,3 +447,29 @@ async def purge(
         if progress is not None:
             progress()
     return purged
+
+
+async def purge_keys(
+    pool: asyncpg.Pool,
+    connection: AbstractRobustConnection,
+    topo: Topology,
+    keys: Iterable[str],
+    *,
+    actor: str,
+    audit: Mapping[str, Any],
+    progress: Callable[[], None] | None = None,
+) -> tuple[int, int]:
+    """Purges the dead letters ``keys`` names (chosen and confirmed from the index) that are still on
+    the dead queue, reading it once; the audit row records who and how many, finished even when the
+    run is cut off. ``progress`` is called after each one. Returns (action id, purged); the CLI and
+    the console both purge through here."""
+    confirmed = set(keys)
+    async with held_dead_letters(connection, topo) as (held, _):
+        chosen = [h for h in held if h.letter.key in confirmed]
+        action_id = await start_action(pool, "purge", actor=actor, filters=audit, dry_run=False)
+        purged = 0
+        try:
+            purged = await purge(pool, chosen, action_id=action_id, actor=actor, progress=progress)
+        finally:
+            await finish_action(pool, action_id, purged)
+    return action_id, purged

@@ -579,28 +579,18 @@ async def cmd_dlq_purge(s: Settings, args: argparse.Namespace) -> int:
         if not args.yes and not await confirm(f"Delete these {len(keys)} dead letters for good? [y/N] "):
             out.say("nothing purged")
             return 1
-        confirmed = set(keys)
-        async with (
-            broker(s, "paw-dlq-cli") as connection,
-            dead_queue.held_dead_letters(connection, topo) as (held, _),
-        ):
-            chosen = [h for h in held if h.letter.key in confirmed]
-            action_id = await dead_queue.start_action(
-                pool, "purge", actor=args.actor, filters=_audit(args, filters), dry_run=False
-            )
-            purged = 0
-            try:
-                with progress_bar(len(chosen), "purging") as bar:
-                    task = bar.add_task("purge", total=len(chosen))
-                    purged = await dead_queue.purge(
-                        pool,
-                        chosen,
-                        action_id=action_id,
-                        actor=args.actor,
-                        progress=lambda: bar.advance(task),
-                    )
-            finally:
-                await dead_queue.finish_action(pool, action_id, purged)
+        with progress_bar(len(keys), "purging") as bar:
+            task = bar.add_task("purge", total=len(keys))
+            async with broker(s, "paw-dlq-cli") as connection:
+                action_id, purged = await dead_queue.purge_keys(
+                    pool,
+                    connection,
+                    topo,
+                    keys,
+                    actor=args.actor,
+                    audit=_audit(args, filters),
+                    progress=lambda: bar.advance(task),
+                )
     gone = f" ({len(keys) - purged} were gone meanwhile)" if purged < len(keys) else ""
     out.say(
         f"purged {purged} dead letters{gone} (each logged as dlq.purged); audit: dlq_actions #{action_id}"

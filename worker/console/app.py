@@ -22,7 +22,8 @@ import structlog
 from aiohttp import web
 
 from worker import operate
-from worker.bus import dead_queue, dlq_jobs
+from worker.bus import dead_index, dead_queue, dlq, dlq_jobs
+from worker.bus.dlq import Filters
 from worker.bus.publisher import Publisher
 from worker.bus.topology import Topology
 from worker.console import auth, data
@@ -147,8 +148,13 @@ async def job(request: web.Request) -> dict[str, Any] | None:
 
 
 async def _form(request: web.Request) -> dict[str, str]:
+    """The form's fields; the ids of several ticked dead letters come as one space-separated ``ids``."""
     form = await request.post()
-    return {k: str(v) for k, v in form.items() if isinstance(v, str)}
+    out = {k: str(v) for k, v in form.items() if isinstance(v, str) and k != "ids"}
+    ids = [str(v) for v in form.getall("ids", []) if isinstance(v, str)]
+    if ids:
+        out["ids"] = " ".join(" ".join(ids).replace(",", " ").split())
+    return out
 
 
 def _wants_json(request: web.Request) -> bool:
@@ -201,6 +207,89 @@ async def start_replay(request: web.Request) -> web.StreamResponse:
     if _wants_json(request):
         return _json({"job_id": job_id}, status=202)
     raise web.HTTPSeeOther(f"/console/jobs/{job_id}")
+
+
+def _pinned(params: dict[str, str], now: datetime) -> dict[str, str]:
+    """``params`` with the time window made absolute as of ``now`` (a relative ``--since 2h`` or no
+    ``--until`` would pick more dead letters at the confirm than the plan showed)."""
+    out = dict(params)
+    for name in ("since", "until"):
+        if out.get(name, "").strip():
+            out[name] = dlq.parse_since(out[name], now, name).isoformat()
+    out.setdefault("until", now.isoformat())
+    if not out["until"].strip():
+        out["until"] = now.isoformat()
+    return out
+
+
+async def plan_purge(request: web.Request) -> web.StreamResponse:
+    """What a purge of a selection or a filter would delete: counts, reasons, the first rows, the CLI
+    line. Changes nothing; the confirm form pins the time window, so it deletes no dead letter that
+    arrived after this plan."""
+    auth.require(request, "purge")
+    params = await _form(request)
+    pool = _console(request).store.pool
+    now = datetime.now(UTC)
+    try:
+        filters = data.filters_from(params, now)
+        limit = _positive(params.get("limit"))
+        pinned = _pinned(params, now)
+    except ValueError as e:
+        return _problem(request, str(e))
+    if filters.empty and params.get("all") != "yes":
+        return _problem(request, "nothing selected: choose dead letters, a filter, or all")
+    keys = await dead_index.chosen_keys(pool, filters, limit)
+    rows = dead_queue.PLAN_ROWS
+    page = await dead_index.page(pool, Filters(ids=tuple(keys[:rows])), limit=rows)
+    # with a limit, the reasons of the rows shown; else of everything the filters pick
+    reasons = dlq.by_reason(page.letters) if limit else await dead_index.by_reason(pool, filters)
+    out = data.safe(
+        {
+            "plan": {
+                "would_purge": len(keys),
+                "by_reason": reasons,
+                "sample": [d.summary(now) for d in page.letters],
+            },
+            "params": {k: v for k, v in pinned.items() if k != "csrf_token"},
+            "cli": data.cli_line("purge", pinned) + (" --all" if filters.empty else ""),
+        }
+    )
+    if _wants_json(request):
+        return _json(out)
+    return aiohttp_jinja2.render_template("purge_plan.html", request, {**out, **_chrome(request)})
+
+
+async def purge(request: web.Request) -> web.StreamResponse:
+    """Confirmed: deletes for good the dead letters the plan showed that are still there (each logged,
+    redacted, as ``dlq.purged``; the audit's actor is the signed-in person)."""
+    person = auth.require(request, "purge")
+    params = await _form(request)
+    c = _console(request)
+    try:
+        filters = data.filters_from(params, datetime.now(UTC))
+        limit = _positive(params.get("limit"))
+    except ValueError as e:
+        return _problem(request, str(e))
+    if params.get("confirm") != "yes":
+        return _problem(request, "nothing purged: tick the confirmation first")
+    if filters.empty and params.get("all") != "yes":
+        return _problem(request, "nothing selected: choose dead letters, a filter, or all")
+    keys = await dead_index.chosen_keys(c.store.pool, filters, limit)
+    audit = {**filters.public(), "all": params.get("all") == "yes", "limit": limit}
+    action_id, purged = (None, 0)
+    if keys:
+        action_id, purged = await dead_queue.purge_keys(
+            c.store.pool,
+            c.svc.connection,
+            c.topo,
+            keys,
+            actor=person.actor,
+            audit={k: v for k, v in audit.items() if v},
+        )
+    log.info("console.purged", action_id=action_id, actor=person.actor, selected=len(keys), purged=purged)
+    if _wants_json(request):
+        return _json({"action_id": action_id, "selected": len(keys), "purged": purged})
+    raise web.HTTPSeeOther("/console/actions")
 
 
 async def cancel_job(request: web.Request) -> web.StreamResponse:
@@ -290,6 +379,8 @@ PAGES: list[tuple[str, str, str, Page]] = [
 POSTS: list[tuple[str, Handler]] = [
     ("/dead-letters/plan", plan_replay),
     ("/dead-letters/replay", start_replay),
+    ("/dead-letters/purge-plan", plan_purge),
+    ("/dead-letters/purge", purge),
     ("/jobs/{id}/cancel", cancel_job),
     ("/items/{id}/retry", retry),
     ("/items/{id}/forget", forget),
