@@ -9,15 +9,16 @@ consumer's and the pipeline's decisions can be unit-tested without Postgres, Rab
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from worker.atomic_api import FundingSource
 from worker.errors import PublishFailed, UpstreamError
-from worker.items.model import NO_CHANGES, Changes, HistoryEntry, Item, Sealed
+from worker.items.model import NO_CHANGES, Changes, HeldEvent, HistoryEntry, Item, Sealed
 from worker.items.sealing import Sealer, aad
 from worker.items.states import State, Trigger, next_state
 from worker.plaid_api import Account, Exchange, ItemHealth
@@ -171,6 +172,10 @@ class FakeStore:
         self.leases: dict[uuid.UUID, Lease] = {}
         self.history: dict[uuid.UUID, list[HistoryEntry]] = {}
         self.calls: list[str] = []
+        self.held: list[HeldEvent] = []
+        self.held_for: dict[str, uuid.UUID] = {}
+        self.settled: dict[str, str] = {}
+        self.committed_triggers: list[Trigger] = []
         self._refusals: list[Callable[[], None] | None] = []
 
     def now(self) -> datetime:
@@ -289,6 +294,25 @@ class FakeStore:
         entry = HistoryEntry(row.state.value, to_state.value, trigger.value, cause, event_id, {}, self.now())
         self.history[item.id].append(dataclasses.replace(entry, detail=dict(detail or {})))
         return moved
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        yield None  # one dict, one task at a time: already atomic
+
+    async def held_events(self, conn: object, item_id: uuid.UUID) -> list[HeldEvent]:
+        return [e for e in self.held if self.held_for.get(e.event_key) == item_id]
+
+    async def settle_event(self, conn: object, event_key: str, outcome: str) -> None:
+        self.held = [e for e in self.held if e.event_key != event_key]
+        self.settled[event_key] = outcome
+
+    def hold_event(self, item_id: uuid.UUID, event: HeldEvent) -> None:
+        """Atomic's webhook about the Item arrived before its submission committed."""
+        self.held.append(event)
+        self.held_for[event.event_key] = item_id
+
+    def committed(self, trigger: Trigger, moved: Item) -> None:
+        self.committed_triggers.append(trigger)
 
     async def touch(self, item_id: uuid.UUID) -> None:
         self.calls.append("touch")

@@ -180,6 +180,52 @@ async def test_redelivery_after_a_crash_creates_no_second_funding_source(
     assert sandbox.state.atomic_funding_sources(str(done.id)) == 1
 
 
+class CommitsAfterAtomicAnswered(AtomicClient):
+    """The real client, except that the submission's answer reaches the worker only after Atomic's
+    webhook about it was handled: the race a busy worker loses (Atomic decides in milliseconds)."""
+
+    pool: asyncpg.Pool
+
+    async def submit_funding_source(self, **kwargs: Any) -> FundingSource:
+        source = await super().submit_funding_source(**kwargs)
+
+        async def webhook_handled() -> bool:
+            n = await self.pool.fetchval(
+                "SELECT count(*) FROM inbox WHERE item_id = $1 AND routing_key LIKE 'webhook.atomic.%'",
+                uuid.UUID(kwargs["account_ref"]),
+            )
+            return bool(n)
+
+        await eventually(webhook_handled, timeout=15)
+        return source
+
+
+async def test_atomic_answering_before_the_submission_commits_is_applied_with_the_commit(
+    services: Services, worker: RunningWorker, receiver: str, sandbox: Sandbox, settings: Settings
+) -> None:
+    real = services.pipeline.atomic
+    racing = CommitsAfterAtomicAnswered(
+        base_url=settings.atomic_base_url, api_key=settings.atomic_api_key, timeout=5
+    )
+    racing.pool = services.pool
+    services.pipeline.atomic = racing
+    try:
+        token = await new_public_token(sandbox)
+        await submit_amqp(services, {"public_token": token, "client_user_id": "u-race"})
+        item = await settled(services, token, State.ATOMIC_VERIFIED)
+    finally:
+        services.pipeline.atomic = real
+        await racing.close()
+    history = await services.store.history(item.id)
+    assert [h.to_state for h in history][-2:] == ["atomic_pending", "atomic_verified"]
+    assert history[-1].cause == "webhook.atomic.verified" and "held_s" in history[-1].detail
+    # one delivery of the webhook, held, then applied with the commit: no retry round trip
+    rows = await services.pool.fetch(
+        "SELECT outcome FROM inbox WHERE item_id = $1 AND routing_key LIKE 'webhook.atomic.%'", item.id
+    )
+    assert [r["outcome"] for r in rows] == ["applied"]
+
+
 async def test_database_holds_no_plaintext_token(
     services: Services, worker: RunningWorker, receiver: str, sandbox: Sandbox, settings: Settings
 ) -> None:

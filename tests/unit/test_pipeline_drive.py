@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 
 from tests.fakes import (
+    EPOCH,
     TEST_SEALER,
     FakeAtomic,
     FakePlaid,
@@ -26,7 +27,7 @@ from tests.fakes import (
     unseal,
 )
 from worker.errors import ItemBusy, UpstreamError
-from worker.items.model import Cause, Item
+from worker.items.model import Cause, HeldEvent, Item
 from worker.items.pipeline import Pipeline
 from worker.items.states import State, Trigger
 from worker.plaid_api import Account
@@ -384,3 +385,29 @@ async def test_a_release_the_database_refuses_does_not_hide_why_the_drive_stoppe
 
 async def _no_wait(_: float) -> None:
     return None
+
+
+def held(key: str, status: str, funding_source_id: str) -> HeldEvent:
+    return HeldEvent(key, "webhook.atomic.x", f"evt-{key}", status, funding_source_id, EPOCH)
+
+
+async def test_atomic_answers_held_before_the_submission_committed_are_applied_with_it() -> None:
+    w = World()
+    item = w.add(linked_item(State.PROCESSOR_TOKEN_ISSUED, processor="processor-sandbox-1"))
+    w.store.hold_event(item.id, held("other", "VERIFIED", "fs-someone-else"))
+    w.store.hold_event(item.id, held("ours", "VERIFIED", "fs-1"))
+    done = await w.drive(item)
+    assert done is not None and done.state is State.ATOMIC_VERIFIED
+    assert w.store.path(item.id) == ["processor_token_issued", "atomic_pending", "atomic_verified"]
+    assert w.store.history[item.id][-1].event_id == "evt-ours"
+    assert w.store.settled == {"other": "ignored", "ours": "applied"}
+    assert w.store.committed_triggers == [Trigger.ATOMIC_SUBMITTED, Trigger.ATOMIC_VERIFIED]
+    assert w.store.lease_of(item.id) is None
+
+
+async def test_without_held_answers_the_submission_waits_for_atomic() -> None:
+    w = World()
+    item = w.add(linked_item(State.PROCESSOR_TOKEN_ISSUED, processor="processor-sandbox-1"))
+    done = await w.drive(item)
+    assert done is not None and done.state is State.ATOMIC_PENDING
+    assert w.store.settled == {}

@@ -121,6 +121,32 @@ class HistoryEntry:
 
 
 @dataclasses.dataclass(frozen=True)
+class HeldEvent:
+    """Atomic's answer about a funding source that arrived before the Item committed its submission:
+    kept in the inbox (outcome ``held``) and applied in the transaction that commits it."""
+
+    event_key: str
+    routing_key: str
+    event_id: str | None
+    status: str
+    funding_source_id: str
+    received_at: datetime
+
+    @classmethod
+    def from_record(cls, row: Mapping[str, Any]) -> HeldEvent:
+        payload = row["payload"]
+        hook = payload.get("webhook") or {}
+        return cls(
+            event_key=row["event_key"],
+            routing_key=row["routing_key"],
+            event_id=payload.get("event_id"),
+            status=str(hook.get("status")),
+            funding_source_id=str(hook.get("funding_source_id")),
+            received_at=row["received_at"],
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class Changes:
     """Columns a transition sets besides the state. ``None`` leaves a column as it is."""
 

@@ -34,6 +34,7 @@ from worker.items.rules import (
     classify,
     failure_trigger,
     next_step,
+    on_atomic_status,
     on_item_health,
     on_verification_status,
     operator_hint,
@@ -303,6 +304,8 @@ class Pipeline:
         delay = 0.05
         while True:
             try:
+                if trigger is Trigger.ATOMIC_SUBMITTED:
+                    return await self._submitted(item, done, cause, lease)
                 return await self.store.transition(
                     item,
                     trigger,
@@ -330,6 +333,61 @@ class Pipeline:
                 log.warning("item.commit_retry", item_id=str(item.id), error=type(e).__name__, delay_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    async def _submitted(
+        self,
+        item: Item,
+        done: Done,
+        cause: Cause,
+        lease: tuple[uuid.UUID, float | None] | None,
+        *,
+        parked: bool = False,
+    ) -> Item | None:
+        """Commits the submission to Atomic and, in the same transaction, applies what Atomic's
+        webhook said meanwhile (held in the inbox by :func:`on_atomic_status`). The webhook's
+        transaction locks the Item's row as this one's update does, so either it committed first and
+        its event is held here, or this commits first and the webhook finds ``atomic_pending``."""
+        assert done.trigger is Trigger.ATOMIC_SUBMITTED
+        committed: list[tuple[Trigger, Item]] = []
+        async with self.store.transaction() as conn:
+            moved = await self.store.transition(
+                item,
+                done.trigger,
+                cause=cause.name,
+                event_id=cause.event_id,
+                detail={**done.detail, "parked": True} if parked else done.detail,
+                changes=done.changes,
+                lease=lease,
+                conn=conn,
+            )
+            if moved is None:
+                return None
+            committed.append((done.trigger, moved))
+            for held in await self.store.held_events(conn, item.id):
+                decision = on_atomic_status(moved, held.status, held.funding_source_id)
+                outcome = decision.outcome
+                if decision.trigger is not None:
+                    later = await self.store.transition(
+                        moved,
+                        decision.trigger,
+                        cause=held.routing_key,
+                        event_id=held.event_id,
+                        detail={"held_s": round((self.now() - held.received_at).total_seconds(), 3)},
+                        changes=decision.changes(),
+                        conn=conn,
+                    )
+                    if later is not None:
+                        committed.append((decision.trigger, later))
+                        moved = later
+                    else:
+                        outcome = "refused"
+                await self.store.settle_event(conn, held.event_key, outcome)
+                log.info(
+                    "event.held_applied", item_id=str(item.id), event_key=held.event_key, outcome=outcome
+                )
+        for trigger, at in committed:
+            self.store.committed(trigger, at)
+        return moved
 
     async def _park(
         self, item: Item, done: Done, cause: Cause, owner: uuid.UUID, answered_at: datetime
@@ -385,15 +443,20 @@ class Pipeline:
             log.error("item.parked_for_unknown_item", item_id=str(parked.item_id))
             return None
         if item.state is parked.from_state:
-            moved = await self.store.transition(
-                item,
-                parked.trigger,
-                cause=parked.cause.name,
-                event_id=parked.cause.event_id,
-                detail={**parked.detail, "parked": True},
-                changes=parked.changes,
-                lease=(parked.owner, None) if parked.owner else None,
-            )
+            lease = (parked.owner, None) if parked.owner else None
+            if parked.trigger is Trigger.ATOMIC_SUBMITTED:  # with what Atomic said meanwhile
+                done = Done(parked.trigger, parked.detail, parked.changes)
+                moved = await self._submitted(item, done, parked.cause, lease, parked=True)
+            else:
+                moved = await self.store.transition(
+                    item,
+                    parked.trigger,
+                    cause=parked.cause.name,
+                    event_id=parked.cause.event_id,
+                    detail={**parked.detail, "parked": True},
+                    changes=parked.changes,
+                    lease=lease,
+                )
             if moved is not None:
                 metrics.PARKED.labels("applied").inc()
                 log.info(

@@ -177,15 +177,17 @@ ATOMIC_OUTCOMES = {"VERIFIED": Trigger.ATOMIC_VERIFIED, "REJECTED": Trigger.ATOM
 
 
 def on_atomic_status(item: Item | None, status: str, funding_source_id: str) -> Decision:
-    """What Atomic's status for a funding source does to the Item. Raises :class:`EventTooEarly` when
-    Atomic answered before the Item committed its submission: the event is applied once it has."""
+    """What Atomic's status for a funding source does to the Item. Atomic can answer before the Item
+    committed its submission (the webhook overtakes the commit): then the event is ``held`` in the
+    inbox, under the Item's row lock, and the transaction that commits the submission applies it
+    (:meth:`worker.items.pipeline.Pipeline._submitted`): no redelivery, no second of waiting."""
     trigger = ATOMIC_OUTCOMES.get(status)
     if item is None:
         return Decision("unknown_item")
     if trigger is None or item.atomic_funding_source_id not in (None, funding_source_id):
         return Decision("ignored")
     if item.state is State.PROCESSOR_TOKEN_ISSUED:
-        raise EventTooEarly(f"item {item.id} has not recorded its Atomic submission yet")
+        return Decision("held")
     if item.state is not State.ATOMIC_PENDING:
         return Decision("ignored")
     return Decision("applied", trigger)

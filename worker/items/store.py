@@ -4,16 +4,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 
 from worker import metrics
-from worker.items.model import NO_CHANGES, Changes, HistoryEntry, Item, id_range
+from worker.items.model import NO_CHANGES, Changes, HeldEvent, HistoryEntry, Item, id_range
 from worker.items.states import Trigger, next_state
 from worker.sql import query
 
@@ -302,6 +303,20 @@ class Store:
     async def lock_by_plaid_id(self, conn: asyncpg.Connection, plaid_item_id: str) -> Item | None:
         row = await conn.fetchrow(query("lock_item_by_plaid_id"), plaid_item_id)
         return None if row is None else Item.from_record(row)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection in a transaction, for statements that must commit together."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    async def held_events(self, conn: asyncpg.Connection, item_id: uuid.UUID) -> list[HeldEvent]:
+        """The events held for the Item (Atomic answered before its submission committed), locked."""
+        rows = await conn.fetch(query("held_events"), item_id)
+        return [HeldEvent.from_record(r) for r in rows]
+
+    async def settle_event(self, conn: asyncpg.Connection, event_key: str, outcome: str) -> None:
+        await conn.execute(query("settle_event"), event_key, outcome)
 
     async def lock(self, conn: asyncpg.Connection, item_id: uuid.UUID) -> Item | None:
         row = await conn.fetchrow(query("lock_item"), item_id)

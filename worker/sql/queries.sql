@@ -271,3 +271,18 @@ INSERT INTO item_notes (item_id, kind, actor, text, message_id) VALUES ($1, $2, 
 -- name: item_notes
 -- $1 item id
 SELECT kind, actor, text, message_id, at FROM item_notes WHERE item_id = $1 ORDER BY id;
+
+-- name: held_events
+-- Atomic's answers that arrived while the Item's submission was not yet committed (outcome 'held'),
+-- oldest first, locked until the transaction that applies them ends.
+-- $1 item_id
+SELECT event_key, routing_key, payload, received_at
+FROM inbox
+WHERE item_id = $1 AND outcome = 'held'
+ORDER BY received_at
+FOR UPDATE;
+
+-- name: settle_event
+-- A held event, applied (or found moot) once the submission committed.
+-- $1 event_key, $2 outcome
+UPDATE inbox SET outcome = $2 WHERE event_key = $1;
