@@ -1,7 +1,7 @@
 """Pipeline benchmark: N Items from submission to ``atomic_verified`` through real processes.
 
     .venv/bin/python -m bench.pipeline                      # 3,000 Items at 0 ms and at 100 ms per call
-    .venv/bin/python -m bench.pipeline --items 1000 --latency-ms 100 --prefetch 512 --plaid-threads 128
+    .venv/bin/python -m bench.pipeline --items 1000 --latency-ms 100 --prefetch 512 --plaid-connections 128
 
 Per upstream latency: ``paw sandbox --latency-ms L`` (Plaid and Atomic, its Atomic webhooks going to
 the receiver), ``paw receiver``, ``paw worker`` (``--workers`` of them), each a subprocess on a fresh
@@ -146,7 +146,7 @@ async def start_workers(
     wenv = {
         **env,
         "PAW_PREFETCH": str(args.prefetch),
-        "PAW_PLAID_THREADS": str(args.plaid_threads),
+        "PAW_PLAID_CONNECTIONS": str(args.plaid_connections),
         **({"PAW_DB_POOL_SIZE": str(args.db_pool)} if args.db_pool else {}),
         "PAW_ADMIN_PORT": "0",
     }
@@ -594,7 +594,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {
             "workers": args.workers,
             "prefetch": args.prefetch,
-            "plaid_threads": args.plaid_threads,
+            "plaid_connections": args.plaid_connections,
             "db_pool": args.db_pool or "default",
             "atomic_delay_s": args.atomic_delay,
             "retry_base_ms": args.retry_base_ms,
@@ -621,7 +621,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="paw worker processes")
     parser.add_argument("--prefetch", type=int, default=256, help="PAW_PREFETCH")
     parser.add_argument("--db-pool", type=int, default=0, help="PAW_DB_POOL_SIZE (0: the default)")
-    parser.add_argument("--plaid-threads", type=int, default=64, help="PAW_PLAID_THREADS")
+    parser.add_argument("--plaid-connections", type=int, default=64, help="PAW_PLAID_CONNECTIONS")
     parser.add_argument("--atomic-delay", type=float, default=0.0, help="sandbox --atomic-delay (s)")
     parser.add_argument("--retry-base-ms", type=int, default=1000, help="PAW_RETRY_BASE_MS")
     parser.add_argument("--log-level", default="info", help="PAW_LOG_LEVEL of every process")

@@ -212,7 +212,7 @@ def settings(
         queue_prefix=prefix,
         retry_base_ms=50,
         retry_budget=4,
-        plaid_threads=16,
+        plaid_connections=16,
         publish_timeout=3.0,
         atomic_pending_reconcile_s=1,
     )

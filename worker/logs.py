@@ -219,7 +219,7 @@ SHOWN = (
     "exchange",
     "queue_prefix",
     "prefetch",
-    "plaid_threads",
+    "plaid_connections",
     "db_pool_size",
     "publish_timeout",
     "http_timeout",

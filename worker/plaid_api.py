@@ -1,25 +1,27 @@
-"""Plaid, through the unmodified plaid-python SDK.
+"""Plaid: requests built and serialised by plaid-python's models, sent with aiohttp.
 
-plaid-python is synchronous (urllib3), so every call runs in a bounded thread pool, never on the
-event loop. Its errors become :class:`UpstreamError` carrying Plaid's ``error_code`` and
+plaid-python stays the contract: every request is one of its request models (which check the
+fields' types when built) serialised by its ``ApiClient``, with the headers its ``Configuration``
+makes (client id, secret, ``Plaid-Version``, its User-Agent). Only the transport is aiohttp: the SDK's
+urllib3 is synchronous, and running it in threads cost a third of the worker's CPU (thread hand-off,
+http.client parsing each response's headers with the ``email`` package; issue 16). Answers are read as
+plain JSON, as before: plaid-python's response models cost more CPU than the rest of the call, and we
+read a handful of fields. Errors become :class:`UpstreamError` carrying Plaid's ``error_code`` and
 ``request_id``; the message never includes the request (which holds tokens).
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import plaid
 import structlog
-import urllib3
-from plaid.api import plaid_api
 from plaid.model.accounts_get_request import AccountsGetRequest
 from plaid.model.accounts_get_request_options import AccountsGetRequestOptions
 from plaid.model.country_code import CountryCode
@@ -73,96 +75,94 @@ class LinkToken:
     request_id: str
 
 
-class MalformedResponse(Exception):
-    """Plaid answered 2xx with something that is not the JSON object it documents."""
+def malformed() -> UpstreamError:
+    return UpstreamError(
+        "Plaid answered malformed JSON", service="plaid", status=502, error_code="BAD_RESPONSE"
+    )
 
 
-def to_upstream_error(e: Exception) -> UpstreamError:
-    """Maps what plaid-python raises to :class:`UpstreamError`, without request data."""
-    if isinstance(e, MalformedResponse | ValueError):
-        return UpstreamError(
-            "Plaid answered malformed JSON", service="plaid", status=502, error_code="BAD_RESPONSE"
-        )
-    if isinstance(e, plaid.ApiException) and not e.status:
-        # plaid-python reports connection failures and timeouts as ApiException(status=0)
-        return UpstreamError(f"Plaid unreachable: {e.reason}", service="plaid", error_code="NETWORK_ERROR")
-    if isinstance(e, plaid.ApiException):
-        body: dict[str, Any] = {}
+def unreachable(e: BaseException) -> UpstreamError:
+    """A connection failure or timeout: no answer, so no Plaid error code (transient)."""
+    return UpstreamError(
+        f"Plaid unreachable: {type(e).__name__}", service="plaid", error_code="NETWORK_ERROR"
+    )
+
+
+def plaid_error(status: int, raw: bytes, headers: Mapping[str, str]) -> UpstreamError:
+    """Plaid's answer with an HTTP error status as :class:`UpstreamError`: its ``error_code`` (or
+    ``HTTP_<status>`` when the body is not Plaid's error object), type, request id, Retry-After."""
+    body: dict[str, Any] = {}
+    try:
+        parsed = json.loads(raw or b"{}")
+        body = parsed if isinstance(parsed, dict) else {}
+    except ValueError:
+        pass
+    retry_after = None
+    if headers.get("Retry-After"):
         try:
-            parsed = json.loads(e.body or b"{}")
-            body = parsed if isinstance(parsed, dict) else {}
-        except (TypeError, ValueError):
-            pass
-        retry_after = None
-        if e.headers and e.headers.get("Retry-After"):
-            try:
-                retry_after = float(e.headers["Retry-After"])
-            except ValueError:
-                retry_after = None
-        code = body.get("error_code") or f"HTTP_{e.status}"
-        return UpstreamError(
-            f"Plaid {code}: {body.get('error_message') or e.reason}",
-            service="plaid",
-            status=e.status,
-            error_code=code,
-            error_type=body.get("error_type"),
-            request_id=body.get("request_id"),
-            retry_after=retry_after,
-        )
-    if isinstance(e, urllib3.exceptions.HTTPError | OSError):
-        return UpstreamError(
-            f"Plaid unreachable: {type(e).__name__}", service="plaid", error_code="NETWORK_ERROR"
-        )
-    raise e
+            retry_after = float(headers["Retry-After"])
+        except ValueError:
+            retry_after = None
+    code = body.get("error_code") or f"HTTP_{status}"
+    return UpstreamError(
+        f"Plaid {code}: {body.get('error_message') or f'HTTP {status}'}",
+        service="plaid",
+        status=status,
+        error_code=code,
+        error_type=body.get("error_type"),
+        request_id=body.get("request_id"),
+        retry_after=retry_after,
+    )
+
+
+def sdk_headers(config: plaid.Configuration) -> dict[str, str]:
+    """The headers plaid-python sends with ``config``: its default headers (``Plaid-Version``, its
+    User-Agent) and every auth setting it puts in a header (client id, secret)."""
+    headers = dict(plaid.ApiClient(config).default_headers)
+    for auth in config.auth_settings().values():
+        if auth["in"] == "header" and auth["value"] is not None:
+            headers[auth["key"]] = auth["value"]
+    headers.update({"Content-Type": "application/json", "Accept": "application/json"})
+    return headers
 
 
 class PlaidClient:
-    def __init__(self, *, host: str, client_id: str, secret: str, threads: int, timeout: float) -> None:
+    def __init__(self, *, host: str, client_id: str, secret: str, connections: int, timeout: float) -> None:
         config = plaid.Configuration(
             host=host,
             api_key={"clientId": client_id, "secret": secret, "plaidVersion": PLAID_VERSION},
         )
-        config.connection_pool_maxsize = threads
-        self._api_client = plaid.ApiClient(config)
-        self._api = plaid_api.PlaidApi(self._api_client)
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="plaid")
-        self._timeout = timeout
+        self._host = config.host.rstrip("/")
+        self._session = aiohttp.ClientSession(
+            headers=sdk_headers(config),
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            connector=aiohttp.TCPConnector(limit=connections),
+        )
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._api_client.close()
-        self._api_client.rest_client.pool_manager.clear()
+    async def close(self) -> None:
+        await self._session.close()
 
-    async def _call(
-        self, endpoint: str, call: Callable[..., Any], request: Callable[[], Any]
-    ) -> dict[str, Any]:
-        """Runs one plaid-python call in the thread pool: the request model is built, sent and its
-        JSON answer parsed there, off the event loop. The answer is read as plain JSON
-        (``_preload_content=False``): plaid-python's response models cost more CPU than the rest of
-        the call, and we read a handful of fields."""
-
-        def blocking() -> dict[str, Any]:
-            raw = call(request(), _request_timeout=self._timeout, _preload_content=False)
-            try:
-                body = json.loads(raw.data)
-            finally:
-                raw.release_conn()
-            if not isinstance(body, dict) or "request_id" not in body:
-                raise MalformedResponse()
-            return body
-
-        loop = asyncio.get_running_loop()
+    async def _call(self, endpoint: str, request: Callable[[], Any]) -> dict[str, Any]:
+        """POSTs the SDK request model ``request()`` builds to ``endpoint``, serialised as the SDK
+        serialises it; answers the JSON object Plaid sent, or raises :class:`UpstreamError`."""
+        body = json.dumps(plaid.ApiClient.sanitize_for_serialization(request()))
         started = time.perf_counter()
         try:
-            return await loop.run_in_executor(self._pool, blocking)
-        except (
-            plaid.ApiException,
-            urllib3.exceptions.HTTPError,
-            OSError,
-            ValueError,
-            MalformedResponse,
-        ) as e:
-            err = to_upstream_error(e)
+            try:
+                async with self._session.post(self._host + endpoint, data=body) as resp:
+                    raw = await resp.read()
+                    if resp.status >= 400:
+                        raise plaid_error(resp.status, raw, resp.headers)
+            except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                raise unreachable(e) from None
+            try:
+                answer = json.loads(raw)
+            except ValueError:
+                answer = None
+            if not isinstance(answer, dict) or "request_id" not in answer:
+                raise malformed()
+            return answer
+        except UpstreamError as err:
             metrics.UPSTREAM_ERRORS.labels("plaid", endpoint, err.error_code or "unknown").inc()
             log.info(
                 "plaid.error",
@@ -171,14 +171,13 @@ class PlaidClient:
                 error_code=err.error_code,
                 request_id=err.request_id,
             )
-            raise err from None
+            raise
         finally:
             metrics.UPSTREAM_SECONDS.labels("plaid", endpoint).observe(time.perf_counter() - started)
 
     async def exchange_public_token(self, public_token: str) -> Exchange:
         resp = await self._call(
             "/item/public_token/exchange",
-            self._api.item_public_token_exchange,
             lambda: ItemPublicTokenExchangeRequest(public_token=public_token),
         )
         return Exchange(resp["access_token"], resp["item_id"], resp["request_id"])
@@ -192,7 +191,7 @@ class PlaidClient:
                 return AccountsGetRequest(access_token=access_token, options=options)
             return AccountsGetRequest(access_token=access_token)
 
-        resp = await self._call("/accounts/get", self._api.accounts_get, request)
+        resp = await self._call("/accounts/get", request)
         accounts = [
             Account(
                 account_id=a["account_id"],
@@ -210,7 +209,6 @@ class PlaidClient:
     async def create_processor_token(self, access_token: str, account_id: str) -> tuple[str, str]:
         resp = await self._call(
             "/processor/token/create",
-            self._api.processor_token_create,
             lambda: ProcessorTokenCreateRequest(
                 access_token=access_token, account_id=account_id, processor=ATOMIC_PROCESSOR
             ),
@@ -218,19 +216,15 @@ class PlaidClient:
         return resp["processor_token"], resp["request_id"]
 
     async def remove_item(self, access_token: str) -> str:
-        resp = await self._call(
-            "/item/remove", self._api.item_remove, lambda: ItemRemoveRequest(access_token=access_token)
-        )
+        resp = await self._call("/item/remove", lambda: ItemRemoveRequest(access_token=access_token))
         return str(resp["request_id"])
 
     async def item_get(self, access_token: str) -> ItemHealth:
         """``/item/get``: the Item's health now (its ``error``, null when the login works)."""
-        resp = await self._call(
-            "/item/get", self._api.item_get, lambda: ItemGetRequest(access_token=access_token)
-        )
+        resp = await self._call("/item/get", lambda: ItemGetRequest(access_token=access_token))
         item = resp.get("item")
         if not isinstance(item, dict):
-            raise to_upstream_error(MalformedResponse())
+            raise malformed()
         error = item.get("error")
         if not isinstance(error, dict):
             return ItemHealth(None, None, str(resp["request_id"]))
@@ -272,16 +266,15 @@ class PlaidClient:
                 **optional,
             )
 
-        resp = await self._call("/link/token/create", self._api.link_token_create, request)
+        resp = await self._call("/link/token/create", request)
         return LinkToken(str(resp["link_token"]), str(resp["expiration"]), str(resp["request_id"]))
 
     async def webhook_verification_key(self, kid: str) -> dict[str, Any]:
         resp = await self._call(
             "/webhook_verification_key/get",
-            self._api.webhook_verification_key_get,
             lambda: WebhookVerificationKeyGetRequest(key_id=kid),
         )
         key = resp.get("key")
         if not isinstance(key, dict):
-            raise to_upstream_error(MalformedResponse())
+            raise malformed()
         return key

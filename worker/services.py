@@ -81,10 +81,10 @@ async def open_services(
             host=settings.plaid_host,
             client_id=settings.plaid_client_id,
             secret=settings.plaid_secret,
-            threads=settings.plaid_threads,
+            connections=settings.plaid_connections,
             timeout=settings.http_timeout,
         )
-        stack.callback(plaid.close)
+        stack.push_async_callback(plaid.close)
         atomic = AtomicClient(
             base_url=settings.atomic_base_url, api_key=settings.atomic_api_key, timeout=settings.http_timeout
         )

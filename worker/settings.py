@@ -62,7 +62,7 @@ class Settings:
     exchange: str = "paw.events"
     queue_prefix: str = "paw"
     prefetch: int = 64
-    plaid_threads: int = 64
+    plaid_connections: int = 64
     publish_timeout: float = 5.0
     http_timeout: float = 10.0
     max_body_bytes: int = 1024 * 1024
@@ -404,7 +404,12 @@ _VARS = (
         "prefix of every queue name (PREFIX.items, PREFIX.webhooks, PREFIX.dead, ...)",
     ),
     Var("PAW_PREFETCH", "prefetch", _int(1, 10_000), "unacked messages per consumer (its concurrency)"),
-    Var("PAW_PLAID_THREADS", "plaid_threads", _int(1, 1024), "threads for the synchronous plaid-python SDK"),
+    Var(
+        "PAW_PLAID_CONNECTIONS",
+        "plaid_connections",
+        _int(1, 1024),
+        "connections to Plaid at most (calls beyond it wait for one)",
+    ),
     Var(
         "PAW_PUBLISH_TIMEOUT",
         "publish_timeout",

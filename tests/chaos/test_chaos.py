@@ -348,7 +348,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
     return paw_env(
         settings,
         PAW_ATOMIC_PENDING_RECONCILE_S=str(settings.atomic_pending_reconcile_s),
-        PAW_PLAID_THREADS="16",
+        PAW_PLAID_CONNECTIONS="16",
         # a SIGKILLed worker's Items are free again once their lease runs out (30 s by default)
         PAW_ITEM_LEASE_S=str(settings.item_lease_s),
         PAW_ADMIN_PORT="0",

@@ -208,22 +208,22 @@ def test_defaults_work_locally() -> None:
 
 
 def test_plaid_connection_failures_are_transient() -> None:
-    import plaid
+    from worker.plaid_api import malformed, plaid_error, unreachable
 
-    from worker.plaid_api import MalformedResponse, to_upstream_error
-
-    refused = to_upstream_error(plaid.ApiException(status=0, reason="MaxRetryError: connection refused"))
+    refused = unreachable(ConnectionRefusedError())
     assert refused.error_code == "NETWORK_ERROR" and classify(refused) is Kind.TRANSIENT
-    garbled = to_upstream_error(MalformedResponse())
-    assert classify(garbled) is Kind.TRANSIENT
-    error = plaid.ApiException(status=400, reason="Bad Request")
-    error.body = b'{"error_code": "INVALID_PUBLIC_TOKEN", "error_type": "INVALID_INPUT", "request_id": "r1"}'
-    invalid = to_upstream_error(error)
+    assert classify(malformed()) is Kind.TRANSIENT
+    body = b'{"error_code": "INVALID_PUBLIC_TOKEN", "error_type": "INVALID_INPUT", "request_id": "r1"}'
+    invalid = plaid_error(400, body, {})
     assert (invalid.error_code, invalid.request_id, classify(invalid)) == (
         "INVALID_PUBLIC_TOKEN",
         "r1",
         Kind.PERMANENT,
     )
+    limited = plaid_error(429, b'{"error_code": "RATE_LIMIT_EXCEEDED"}', {"Retry-After": "3"})
+    assert (limited.retry_after, classify(limited)) == (3.0, Kind.TRANSIENT)
+    proxy = plaid_error(502, b"<html>bad gateway</html>", {})
+    assert (proxy.error_code, proxy.status, classify(proxy)) == ("HTTP_502", 502, Kind.TRANSIENT)
 
 
 def test_paw_refuses_to_talk_to_plaid_itself_with_the_emulators_keys() -> None:
