@@ -283,6 +283,9 @@ async def spawn(name: str, args: Sequence[str], env: Mapping[str, str], log_dir:
 
 
 async def spawn_paw(name: str, command: Sequence[str], env: Mapping[str, str], log_dir: Path) -> Child:
+    # One process per `paw worker|receiver` unless the caller says otherwise: the benchmarks count
+    # and place processes themselves.
+    env = {"PAW_PROCESSES": "1", **env}
     return await spawn(name, [sys.executable, "-m", "worker.cli", *command], env, log_dir)
 
 

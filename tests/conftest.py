@@ -21,6 +21,10 @@ from tests.helpers import create_database
 for _var in list(os.environ):
     if _var.startswith(("PAW_", "PLAID_", "ATOMIC_")) or _var in ("DATABASE_URL", "AMQP_URL"):
         os.environ.pop(_var)
+# Every `paw worker|receiver` a test starts is one process (the default is one per core, under a
+# supervisor): a test that kills "the worker" kills the process doing the work. The supervisor's own
+# tests ask for --processes explicitly.
+os.environ["PAW_PROCESSES"] = "1"
 
 import shutil
 

@@ -88,6 +88,7 @@ class Settings:
     callbacks: tuple[Callback, ...] = ()
     callback_allow_private: bool = False
     callback_timeout: float = 10.0
+    processes: int = 0
     admin_host: str = "127.0.0.1"
     admin_port: int = 9100
     console_host: str = "127.0.0.1"
@@ -559,6 +560,13 @@ _VARS = (
         "seconds a callback URL has to answer (a timeout is retried like a non-2xx answer)",
     ),
     Var(
+        "PAW_PROCESSES",
+        "processes",
+        _int(0, 256),
+        "processes `paw worker` and `paw receiver` run (0: one per core; --processes overrides)",
+        shown_default="0 (one per core)",
+    ),
+    Var(
         "PAW_ADMIN_HOST",
         "admin_host",
         _str,
@@ -568,7 +576,7 @@ _VARS = (
         "PAW_ADMIN_PORT",
         "admin_port",
         _int(0, 65535),
-        "the worker's admin port (the receiver's is its --admin-port, 9101)",
+        "the worker's admin port (the receiver's: its --admin-port, 9101); +10 per further process",
     ),
     Var(
         "PAW_CONSOLE_HOST",

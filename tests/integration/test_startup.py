@@ -3,8 +3,10 @@ the real ``paw`` subprocess, instead of ``UndefinedTableError`` or a bare ``Conn
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import sys
 import uuid
 from collections.abc import AsyncIterator
 
@@ -12,7 +14,7 @@ import asyncpg
 import pytest
 
 import schemas
-from tests.helpers import create_database, drop_database, free_port, run_paw
+from tests.helpers import create_database, drop_database, free_port, paw_env, run_paw
 from worker.settings import Settings, load
 
 ALL_MIGRATIONS = ", ".join(f"{m.version:04d}_{m.name}" for m in schemas.migrations())
@@ -85,3 +87,22 @@ async def test_a_broker_that_refuses_is_named_with_its_variable(settings: Settin
     assert code == 1, err.decode()
     assert f"paw: RabbitMQ at 127.0.0.1:{port}/ (AMQP_URL) refused the connection" in err.decode()
     assert "hunter2" not in err.decode()
+
+
+async def test_a_setup_that_cannot_start_is_the_supervisors_exit_code_not_a_restart_loop(
+    on_empty_db: Settings,
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker.cli",
+        "worker",
+        "--processes",
+        "2",
+        env=paw_env(on_empty_db, PAW_ADMIN_PORT="0"),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1, err.decode()
+    assert "is not migrated: run `paw migrate`" in err.decode()
+    assert b"supervisor.child_failed_to_start" in err and b"supervisor.child_exited" not in err

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,9 @@ from worker.status import CRITICAL, gather, verdict
 if TYPE_CHECKING:
     from sandbox.app import SandboxConfig
 
+# A supervised child's own drain (the worker's 30 s, then its replay job and relay flush) fits in this.
+SUPERVISED_DRAIN_S = 60.0
+
 # The processes' modules (plaid-python, aiohttp servers, the emulator) are imported by the command
 # that runs them: ``paw dlq list`` and ``paw --help`` should not pay half a second for them.
 
@@ -38,11 +42,18 @@ def register(sub: Subparsers) -> None:
     p = sub.add_parser(
         "worker", help="consume and process events (DATABASE_URL, AMQP_URL, PLAID_*, ATOMIC_*)"
     )
+    processes_option(p)
     p.set_defaults(func=cmd_worker)
     p = sub.add_parser("receiver", help="serve the webhook and submission HTTP API")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--admin-port", type=int, default=9101, help="probes and /metrics, on PAW_ADMIN_HOST")
+    p.add_argument(
+        "--admin-port",
+        type=int,
+        default=9101,
+        help="probes and /metrics on PAW_ADMIN_HOST (+10 per process)",
+    )
+    processes_option(p)
     p.set_defaults(func=cmd_receiver)
     p = sub.add_parser("sandbox", help="run the Plaid + Atomic emulator")
     p.add_argument("--host", default="127.0.0.1")
@@ -75,6 +86,43 @@ def register(sub: Subparsers) -> None:
     p.set_defaults(func=cmd_keys_rotate)
 
 
+def processes_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="run N processes under a supervisor that restarts and drains them "
+        "(default PAW_PROCESSES, 0: one per core)",
+    )
+
+
+async def supervised(
+    s: Settings,
+    args: argparse.Namespace,
+    argv_for: Callable[[int], list[str]],
+    env_for: Callable[[int], dict[str, str]] = lambda _: {},
+) -> int | None:
+    """Runs ``paw <argv_for(i)>`` as several supervised processes (``--processes``, else
+    ``PAW_PROCESSES``), answering the parent's exit code; None when one process is wanted (the
+    caller then runs it in this one)."""
+    from worker.supervise import machine_cores, process_count, supervise
+
+    if args.processes is not None and args.processes < 0:
+        raise PawError("--processes must be 0 (one per core) or more")
+    n = process_count(args.processes if args.processes is not None else s.processes, machine_cores())
+    if n == 1:
+        return None
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    return await supervise(
+        n,
+        lambda i: [*argv_for(i), "--processes", "1"],
+        stop,
+        env_for=env_for,
+        drain_s=SUPERVISED_DRAIN_S,
+    )
+
+
 def sandbox_config(s: Settings, **options: object) -> SandboxConfig:
     """The emulator's configuration: paw's own credentials, so the two recognise each other."""
     from sandbox.app import SandboxConfig
@@ -94,7 +142,14 @@ async def cmd_migrate(s: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
-async def cmd_worker(s: Settings, _: argparse.Namespace) -> int:
+async def cmd_worker(s: Settings, args: argparse.Namespace) -> int:
+    from worker.supervise import child_port
+
+    parent = await supervised(
+        s, args, lambda _: ["worker"], lambda i: {"PAW_ADMIN_PORT": str(child_port(s.admin_port, i))}
+    )
+    if parent is not None:
+        return parent
     from worker.admin import operator_problems, service_checks, start_admin
     from worker.runner import run_worker
     from worker.services import open_services
@@ -113,6 +168,18 @@ async def cmd_worker(s: Settings, _: argparse.Namespace) -> int:
 
 
 async def cmd_receiver(s: Settings, args: argparse.Namespace) -> int:
+    from worker.supervise import child_port
+
+    parent = await supervised(
+        s,
+        args,
+        lambda i: [
+            *("receiver", "--host", args.host, "--port", str(args.port)),
+            *("--admin-port", str(child_port(args.admin_port, i))),
+        ],
+    )
+    if parent is not None:
+        return parent
     from webhooks.server import serve_receiver
 
     stop = asyncio.Event()
