@@ -117,19 +117,24 @@ async def run_worker(
     try:
         await stop.wait()
     finally:
-        await _drain(consumers, drain_timeout)
-        await _stop_jobs(jobs, JOBS_STOP_S)
-        relay_stop.set()
-        await relaying
-        await _flush(relay)
-        for task in (reconciler, verifier, logins, gauges_loop):
-            task.cancel()
-        await asyncio.gather(reconciler, verifier, logins, gauges_loop, return_exceptions=True)
-        await gauges.close()
-        await callback_client.close()
-        with contextlib.suppress(Exception, TimeoutError):
-            async with asyncio.timeout(5):
-                await channel.close()
+        try:
+            await _drain(consumers, drain_timeout)
+            await _stop_jobs(jobs, JOBS_STOP_S)
+            relay_stop.set()
+            await relaying
+            await _flush(relay)
+        finally:
+            # Also when the drain itself is cancelled: no loop may outlive the worker and use the
+            # pool while it closes (a connection being opened then is never closed).
+            loops = (reconciler, verifier, logins, gauges_loop, jobs, relaying)
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            await gauges.close()
+            await callback_client.close()
+            with contextlib.suppress(Exception, TimeoutError):
+                async with asyncio.timeout(5):
+                    await channel.close()
     totals: dict[str, int] = {}
     for consumer, _, _ in consumers:
         for k, v in consumer.counts.items():

@@ -162,4 +162,9 @@ async def test_worker_processes_share_the_queues_and_die_with_a_killed_parent(
         async def gone() -> bool:
             return not any(alive(pid) for pid in pids) and await consumers() == 0
 
-        await eventually(gone, timeout=45)
+        try:
+            await eventually(gone, timeout=45)
+        finally:  # orphans no longer show as the parent's children: end them here if they live on
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
