@@ -21,6 +21,7 @@ import random
 import resource
 import shutil
 import string
+import subprocess
 import sys
 import time
 import uuid
@@ -173,7 +174,28 @@ async def purge(amqp_url: str, queue_name: str) -> None:
         await conn.close()
 
 
-async def start_receivers(n: int, port: int, env: dict[str, str], log_dir: Path) -> list[common.Child]:
+async def start_receivers(
+    n: int, port: int, env: dict[str, str], log_dir: Path, *, supervised: bool
+) -> tuple[list[common.Child], list[int]]:
+    """N receivers on ``port``: ``paw receiver --processes N`` (``supervised``: the pids measured are
+    its children's), or N ``paw receiver`` processes started here. Answers the children started and
+    the pids that serve."""
+    if supervised:
+        parent = await common.spawn_paw(
+            f"receiver-{n}x-supervised",
+            ["receiver", "--port", str(port), "--admin-port", "0", "--processes", str(n)],
+            env,
+            log_dir,
+        )
+
+        async def all_started() -> bool:
+            if parent.proc.returncode is not None:
+                raise RuntimeError(f"{parent.name} exited; see {parent.log_path}")
+            return bool(sum(e.get("event") == "receiver.started" for e in parent.log_events()) >= n)
+
+        await common.wait_until(all_started, f"{n} receivers started", 60, 0.1)
+        await common.wait_http_ok(f"http://127.0.0.1:{port}/healthz")
+        return [parent], common.children_of(parent.pid)
     children = [
         await common.spawn_paw(
             f"receiver-{n}x-{i}", ["receiver", "--port", str(port), "--admin-port", "0"], env, log_dir
@@ -183,7 +205,7 @@ async def start_receivers(n: int, port: int, env: dict[str, str], log_dir: Path)
     for child in children:
         await common.wait_logged(child, "receiver.started", 60)
     await common.wait_http_ok(f"http://127.0.0.1:{port}/healthz")
-    return children
+    return children, [c.pid for c in children]
 
 
 async def measure_level(
@@ -265,15 +287,16 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         PAW_EXCHANGE=exchange,
         PAW_QUEUE_PREFIX=prefix,
         PAW_LOG_LEVEL=args.log_level,
+        PAW_EVENT_LOOP=args.event_loop,
     )
     rabbit = common.pids_named("beam.smp")
     runs: list[dict[str, Any]] = []
     try:
         for n in args.receivers:
             port = common.free_port()
-            receivers = await start_receivers(n, port, env, work_dir)
+            receivers, serving = await start_receivers(n, port, env, work_dir, supervised=args.supervised)
             url = f"http://127.0.0.1:{port}/webhooks/plaid"
-            pids = {"receivers": [c.pid for c in receivers], "rabbitmq": rabbit}
+            pids = {"receivers": serving, "rabbitmq": rabbit}
             try:
                 # warm up: every receiver fetches the key once, and the code paths get hot
                 await measure_level(
@@ -300,6 +323,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                         seed=n * 1000 + i + 1,
                     )
                     level["receivers"] = n
+                    level["event_loop"] = args.event_loop
+                    level["supervised"] = args.supervised
                     level["receiver_peak_rss_mb"] = [common.peak_rss_mb(p) for p in pids["receivers"]]
                     level["loadavg"] = os.getloadavg()
                     runs.append(level)
@@ -441,13 +466,34 @@ def print_report(report: dict[str, Any]) -> None:
     )
 
 
+def ensure_wrk() -> bool:
+    """wrk on PATH, installed from the distribution when missing (as root, or with sudo)."""
+    if shutil.which("wrk"):
+        return True
+    apt = ["apt-get", "install", "-y", "-q", "wrk"]
+    if os.geteuid() != 0:
+        if not shutil.which("sudo"):
+            return False
+        apt = ["sudo", *apt]
+    print("installing wrk (apt-get install wrk) ...", flush=True)
+    subprocess.run(apt, check=False, stdout=subprocess.DEVNULL)  # noqa: S603 - a fixed command
+    return shutil.which("wrk") is not None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", default="16,64,256", help="comma-separated (default 16,64,256)")
     parser.add_argument("--receivers", default="1", help="receiver processes, comma-separated runs")
+    parser.add_argument("--event-loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument(
+        "--supervised", action="store_true", help="run `paw receiver --processes N` instead of N receivers"
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per level")
     parser.add_argument(
-        "--client", choices=("wrk", "aiohttp"), default="wrk" if shutil.which("wrk") else "aiohttp"
+        "--client",
+        choices=("wrk", "aiohttp"),
+        default=None,
+        help="the load generator (default: wrk, installed with apt-get when missing; else aiohttp)",
     )
     parser.add_argument("--max-rate", type=int, default=5000, help="distinct bodies signed per second of run")
     parser.add_argument("--profile", action="store_true", help="py-spy record the receiver(s) at one level")
@@ -458,6 +504,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.concurrency = [int(x) for x in args.concurrency.split(",")]
     args.receivers = [int(x) for x in args.receivers.split(",")]
+    if args.client is None:
+        args.client = "wrk" if ensure_wrk() else "aiohttp"
     return args
 
 

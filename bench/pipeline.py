@@ -65,21 +65,29 @@ async def public_tokens(sandbox_url: str, n: int, webhook: str, concurrency: int
 
 
 async def publish_all(
-    amqp_url: str, exchange_name: str, messages: list[tuple[str, bytes]], concurrency: int = 128
+    amqp_url: str,
+    exchange_name: str,
+    messages: list[tuple[str, bytes]],
+    concurrency: int = 128,
+    rate: float = 0.0,
 ) -> list[float]:
-    """Publishes (routing key, body) pairs with confirms; returns each one's confirm time (epoch s)."""
+    """Publishes (routing key, body) pairs with confirms, all at once or, with ``rate``, message i
+    not before start + i / rate (an offered load); returns each one's confirm time (epoch s)."""
     conn = await aio_pika.connect(amqp_url)
     done = [0.0] * len(messages)
     try:
         channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
         exchange = await channel.get_exchange(exchange_name, ensure=False)
         next_index = 0
+        start = time.monotonic()
 
         async def publisher() -> None:
             nonlocal next_index
             while next_index < len(messages):
                 i = next_index
                 next_index += 1
+                if rate and (wait := start + i / rate - time.monotonic()) > 0:
+                    await asyncio.sleep(wait)
                 rk, body = messages[i]
                 await exchange.publish(
                     aio_pika.Message(
@@ -221,6 +229,7 @@ async def run_latency(
         PAW_EXCHANGE=exchange,
         PAW_QUEUE_PREFIX=prefix,
         PAW_LOG_LEVEL=args.log_level,
+        PAW_EVENT_LOOP=args.event_loop,
         PAW_RETRY_BASE_MS=str(args.retry_base_ms),
     )
     result: dict[str, Any] = {"latency_ms": latency_ms, "items": args.items}
@@ -275,7 +284,7 @@ async def run_latency(
             meter.start()
             recordings = await profile_window(args, [*workers, receiver, sandbox], log_dir, tag)
             t0 = time.time()
-            confirmed = await publish_all(args.amqp, exchange, links)
+            confirmed = await publish_all(args.amqp, exchange, links, rate=args.rate)
             submitted_in = time.time() - t0
 
             async def all_terminal() -> bool:
@@ -515,6 +524,12 @@ def print_latency(r: dict[str, Any]) -> None:
     )
 
 
+def cpu_ms_per_item(run: dict[str, Any], groups: tuple[str, ...]) -> dict[str, float]:
+    """Each group's CPU per Item: its share of one core over the run / Items per second."""
+    cpu = run["cpu_pct_of_one_core"]
+    return {g: round(cpu[g] / 100 / run["items_per_s"] * 1000, 2) for g in groups}
+
+
 def print_report(report: dict[str, Any]) -> None:
     rows = []
     for r in report["runs"]:
@@ -565,6 +580,26 @@ def print_report(report: dict[str, Any]) -> None:
             rows,
         )
     )
+    print()
+    print("CPU ms per Item by process group (the sandbox stands in for Plaid and Atomic: not the product)")
+    groups = ("workers", "receiver", "postgres_all", "rabbitmq", "sandbox")
+    print(
+        common.table(
+            ["latency", "worker", "receiver", "Postgres", "RabbitMQ", "paw", "pg+mq", "sandbox", "machine%"],
+            [
+                [
+                    f"{int(r['latency_ms'])} ms",
+                    *(ms[g] for g in groups[:4]),
+                    round(ms["workers"] + ms["receiver"], 2),
+                    round(ms["postgres_all"] + ms["rabbitmq"], 2),
+                    ms["sandbox"],
+                    r["cpu_pct_of_one_core"]["machine_busy_pct_all_cores"],
+                ]
+                for r in report["runs"]
+                for ms in [cpu_ms_per_item(r, groups)]
+            ],
+        )
+    )
     ev = next((r["events"] for r in report["runs"] if "events" in r), None)
     if ev:
         print()
@@ -592,6 +627,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "pipeline",
         "machine": common.machine(),
         "settings": {
+            "event_loop": args.event_loop,
+            "offered_items_per_s": args.rate or "all at once",
             "workers": args.workers,
             "prefetch": args.prefetch,
             "plaid_connections": args.plaid_connections,
@@ -619,6 +656,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--events", type=int, default=20000, help="webhook events to drain (0: skip)")
     parser.add_argument("--workers", type=int, default=1, help="paw worker processes")
+    parser.add_argument("--event-loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument("--rate", type=float, default=0.0, help="offered Items/s (0: all at once)")
     parser.add_argument("--prefetch", type=int, default=256, help="PAW_PREFETCH")
     parser.add_argument("--db-pool", type=int, default=0, help="PAW_DB_POOL_SIZE (0: the default)")
     parser.add_argument("--plaid-connections", type=int, default=64, help="PAW_PLAID_CONNECTIONS")

@@ -89,6 +89,7 @@ class Settings:
     callback_allow_private: bool = False
     callback_timeout: float = 10.0
     processes: int = 0
+    event_loop: str = "uvloop"
     admin_host: str = "127.0.0.1"
     admin_port: int = 9100
     console_host: str = "127.0.0.1"
@@ -565,6 +566,12 @@ _VARS = (
         _int(0, 256),
         "processes `paw worker` and `paw receiver` run (0: one per core; --processes overrides)",
         shown_default="0 (one per core)",
+    ),
+    Var(
+        "PAW_EVENT_LOOP",
+        "event_loop",
+        _choice("uvloop", "asyncio"),
+        "the worker's and receiver's event loop: uvloop (less CPU per message), or asyncio's own",
     ),
     Var(
         "PAW_ADMIN_HOST",

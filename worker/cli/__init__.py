@@ -12,8 +12,8 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Coroutine, Sequence
+from typing import Any, NoReturn
 
 import aiormq
 import asyncpg
@@ -55,6 +55,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run(coro: Coroutine[Any, Any, int], *, uvloop: bool) -> int:
+    """Runs a command's coroutine; the long-running processes on uvloop (issue 16: less CPU per
+    message than asyncio's own loop, same semantics)."""
+    if uvloop:
+        try:
+            import uvloop as uv
+        except ImportError:  # not installed where it does not build (Windows): asyncio's own
+            pass
+        else:
+            return uv.run(coro)
+    return asyncio.run(coro)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "config":
@@ -72,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(s.log_format, s.log_level, service=service, environ=os.environ)
     coro = args.func(s, args)
     try:
-        code: int = asyncio.run(coro)
+        code: int = run(coro, uvloop=s.event_loop == "uvloop" and args.command in ("worker", "receiver"))
         return code
     except PawError as e:
         print(f"paw: {reach.explain(e, s)}", file=sys.stderr)
