@@ -195,7 +195,7 @@ async def start_receivers(
 
         await common.wait_until(all_started, f"{n} receivers started", 60, 0.1)
         await common.wait_http_ok(f"http://127.0.0.1:{port}/healthz")
-        return [parent], common.children_of(parent.pid)
+        return [parent], common.children_of(parent.pid) or [parent.pid]  # --processes 1: the parent serves
     children = [
         await common.spawn_paw(
             f"receiver-{n}x-{i}", ["receiver", "--port", str(port), "--admin-port", "0"], env, log_dir

@@ -37,7 +37,17 @@ HEADER_IN_TEXT = re.compile(
 URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s@/]+@")
 
 
+# Something each of the three patterns above needs: a text without any of it is returned as it is,
+# after one search instead of three substitutions (most logged values are ids, states and codes).
+MAY_HOLD_SECRET = re.compile(
+    r"(?i)-(?:sandbox|development|production)-|authorization|plaid-secret|plaid-verification"
+    r"|x-atomic-signature|://"
+)
+
+
 def redact_text(text: str) -> str:
+    if MAY_HOLD_SECRET.search(text) is None:
+        return text
     text = TOKEN.sub(lambda m: f"{m[1]}-{m[2]}-{MASK}", text)
     text = HEADER_IN_TEXT.sub(lambda m: f"{m[1]}{m[2]}{m[3] or ''}{MASK}", text)
     return URL_PASSWORD.sub(lambda m: f"{m[1]}{MASK}@", text)

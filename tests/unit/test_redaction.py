@@ -7,9 +7,11 @@ import json
 import plaid
 import pytest
 import structlog
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from worker import logs
-from worker.redact import redact_text
+from worker.redact import HEADER_IN_TEXT, MASK, TOKEN, URL_PASSWORD, redact_text
 
 
 @pytest.mark.parametrize("fmt", ["json", "console"])
@@ -61,3 +63,52 @@ def test_text_without_credentials_is_left_alone() -> None:
         "missing_authorization: 401",
     ):
         assert redact_text(text) == text
+
+
+def _three_passes(text: str) -> str:
+    """redact_text without its pre-check: the three substitutions on every text."""
+    text = TOKEN.sub(lambda m: f"{m[1]}-{m[2]}-{MASK}", text)
+    text = HEADER_IN_TEXT.sub(lambda m: f"{m[1]}{m[2]}{m[3] or ''}{MASK}", text)
+    return URL_PASSWORD.sub(lambda m: f"{m[1]}{MASK}@", text)
+
+
+PIECES = [
+    "access",
+    "public",
+    "processor",
+    "link",
+    "-",
+    "sandbox",
+    "Production",
+    "development",
+    "abc123",
+    "Authorization",
+    "PROXY-authorization",
+    "Plaid-Secret",
+    "plaid-verification",
+    "X-Atomic-Signature",
+    ": ",
+    "=",
+    "'",
+    '"',
+    "Bearer ",
+    "basic ",
+    "token ",
+    "amqp://",
+    "guest:guest@",
+    "host/",
+    " ",
+    "@",
+    ":",
+]
+
+
+@given(st.lists(st.sampled_from(PIECES) | st.text(max_size=6), max_size=14).map("".join))
+@settings(max_examples=600, deadline=None)
+@example("amqp://guest:guest@localhost/")
+@example("exchanged access-sandbox-1234-abcd")
+@example("the link-production-x1 token")
+@example("{'PLAID-SECRET': 's3cr3t'}")
+@example("proxy-authorization=basic abc")
+def test_the_pre_check_never_lets_a_text_through_that_the_patterns_would_change(text: str) -> None:
+    assert redact_text(text) == _three_passes(text)
