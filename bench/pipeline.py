@@ -153,7 +153,7 @@ async def start_workers(
 ) -> list[common.Child]:
     wenv = {
         **env,
-        "PAW_PREFETCH": str(args.prefetch),
+        **({"PAW_PREFETCH": str(args.prefetch)} if args.prefetch else {}),
         "PAW_PLAID_CONNECTIONS": str(args.plaid_connections),
         **({"PAW_DB_POOL_SIZE": str(args.db_pool)} if args.db_pool else {}),
         "PAW_ADMIN_PORT": "0",
@@ -630,7 +630,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "event_loop": args.event_loop,
             "offered_items_per_s": args.rate or "all at once",
             "workers": args.workers,
-            "prefetch": args.prefetch,
+            "prefetch": args.prefetch or "default",
             "plaid_connections": args.plaid_connections,
             "db_pool": args.db_pool or "default",
             "atomic_delay_s": args.atomic_delay,
@@ -658,7 +658,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=1, help="paw worker processes")
     parser.add_argument("--event-loop", choices=("uvloop", "asyncio"), default="uvloop")
     parser.add_argument("--rate", type=float, default=0.0, help="offered Items/s (0: all at once)")
-    parser.add_argument("--prefetch", type=int, default=256, help="PAW_PREFETCH")
+    parser.add_argument("--prefetch", type=int, default=0, help="PAW_PREFETCH (0: the default)")
     parser.add_argument("--db-pool", type=int, default=0, help="PAW_DB_POOL_SIZE (0: the default)")
     parser.add_argument("--plaid-connections", type=int, default=64, help="PAW_PLAID_CONNECTIONS")
     parser.add_argument("--atomic-delay", type=float, default=0.0, help="sandbox --atomic-delay (s)")
