@@ -69,6 +69,10 @@ class PublishFailed(PawError):
     """The broker did not confirm the message."""
 
 
+class Unroutable(PublishFailed):
+    """No queue is bound for the routing key: the broker returned the message (it was mandatory)."""
+
+
 class EventTooEarly(Deferred):
     """The event is about a step the Item has not committed yet; it is retried later."""
 

@@ -49,6 +49,10 @@ OPERATOR_ERRORS = Counter(
     ["error_code"],
 )
 OUTBOX_PUBLISHED = Counter("paw_outbox_published_total", "Outcome events the broker confirmed (relay)")
+OUTBOX_UNROUTED = Counter(
+    "paw_outbox_unrouted_total",
+    "Outcome events no queue was bound for (no callbacks configured, no subscriber): none to deliver",
+)
 OUTBOX_FAILURES = Counter("paw_outbox_failures_total", "Relay batches that failed (broker or database)")
 PROCESSING_SECONDS = Histogram(
     "paw_processing_seconds",

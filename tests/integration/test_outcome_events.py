@@ -8,6 +8,8 @@ Item's later events and nothing else.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -27,10 +29,11 @@ from tests.helpers import (
     stored_item,
     submit_amqp,
 )
+from worker import metrics
 from worker.bus.publisher import Publisher
 from worker.bus.relay import Relay
 from worker.bus.topology import declare, queue_depth
-from worker.errors import PublishFailed
+from worker.errors import PublishFailed, Unroutable
 from worker.items.states import State, Trigger
 from worker.services import Services
 
@@ -114,29 +117,58 @@ async def test_every_transition_is_published_once_in_history_order(
     assert all(r["sent_at"] is not None for r in rows)
 
 
-async def test_outcome_events_reach_only_the_queues_bound_for_them(services: Services) -> None:
+@pytest.mark.parametrize("callbacks", [True, False], ids=["callbacks configured", "no callbacks"])
+async def test_outcome_events_reach_only_the_queues_bound_for_them(
+    services: Services, callbacks: bool
+) -> None:
+    """With callbacks configured, an outcome event reaches paw.callbacks (and subscribers) and never
+    a work queue. Without, paw.callbacks is not bound (the worker would take five messages per Item
+    only to ack them unread): the event reaches no paw queue, and the relay, finding no queue bound
+    for it, counts it and marks it sent instead of retrying it forever."""
+    topo = dataclasses.replace(services.topo, callbacks_bound=callbacks)
     channel = await services.connection.channel()
     try:
-        exchange = await channel.get_exchange(services.topo.exchange)
-        items = await channel.declare_queue(services.topo.items_queue, passive=True)
+        exchange = await channel.get_exchange(topo.exchange)
+        items = await channel.declare_queue(topo.items_queue, passive=True)
         # an items queue left bound with `item.#` by an earlier version loses that binding at declare
         await items.bind(exchange, "item.#")
-        await declare(channel, services.topo)
-        await services.publisher.publish("item.state.atomic_verified", b"{}", message_id="e-1")
+        callbacks_queue = await channel.declare_queue(topo.callbacks_queue, passive=True)
+        await callbacks_queue.unbind(exchange, "item.state.#")  # as where callbacks never were
+        await declare(channel, topo)
+        unrouted = metrics.OUTBOX_UNROUTED._value.get()
+        if callbacks:
+            await services.publisher.publish("item.state.atomic_verified", b"{}", message_id="e-1")
+        else:
+            with pytest.raises(Unroutable):
+                await services.publisher.publish("item.state.atomic_verified", b"{}", message_id="e-1")
+            item, _ = await services.store.create_item(
+                public_token_sha256=hashlib.sha256(b"public-sandbox-unrouted").hexdigest(),
+                client_user_id="u-unrouted",
+                requested_account_id=None,
+                request_id="req-u",
+                cause="item.link",
+                event_id=None,
+            )
+            relay = Relay(services.pool, services.publisher, retention_s=3600)
+            assert await relay.relay_once() == 1  # the `link` event: confirmed as "nobody to tell"
+            assert await services.store.outbox_backlog() == (0, 0.0)
+            assert metrics.OUTBOX_UNROUTED._value.get() == unrouted + 1
+            assert (await services.store.events(item.id))[0]["sent_at"] is not None
         await services.publisher.publish("item.drive", b"{}", message_id="d-1")
         expected = {
-            services.topo.items_queue: 1,
-            services.topo.webhooks_queue: 0,
-            services.topo.callbacks_queue: 1,
-            services.topo.parked_queue: 0,
+            topo.items_queue: 1,
+            topo.webhooks_queue: 0,
+            topo.callbacks_queue: 1 if callbacks else 0,
+            topo.parked_queue: 0,
         }
 
         async def depths() -> bool:  # a quorum queue's count can follow the confirm by a moment
-            return {q: await queue_depth(channel, q) for q in services.topo.consumed_queues} == expected
+            return {q: await queue_depth(channel, q) for q in topo.consumed_queues} == expected
 
         await eventually(depths, timeout=5)
-        callbacks = await channel.declare_queue(services.topo.callbacks_queue, passive=True)
-        assert [m.routing_key for m in await take_all(callbacks)] == ["item.state.atomic_verified"]
+        assert [m.routing_key for m in await take_all(callbacks_queue)] == (
+            ["item.state.atomic_verified"] if callbacks else []
+        )
         assert [m.routing_key for m in await take_all(items)] == ["item.drive"]
     finally:
         await channel.close()

@@ -18,7 +18,7 @@ from aio_pika.abc import (
 
 from worker.bus.failover import FailoverConnection, open_failover
 from worker.bus.topology import Topology
-from worker.errors import PublishFailed
+from worker.errors import PublishFailed, Unroutable
 
 log = structlog.get_logger(__name__)
 
@@ -160,7 +160,7 @@ class Publisher:
                 raise PublishFailed(f"broker refused {routing_key} ({refusals} times)") from None
             raise PublishFailed(f"no confirm for {routing_key} within {self.timeout}s") from None
         except aio_pika.exceptions.PublishError:
-            raise PublishFailed(f"{routing_key} is unroutable") from None
+            raise Unroutable(f"{routing_key} is unroutable") from None
 
     async def _renew(self, stale: AbstractRobustChannel | None) -> None:
         """Closes ``stale`` and lets the next publish open a new channel; once per channel, however

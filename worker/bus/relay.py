@@ -30,7 +30,7 @@ import structlog
 
 from worker import metrics
 from worker.bus.publisher import Publisher
-from worker.errors import PublishFailed
+from worker.errors import PublishFailed, Unroutable
 from worker.sql import query
 
 log = structlog.get_logger(__name__)
@@ -134,6 +134,10 @@ class Relay:
                     await self.publisher.publish(
                         row["routing_key"], row["body"].encode(), message_id=str(row["event_id"])
                     )
+                except Unroutable:
+                    # No subscriber queue and no callbacks (paw.callbacks is bound only where
+                    # PAW_CALLBACKS is set): nobody to deliver it to, as with any topic publish.
+                    metrics.OUTBOX_UNROUTED.inc()
                 except Exception as e:  # PublishFailed, or anything unforeseen: never raised past gather
                     failures.append(
                         e if isinstance(e, PublishFailed) else PublishFailed(f"{type(e).__name__}: {e}")

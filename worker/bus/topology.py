@@ -6,8 +6,9 @@ Topology (names derive from ``PAW_EXCHANGE`` and ``PAW_QUEUE_PREFIX``):
 - quorum queues ``<prefix>.items`` (``item.link``, ``item.drive``, ``item.repaired``: exactly what the
   worker handles there, so the outcome events ``item.state.*`` never reach it) and
   ``<prefix>.webhooks`` (``webhook.#``);
-- quorum queue ``<prefix>.callbacks`` (``item.state.#``): outcome events for the upstream apps'
-  signed HTTP callbacks (:mod:`worker.callbacks`), with delay queues like a work queue's;
+- quorum queue ``<prefix>.callbacks`` (``item.state.#``, bound by a process with callbacks configured,
+  never unbound by paw): outcome events for the upstream apps' signed HTTP callbacks
+  (:mod:`worker.callbacks`), with delay queues like a work queue's;
 - per work queue, delay queues ``<queue>.retry.<ms>`` (message TTL, dead-lettered back to the work
   queue through the default exchange) for retries with backoff;
 - quorum queue ``<prefix>.parked`` (no binding): results of upstream calls the database could not
@@ -47,11 +48,18 @@ class Topology:
     exchange: str
     prefix: str
     retry_delays_ms: tuple[int, ...]
+    # Bind the callbacks queue to the outcome events: only where callbacks are configured. Without,
+    # the worker would take five messages per Item through a quorum queue only to ack them unread
+    # (issue 16); the relay then finds no queue for an event nobody subscribed to and counts it.
+    callbacks_bound: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Topology:
         return cls(
-            exchange=settings.exchange, prefix=settings.queue_prefix, retry_delays_ms=settings.retry_delays_ms
+            exchange=settings.exchange,
+            prefix=settings.queue_prefix,
+            retry_delays_ms=settings.retry_delays_ms,
+            callbacks_bound=bool(settings.callbacks),
         )
 
     @property
@@ -69,8 +77,9 @@ class Topology:
     @property
     def event_queues(self) -> dict[str, tuple[str, ...]]:
         """Queues of paw's own that consume the outcome events (``item.state.*``) -> their bindings.
-        Consumed, retried and dead-lettered like the work queues, by their own handler."""
-        return {self.callbacks_queue: ("item.state.#",)}
+        Consumed, retried and dead-lettered like the work queues, by their own handler. A binding
+        left from a configuration with callbacks stays (declare never unbinds it)."""
+        return {self.callbacks_queue: ("item.state.#",) if self.callbacks_bound else ()}
 
     @property
     def parked_queue(self) -> str:
