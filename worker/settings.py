@@ -524,7 +524,7 @@ _VARS = (
         "PAW_DB_POOL_SIZE",
         "db_pool_size",
         _int(2, 1000),
-        "Postgres connections per process (a statement holds one for about a millisecond)",
+        "Postgres connections of one paw command, shared by its processes (a statement holds one ~1 ms)",
     ),
     Var(
         "PAW_API_RATE",

@@ -53,6 +53,13 @@ def process_count(requested: int, cores: int) -> int:
     return requested if requested > 0 else cores
 
 
+def pool_share(pool: int, n: int) -> int:
+    """Each of ``n`` children's Postgres pool: ``PAW_DB_POOL_SIZE`` is what one command may open,
+    shared among its processes (at least 2 each), so one per core on a large host does not open
+    cores x the pool and meet Postgres's ``max_connections``."""
+    return max(2, math.ceil(pool / n))
+
+
 def child_port(base: int, index: int) -> int:
     """Child ``index``'s admin port; 0 (any free port) stays 0."""
     return base + PORT_STEP * index if base else 0

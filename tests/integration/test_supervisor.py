@@ -151,6 +151,14 @@ async def test_worker_processes_share_the_queues_and_die_with_a_killed_parent(
             return pids if ok else None
 
         pids = await eventually(both_consume, timeout=30)
+        lines = (tmp_path / "paw.log").read_bytes().splitlines()
+        started = [
+            e
+            for e in map(json.loads, (x for x in lines if x.startswith(b"{")))
+            if e["event"] == "worker.started"
+        ]
+        # PAW_DB_POOL_SIZE (20 by default) is the command's: each of the two gets half
+        assert [e["config"]["db_pool_size"] for e in started] == [10, 10]
         tokens = [await new_public_token(sandbox) for _ in range(10)]
         for i, token in enumerate(tokens):
             await submit_amqp(services, {"public_token": token, "client_user_id": f"u-super-{i}"})

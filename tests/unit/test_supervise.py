@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.supervise import Backoff, child_port, cpu_count, process_count, restart_delay
+from worker.supervise import Backoff, child_port, cpu_count, pool_share, process_count, restart_delay
 
 
 @pytest.mark.parametrize(
@@ -43,3 +43,8 @@ def test_backoff_doubles_to_30_s_and_resets_after_a_minute_up() -> None:
     assert [backoff.after_exit(0.5) for _ in range(3)] == [1, 2, 4]
     assert backoff.after_exit(61) == 1  # it ran long enough: a fresh failure, not the fourth in a row
     assert backoff.after_exit(2) == 2
+
+
+def test_the_pool_setting_is_shared_by_the_processes_of_one_command() -> None:
+    assert [pool_share(20, n) for n in (1, 2, 3, 16, 64)] == [20, 10, 7, 2, 2]
+    assert pool_share(100, 8) * 8 <= 104  # about the setting in all, never cores x it

@@ -105,7 +105,7 @@ async def supervised(
     """Runs ``paw <argv_for(i)>`` as several supervised processes (``--processes``, else
     ``PAW_PROCESSES``), answering the parent's exit code; None when one process is wanted (the
     caller then runs it in this one)."""
-    from worker.supervise import machine_cores, process_count, supervise
+    from worker.supervise import machine_cores, pool_share, process_count, supervise
 
     if args.processes is not None and args.processes < 0:
         raise PawError("--processes must be 0 (one per core) or more")
@@ -118,7 +118,7 @@ async def supervised(
         n,
         lambda i: [*argv_for(i), "--processes", "1"],
         stop,
-        env_for=env_for,
+        env_for=lambda i: {**env_for(i), "PAW_DB_POOL_SIZE": str(pool_share(s.db_pool_size, n))},
         drain_s=SUPERVISED_DRAIN_S,
     )
 
