@@ -12,6 +12,7 @@ read a handful of fields. Errors become :class:`UpstreamError` carrying Plaid's 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import time
@@ -133,10 +134,13 @@ class PlaidClient:
             api_key={"clientId": client_id, "secret": secret, "plaidVersion": PLAID_VERSION},
         )
         self._host = config.host.rstrip("/")
+        # At most ``connections`` calls at once; the others wait for a slot here, outside the call's
+        # timeout (which starts once the call is sent, as urllib3's did in its thread): waiting for a
+        # slot while Plaid is slow must not turn calls never sent into timeouts.
+        self._slots = asyncio.Semaphore(connections)
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session = aiohttp.ClientSession(
-            headers=sdk_headers(config),
-            timeout=aiohttp.ClientTimeout(total=timeout),
-            connector=aiohttp.TCPConnector(limit=connections),
+            headers=sdk_headers(config), connector=aiohttp.TCPConnector(limit=connections)
         )
 
     async def close(self) -> None:
@@ -146,10 +150,19 @@ class PlaidClient:
         """POSTs the SDK request model ``request()`` builds to ``endpoint``, serialised as the SDK
         serialises it; answers the JSON object Plaid sent, or raises :class:`UpstreamError`."""
         body = json.dumps(plaid.ApiClient.sanitize_for_serialization(request()))
+        async with self._slots:
+            return await self._post(endpoint, body)
+
+    async def _post(self, endpoint: str, body: str) -> dict[str, Any]:
         started = time.perf_counter()
         try:
             try:
-                async with self._session.post(self._host + endpoint, data=body) as resp:
+                async with self._session.post(
+                    self._host + endpoint,
+                    data=body,
+                    timeout=self._timeout,
+                    allow_redirects=False,  # Plaid does not redirect; never send the secret elsewhere
+                ) as resp:
                     raw = await resp.read()
                     if resp.status >= 400:
                         raise plaid_error(resp.status, raw, resp.headers)

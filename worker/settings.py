@@ -564,7 +564,7 @@ _VARS = (
         "PAW_PROCESSES",
         "processes",
         _int(0, 256),
-        "processes `paw worker` and `paw receiver` run (0: one per core; --processes overrides)",
+        "processes of `paw worker`/`paw receiver` (0: one per core, at most pool/2; --processes wins)",
         shown_default="0 (one per core)",
     ),
     Var(

@@ -48,9 +48,10 @@ def cpu_count(affinity: int, cpu_max: str | None) -> int:
     return cores
 
 
-def process_count(requested: int, cores: int) -> int:
-    """``--processes``/``PAW_PROCESSES``: 0 means one per core."""
-    return requested if requested > 0 else cores
+def process_count(requested: int, cores: int, pool: int) -> int:
+    """``--processes``/``PAW_PROCESSES``; 0 means one per core, but no more processes than the
+    Postgres pool can give 2 connections each (``PAW_DB_POOL_SIZE`` is the command's in all)."""
+    return requested if requested > 0 else max(1, min(cores, pool // 2))
 
 
 def pool_share(pool: int, n: int) -> int:
@@ -91,9 +92,19 @@ def machine_cores() -> int:
     return cpu_count(len(os.sched_getaffinity(0)), cpu_max)
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def _death_signal() -> Callable[[], None]:
+    """What a child runs between fork and exec: SIGTERM to it when the parent dies, and at once if
+    the parent already died before it got there (prctl looked up here, before the fork)."""
+    parent = os.getpid()
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+    def in_child() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return in_child
 
 
 async def supervise(
@@ -110,6 +121,7 @@ async def supervise(
     a wrong key; not a kill) stops them all, and its exit code is the parent's, as it would be with
     one process. Answers 0 after a stop."""
     outcome: list[int] = []
+    die_with_parent = _death_signal()
 
     async def keep(index: int) -> None:
         backoff = Backoff()
@@ -117,9 +129,16 @@ async def supervise(
         while not stop.is_set():
             env = {**os.environ, **(env_for(index) if env_for else {})}
             started = time.monotonic()
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "worker.cli", *argv_for(index), env=env, preexec_fn=_die_with_parent
-            )
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "worker.cli", *argv_for(index), env=env, preexec_fn=die_with_parent
+                )
+            except OSError as e:  # no memory, no process slot, too many files: try again later
+                delay = backoff.after_exit(0.0)
+                log.error("supervisor.spawn_failed", child=index, error=str(e), restart_in_s=delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                continue
             log.info("supervisor.child_started", child=index, pid=proc.pid)
             waiter = asyncio.ensure_future(proc.wait())
             stopping = asyncio.ensure_future(stop.wait())

@@ -174,6 +174,36 @@ async def test_outcome_events_reach_only_the_queues_bound_for_them(
         await channel.close()
 
 
+async def test_where_callbacks_are_configured_an_event_no_queue_takes_stays_unsent(
+    services: Services,
+) -> None:
+    """With callbacks configured paw.callbacks should take every event: if its binding is gone (an
+    operator removed it), the relay keeps the event and fails, so the backlog alert fires, rather
+    than counting it as having nobody to tell."""
+    topo = dataclasses.replace(services.topo, callbacks_bound=True)
+    channel = await services.connection.channel()
+    try:
+        exchange = await channel.get_exchange(topo.exchange)
+        callbacks_queue = await channel.declare_queue(topo.callbacks_queue, passive=True)
+        await callbacks_queue.unbind(exchange, "item.state.#")
+    finally:
+        await channel.close()
+    publisher = Publisher(services.connection, topo, timeout=services.publisher.timeout)
+    await services.store.create_item(
+        public_token_sha256=hashlib.sha256(b"public-sandbox-unbound").hexdigest(),
+        client_user_id="u-unbound",
+        requested_account_id=None,
+        request_id="req-b",
+        cause="item.link",
+        event_id=None,
+    )
+    unrouted = metrics.OUTBOX_UNROUTED._value.get()
+    with pytest.raises(Unroutable):
+        await Relay(services.pool, publisher, retention_s=3600).relay_once()
+    assert (await services.store.outbox_backlog())[0] == 1
+    assert metrics.OUTBOX_UNROUTED._value.get() == unrouted
+
+
 class RefusesOnce(Publisher):
     """The real publisher, except that the broker 'does not confirm' one event the first time."""
 

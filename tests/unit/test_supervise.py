@@ -26,8 +26,10 @@ def test_cores_are_the_pinned_ones_capped_by_the_cgroup_quota(
     assert cpu_count(affinity, cpu_max) == cores
 
 
-def test_zero_processes_means_one_per_core() -> None:
-    assert (process_count(0, 4), process_count(3, 4), process_count(1, 4)) == (4, 3, 1)
+def test_zero_processes_means_one_per_core_within_what_the_pool_can_give() -> None:
+    assert (process_count(0, 4, 20), process_count(3, 4, 20), process_count(1, 4, 20)) == (4, 3, 1)
+    assert process_count(0, 64, 20) == 10  # 2 connections each at least: not 64 x 2 on a big host
+    assert process_count(0, 2, 2) == 1 and process_count(12, 2, 2) == 12  # asked for: as asked
 
 
 def test_children_admin_ports_never_collide_between_worker_receiver_and_console() -> None:

@@ -22,6 +22,8 @@ from worker.errors import PublishFailed, Unroutable
 
 log = structlog.get_logger(__name__)
 
+NO_ROUTE = 312  # AMQP reply code of a mandatory message no queue is bound for
+
 
 async def connect(urls: str | Sequence[str], name: str) -> FailoverConnection:
     """A robust connection to the first node of ``urls`` that answers, failing over to the others
@@ -159,8 +161,12 @@ class Publisher:
             if refusals:
                 raise PublishFailed(f"broker refused {routing_key} ({refusals} times)") from None
             raise PublishFailed(f"no confirm for {routing_key} within {self.timeout}s") from None
-        except aio_pika.exceptions.PublishError:
-            raise Unroutable(f"{routing_key} is unroutable") from None
+        except aio_pika.exceptions.PublishError as e:
+            delivery = getattr(getattr(e, "message", None), "delivery", None)
+            if getattr(delivery, "reply_code", None) == NO_ROUTE:
+                raise Unroutable(f"{routing_key} is unroutable") from None
+            why = getattr(delivery, "reply_text", "?")
+            raise PublishFailed(f"{routing_key} was returned: {why}") from None
 
     async def _renew(self, stale: AbstractRobustChannel | None) -> None:
         """Closes ``stale`` and lets the next publish open a new channel; once per channel, however

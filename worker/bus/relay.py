@@ -134,7 +134,12 @@ class Relay:
                     await self.publisher.publish(
                         row["routing_key"], row["body"].encode(), message_id=str(row["event_id"])
                     )
-                except Unroutable:
+                except Unroutable as e:
+                    if self.publisher.topo.callbacks_bound:
+                        # callbacks are configured, so paw.callbacks should take it: its queue or
+                        # binding was removed. Failing keeps the event (and the backlog alert).
+                        failures.append(e)
+                        return
                     # No subscriber queue and no callbacks (paw.callbacks is bound only where
                     # PAW_CALLBACKS is set): nobody to deliver it to, as with any topic publish.
                     metrics.OUTBOX_UNROUTED.inc()

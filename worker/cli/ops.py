@@ -109,7 +109,8 @@ async def supervised(
 
     if args.processes is not None and args.processes < 0:
         raise PawError("--processes must be 0 (one per core) or more")
-    n = process_count(args.processes if args.processes is not None else s.processes, machine_cores())
+    requested = args.processes if args.processes is not None else s.processes
+    n = process_count(requested, machine_cores(), s.db_pool_size)
     if n == 1:
         return None
     stop = asyncio.Event()
