@@ -34,6 +34,7 @@ from worker.bus.publisher import Publisher
 from worker.bus.relay import Relay
 from worker.bus.topology import declare, queue_depth
 from worker.errors import PublishFailed, Unroutable
+from worker.items.model import Item
 from worker.items.states import State, Trigger
 from worker.services import Services
 
@@ -117,6 +118,30 @@ async def test_every_transition_is_published_once_in_history_order(
     assert all(r["sent_at"] is not None for r in rows)
 
 
+async def callbacks_unbound(services: Services) -> None:
+    """paw.callbacks without its ``item.state.#`` binding."""
+    channel = await services.connection.channel()
+    try:
+        exchange = await channel.get_exchange(services.topo.exchange)
+        queue = await channel.declare_queue(services.topo.callbacks_queue, passive=True)
+        await queue.unbind(exchange, "item.state.#")
+    finally:
+        await channel.close()
+
+
+async def item_with_its_link_event(services: Services, name: str) -> Item:
+    """A new Item, as a submission makes it: its `link` outcome event waits in the outbox."""
+    item, _ = await services.store.create_item(
+        public_token_sha256=hashlib.sha256(f"public-sandbox-{name}".encode()).hexdigest(),
+        client_user_id=f"u-{name}",
+        requested_account_id=None,
+        request_id=f"req-{name}",
+        cause="item.link",
+        event_id=None,
+    )
+    return item
+
+
 @pytest.mark.parametrize("callbacks", [True, False], ids=["callbacks configured", "no callbacks"])
 async def test_outcome_events_reach_only_the_queues_bound_for_them(
     services: Services, callbacks: bool
@@ -126,6 +151,7 @@ async def test_outcome_events_reach_only_the_queues_bound_for_them(
     only to ack them unread): the event reaches no paw queue, and the relay, finding no queue bound
     for it, counts it and marks it sent instead of retrying it forever."""
     topo = dataclasses.replace(services.topo, callbacks_bound=callbacks)
+    await callbacks_unbound(services)  # as where callbacks never were; declare binds it if asked
     channel = await services.connection.channel()
     try:
         exchange = await channel.get_exchange(topo.exchange)
@@ -133,7 +159,6 @@ async def test_outcome_events_reach_only_the_queues_bound_for_them(
         # an items queue left bound with `item.#` by an earlier version loses that binding at declare
         await items.bind(exchange, "item.#")
         callbacks_queue = await channel.declare_queue(topo.callbacks_queue, passive=True)
-        await callbacks_queue.unbind(exchange, "item.state.#")  # as where callbacks never were
         await declare(channel, topo)
         unrouted = metrics.OUTBOX_UNROUTED._value.get()
         if callbacks:
@@ -141,14 +166,7 @@ async def test_outcome_events_reach_only_the_queues_bound_for_them(
         else:
             with pytest.raises(Unroutable):
                 await services.publisher.publish("item.state.atomic_verified", b"{}", message_id="e-1")
-            item, _ = await services.store.create_item(
-                public_token_sha256=hashlib.sha256(b"public-sandbox-unrouted").hexdigest(),
-                client_user_id="u-unrouted",
-                requested_account_id=None,
-                request_id="req-u",
-                cause="item.link",
-                event_id=None,
-            )
+            item = await item_with_its_link_event(services, "unrouted")
             relay = Relay(services.pool, services.publisher, retention_s=3600)
             assert await relay.relay_once() == 1  # the `link` event: confirmed as "nobody to tell"
             assert await services.store.outbox_backlog() == (0, 0.0)
@@ -181,22 +199,9 @@ async def test_where_callbacks_are_configured_an_event_no_queue_takes_stays_unse
     operator removed it), the relay keeps the event and fails, so the backlog alert fires, rather
     than counting it as having nobody to tell."""
     topo = dataclasses.replace(services.topo, callbacks_bound=True)
-    channel = await services.connection.channel()
-    try:
-        exchange = await channel.get_exchange(topo.exchange)
-        callbacks_queue = await channel.declare_queue(topo.callbacks_queue, passive=True)
-        await callbacks_queue.unbind(exchange, "item.state.#")
-    finally:
-        await channel.close()
+    await callbacks_unbound(services)
     publisher = Publisher(services.connection, topo, timeout=services.publisher.timeout)
-    await services.store.create_item(
-        public_token_sha256=hashlib.sha256(b"public-sandbox-unbound").hexdigest(),
-        client_user_id="u-unbound",
-        requested_account_id=None,
-        request_id="req-b",
-        cause="item.link",
-        event_id=None,
-    )
+    await item_with_its_link_event(services, "unbound")
     unrouted = metrics.OUTBOX_UNROUTED._value.get()
     with pytest.raises(Unroutable):
         await Relay(services.pool, publisher, retention_s=3600).relay_once()
