@@ -119,7 +119,8 @@ def plaid_error(status: int, raw: bytes, headers: Mapping[str, str]) -> Upstream
 def sdk_headers(config: plaid.Configuration) -> dict[str, str]:
     """The headers plaid-python sends with ``config``: its default headers (``Plaid-Version``, its
     User-Agent) and every auth setting it puts in a header (client id, secret)."""
-    headers = dict(plaid.ApiClient(config).default_headers)
+    with plaid.ApiClient(config) as client:  # it opens a urllib3 pool: closed again at once
+        headers = dict(client.default_headers)
     for auth in config.auth_settings().values():
         if auth["in"] == "header" and auth["value"] is not None:
             headers[auth["key"]] = auth["value"]

@@ -123,6 +123,10 @@ async def supervise(
     outcome: list[int] = []
     die_with_parent = _death_signal()
 
+    async def pause(delay: float) -> None:  # the backoff, cut short by a stop
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+
     async def keep(index: int) -> None:
         backoff = Backoff()
         first = True
@@ -136,8 +140,7 @@ async def supervise(
             except OSError as e:  # no memory, no process slot, too many files: try again later
                 delay = backoff.after_exit(0.0)
                 log.error("supervisor.spawn_failed", child=index, error=str(e), restart_in_s=delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+                await pause(delay)
                 continue
             log.info("supervisor.child_started", child=index, pid=proc.pid)
             waiter = asyncio.ensure_future(proc.wait())
@@ -164,8 +167,7 @@ async def supervise(
                 ran_s=round(ran, 1),
                 restart_in_s=delay,
             )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+            await pause(delay)
 
     log.info("supervisor.started", processes=n)
     await asyncio.gather(*(keep(i) for i in range(n)))
