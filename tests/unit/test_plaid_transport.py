@@ -103,8 +103,14 @@ async def test_plaid_errors_keep_code_type_request_id_and_retry_after() -> None:
         return web.json_response(body, status=400)
 
     async def limit(_: web.Request) -> web.Response:
+        # Plaid documents no Retry-After on its API's 429s (PLAID_FACTS.md: that is its webhook
+        # sender's); a proxy in front of it may send one, and paw honours it if present.
         body = {"error_code": "RATE_LIMIT_EXCEEDED", "error_type": "RATE_LIMIT_EXCEEDED", "request_id": "r8"}
         return web.json_response(body, status=429, headers={"Retry-After": "7"})
+
+    async def plaid_limit(_: web.Request) -> web.Response:  # as Plaid answers: the type, no header
+        body = {"error_code": "AUTH_LIMIT", "error_type": "RATE_LIMIT_EXCEEDED", "request_id": "r7"}
+        return web.json_response(body, status=429)
 
     refused = await failure(refuse)
     assert (refused.status, refused.error_code, refused.error_type, refused.request_id) == (
@@ -119,6 +125,12 @@ async def test_plaid_errors_keep_code_type_request_id_and_retry_after() -> None:
         "RATE_LIMIT_EXCEEDED",
         7.0,
         Kind.TRANSIENT,
+    )
+    plaid_limited = await failure(plaid_limit)
+    assert (plaid_limited.error_code, plaid_limited.retry_after, classify(plaid_limited)) == (
+        "AUTH_LIMIT",
+        None,
+        Kind.TRANSIENT,  # by its type: the code alone is not one paw lists
     )
 
 
