@@ -66,6 +66,12 @@ TIME_TO_END = Histogram(
     ["end_state"],
     buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 86400, 3 * 86400, 7 * 86400),
 )
+RESULT_UNRECORDED_SECONDS = Histogram(
+    "paw_result_unrecorded_seconds",
+    "From an upstream call's answer to its durable record (the commit, or the parked copy's confirm):"
+    " a process killed inside this window loses that result",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 BUILD_INFO = Gauge("paw_build_info", "1, labelled with the running paw", ["version", "plaid_env", "service"])
 HTTP_REQUESTS = Counter(
     "paw_http_requests_total",

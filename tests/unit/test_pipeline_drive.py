@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.fakes import (
     EPOCH,
@@ -92,6 +93,27 @@ async def test_link_with_a_public_token_goes_all_the_way_to_atomic_pending() -> 
     assert unseal(item.id, "access_token", done.access_token) == "access-sandbox-1"
     assert unseal(item.id, "processor_token", done.processor_token) == processor
     assert w.store.lease_of(item.id) is None
+
+
+def _unrecorded() -> tuple[float, float]:
+    count = REGISTRY.get_sample_value("paw_result_unrecorded_seconds_count") or 0.0
+    return count, REGISTRY.get_sample_value("paw_result_unrecorded_seconds_sum") or 0.0
+
+
+async def test_each_result_made_durable_measures_its_kill_window() -> None:
+    """Every upstream answer's time to its commit is observed (the window a killed process loses it
+    in): one observation per committed step, none for a step that fails."""
+    w = World()
+    item = w.add(new_item(State.LINK))
+    before = _unrecorded()
+    await w.drive(item, PUBLIC)
+    after = _unrecorded()
+    assert after[0] - before[0] == 3  # exchanged, processor token issued, submitted
+    assert after[1] > before[1]
+    failing = World()
+    failing.plaid.fail_on("exchange_public_token", permanent("INVALID_PUBLIC_TOKEN"))
+    await failing.drive(failing.add(new_item(State.LINK)), PUBLIC)
+    assert _unrecorded()[0] == after[0]
 
 
 async def test_each_commit_renews_the_lease_and_the_last_one_releases_it() -> None:

@@ -256,7 +256,7 @@ class Pipeline:
         consumer to retry."""
         try:
             done = await step(item, public_token)
-            answered_at = self.now()
+            answered_at, answered = self.now(), time.perf_counter()  # the kill window opens
         except UpstreamError as err:
             kind = classify(err)
             if (
@@ -271,9 +271,14 @@ class Pipeline:
             log.info("item.still_waiting", item_id=str(item.id), **done.detail)
             return item, False
         release = next_state(item.state, done.trigger) not in STEPPING
-        moved = await self._commit(
-            item, done, cause, lease=(owner, None if release else self.lease_s), answered_at=answered_at
-        )
+        try:
+            moved = await self._commit(
+                item, done, cause, lease=(owner, None if release else self.lease_s), answered_at=answered_at
+            )
+        except ResultParked:  # durable on the broker
+            metrics.RESULT_UNRECORDED_SECONDS.observe(time.perf_counter() - answered)
+            raise
+        metrics.RESULT_UNRECORDED_SECONDS.observe(time.perf_counter() - answered)
         return moved, release and moved is not None
 
     async def _operator_alert(self, err: UpstreamError, step: str) -> None:
