@@ -243,6 +243,7 @@ class Child:
     proc: asyncio.subprocess.Process
     log_path: Path
     log_file: IO[bytes]
+    admin_port: int = 0  # where its /metrics answers, when the bench chose the port
 
     @property
     def pid(self) -> int:

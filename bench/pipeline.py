@@ -35,6 +35,7 @@ from typing import Any
 import aio_pika
 import aiohttp
 import asyncpg
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import common, profile
 from sandbox import webhook_bodies
@@ -156,11 +157,15 @@ async def start_workers(
         **({"PAW_PREFETCH": str(args.prefetch)} if args.prefetch else {}),
         "PAW_PLAID_CONNECTIONS": str(args.plaid_connections),
         **({"PAW_DB_POOL_SIZE": str(args.db_pool)} if args.db_pool else {}),
-        "PAW_ADMIN_PORT": "0",
     }
-    workers = [
-        await common.spawn_paw(f"worker-{tag}-{i}", ["worker"], wenv, log_dir) for i in range(args.workers)
-    ]
+    workers = []
+    for i in range(args.workers):
+        port = common.free_port()
+        child = await common.spawn_paw(
+            f"worker-{tag}-{i}", ["worker"], {**wenv, "PAW_ADMIN_PORT": str(port)}, log_dir
+        )
+        child.admin_port = port
+        workers.append(child)
     for w in workers:
         await common.wait_logged(w, "worker.started", 60)
     return workers
@@ -174,6 +179,40 @@ async def stop_workers(workers: list[common.Child]) -> dict[str, int]:
         for k in ("acked", "retried", "dead_lettered", "requeued", "outcome_events"):
             totals[k] = totals.get(k, 0) + int(stopped.get(k, 0))
     return totals
+
+
+async def unrecorded_window(workers: list[common.Child]) -> dict[str, Any]:
+    """``paw_result_unrecorded_seconds`` summed over the workers' /metrics: how long upstream answers
+    waited for their durable record (the window a killed worker loses them in). Quantiles are the
+    histogram's bucket bounds (an upper bound), the mean is exact."""
+    buckets: dict[float, float] = {}
+    count = total = 0.0
+    async with aiohttp.ClientSession() as http:
+        for w in workers:
+            async with http.get(f"http://127.0.0.1:{w.admin_port}/metrics") as resp:
+                text = await resp.text()
+            for family in text_string_to_metric_families(text):
+                if family.name != "paw_result_unrecorded_seconds":
+                    continue
+                for s in family.samples:
+                    if s.name.endswith("_bucket"):
+                        le = float(s.labels["le"])
+                        buckets[le] = buckets.get(le, 0.0) + s.value
+                    elif s.name.endswith("_count"):
+                        count += s.value
+                    elif s.name.endswith("_sum"):
+                        total += s.value
+
+    def bound(q: float) -> float | None:
+        return next((le * 1000 for le in sorted(buckets) if count and buckets[le] >= q * count), None)
+
+    return {
+        "results": int(count),
+        "mean_ms": round(total / count * 1000, 2) if count else None,
+        "p50_le_ms": bound(0.5),
+        "p99_le_ms": bound(0.99),
+        "max_le_ms": bound(1.0),
+    }
 
 
 def retry_reasons(workers: list[common.Child]) -> dict[str, int]:
@@ -344,6 +383,7 @@ async def run_latency(
                     "cpu_pct_of_one_core": cpu,
                 }
             )
+            result["unrecorded_ms"] = await unrecorded_window(workers)
             retries = retry_reasons(workers)
             consumer_counts = await stop_workers(workers)
             accepted = receiver.count_events("webhook.accepted")["webhook.accepted"]
@@ -516,7 +556,8 @@ def print_latency(r: dict[str, Any]) -> None:
         f"[{int(r['latency_ms'])}ms] {r['items_per_s']} Items/s; e2e p50 {r['e2e_history_ms']['p50']} ms "
         f"p99 {r['e2e_history_ms']['p99']} ms; {r['pg_xact_per_item']} tx/Item; "
         f"{r['amqp_published_per_item']} published, {r['amqp_delivered_per_item']} delivered per Item; "
-        f"states {r['states']}; worker RSS {r['worker_peak_rss_mb']} MB; cpu {r['cpu_pct_of_one_core']}",
+        f"states {r['states']}; answers not yet durable (ms) {r['unrecorded_ms']}; "
+        f"worker RSS {r['worker_peak_rss_mb']} MB; cpu {r['cpu_pct_of_one_core']}",
         flush=True,
     )
     print(
