@@ -13,6 +13,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -140,6 +141,14 @@ async def test_worker_processes_share_the_queues_and_die_with_a_killed_parent(
             finally:
                 await channel.close()
 
+        def started() -> list[dict[str, Any]]:
+            lines = (tmp_path / "paw.log").read_bytes().splitlines()
+            return [
+                e
+                for e in map(json.loads, (x for x in lines if x.startswith(b"{")))
+                if e["event"] == "worker.started"
+            ]
+
         async def both_consume() -> set[int] | None:
             pids = children_of(parent.pid)
             ok = (
@@ -147,18 +156,13 @@ async def test_worker_processes_share_the_queues_and_die_with_a_killed_parent(
                 and await ready(base)
                 and await ready(base + PORT_STEP)
                 and await consumers() == 2
+                and len(started()) == 2  # a child may consume before its started line is written
             )
             return pids if ok else None
 
         pids = await eventually(both_consume, timeout=30)
-        lines = (tmp_path / "paw.log").read_bytes().splitlines()
-        started = [
-            e
-            for e in map(json.loads, (x for x in lines if x.startswith(b"{")))
-            if e["event"] == "worker.started"
-        ]
         # PAW_DB_POOL_SIZE (20 by default) is the command's: each of the two gets half
-        assert [e["config"]["db_pool_size"] for e in started] == [10, 10]
+        assert [e["config"]["db_pool_size"] for e in started()] == [10, 10]
         tokens = [await new_public_token(sandbox) for _ in range(10)]
         for i, token in enumerate(tokens):
             await submit_amqp(services, {"public_token": token, "client_user_id": f"u-super-{i}"})
