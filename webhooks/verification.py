@@ -21,7 +21,6 @@ from typing import Any, Final, NoReturn, TypeGuard
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
-from jwt.types import Options
 
 from worker.errors import PawError
 
@@ -31,19 +30,8 @@ MAX_KID_LEN: Final = 128
 _ES256_SIG_LEN: Final = 64
 _P256_COORD_LEN: Final = 32
 _B64URL_SEGMENT: Final = re.compile(r"[A-Za-z0-9_-]+")
-# Everything we want PyJWT to check is the signature (ES256 only) and that iat is present; the time
-# checks are ours (against the caller's ``now``), and the other registered claims are not Plaid's.
-_PYJWT_OPTIONS: Final[Options] = {
-    "verify_signature": True,
-    "require": ["iat"],
-    "verify_iat": False,
-    "verify_exp": False,
-    "verify_nbf": False,
-    "verify_aud": False,
-    "verify_iss": False,
-    "verify_sub": False,
-    "verify_jti": False,
-}
+# PyJWT's ES256: it turns the JWS's raw r || s into DER and checks it with cryptography's ECDSA.
+_ES256: Final = ECAlgorithm(ECAlgorithm.SHA256)
 
 
 class VerificationError(PawError):
@@ -128,16 +116,20 @@ def _decode_header(token: object) -> tuple[dict[str, Any], list[str]]:
     return header, segments
 
 
+@dataclass(frozen=True)
+class _Jws:
+    """A compact ES256 JWS whose shape passed: what :func:`verify` checks the signature over."""
+
+    kid: str
+    signing_input: bytes  # "<header>.<payload>", the bytes the signature covers (RFC 7515 §5.2)
+    payload: bytes
+    signature: bytes  # raw r || s, 64 bytes
+
+
 @functools.lru_cache(maxsize=2048)
-def unverified_kid(token: str | None) -> str:
-    """The ``kid`` of a Plaid-Verification token, read WITHOUT verifying anything but its shape.
-
-    Pure, so cached: the receiver reads the kid before fetching the key, and :func:`verify` checks
-    the same token again a moment later (only results are cached, never a refusal).
-
-    Refuses a missing token, an ``alg`` other than exactly ``ES256``, a missing or odd ``kid``, and
-    anything that is not a compact ES256 JWS of sane size. Safe to call before fetching a key.
-    """
+def _parse(token: str | None) -> _Jws:
+    """The JWS's parts, decoded once per token: the receiver reads the kid before fetching the key,
+    and :func:`verify` needs the rest a moment later (only results are cached, never a refusal)."""
     header, segments = _decode_header(token)
     alg = header.get("alg")
     if not isinstance(alg, str) or alg != ALGORITHM:
@@ -154,10 +146,20 @@ def unverified_kid(token: str | None) -> str:
     # what is signed, so it is refused even unmarked.
     if "crit" in header or "b64" in header:
         _fail("malformed_jwt", kid)
-    payload_raw, signature = _b64url_decode(segments[1]), _b64url_decode(segments[2])
-    if payload_raw is None or signature is None or len(signature) != _ES256_SIG_LEN:
+    payload, signature = _b64url_decode(segments[1]), _b64url_decode(segments[2])
+    if payload is None or signature is None or len(signature) != _ES256_SIG_LEN:
         _fail("malformed_jwt", kid)
-    return kid
+    signing_input = f"{segments[0]}.{segments[1]}".encode("ascii")
+    return _Jws(kid=kid, signing_input=signing_input, payload=payload, signature=signature)
+
+
+def unverified_kid(token: str | None) -> str:
+    """The ``kid`` of a Plaid-Verification token, read WITHOUT verifying anything but its shape.
+
+    Refuses a missing token, an ``alg`` other than exactly ``ES256``, a missing or odd ``kid``, and
+    anything that is not a compact ES256 JWS of sane size. Safe to call before fetching a key.
+    """
+    return _parse(token).kid
 
 
 def _public_key(key: Mapping[str, Any], kid: str, now: float) -> ec.EllipticCurvePublicKey:
@@ -220,23 +222,25 @@ def verify(
     most ``max_age_s`` old and at most ``future_skew_s`` ahead, and whose ``request_body_sha256``
     is the SHA-256 of exactly ``body``. Raises :class:`VerificationError` and nothing else.
     """
-    kid = unverified_kid(token)
+    jws = _parse(token)
+    kid = jws.kid
     if not isinstance(body, bytes):
         _fail("bad_body", kid, status=400)
     public = _public_key(key, kid, now)
-    try:
-        claims = jwt.decode(token, key=public, algorithms=[ALGORITHM], options=_PYJWT_OPTIONS)
-    except jwt.InvalidSignatureError:
+    # The signature, by PyJWT's ES256 (raw r || s to DER, then cryptography's ECDSA over SHA-256)
+    # on the segments _parse already split and decoded; the header's alg was checked there.
+    if not _ES256.verify(jws.signing_input, public, jws.signature):
         _fail("bad_signature", kid)
-    except jwt.MissingRequiredClaimError:
-        _fail("missing_iat", kid)
-    except jwt.InvalidAlgorithmError:
-        _fail("bad_alg", kid)
-    except (jwt.PyJWTError, ValueError, TypeError, RecursionError):
+    try:
+        claims = json.loads(
+            jws.payload.decode("utf-8"),
+            object_pairs_hook=_no_duplicate_keys,
+            parse_constant=_no_constants,
+        )
+    except (ValueError, RecursionError):
         _fail("malformed_jwt", kid)
     if not isinstance(claims, dict):
         _fail("malformed_jwt", kid)
-
     # Signature is good from here on; now bind it to time and to these exact bytes.
     iat = claims.get("iat")
     if not _is_number(iat):

@@ -289,10 +289,39 @@ def test_missing_iat() -> None:
     assert reason_of(sign(PRIVATE, drop=("iat",))) == "missing_iat"
 
 
-@pytest.mark.parametrize("iat", ["1700000000", True, [1], 1e400])
+@pytest.mark.parametrize("iat", ["1700000000", True, [1]])
 def test_unusable_iat(iat: Any) -> None:
     token = jwt.encode({**GOOD_CLAIMS, "iat": iat}, PRIVATE, algorithm="ES256", headers={"kid": KID})
     assert reason_of(token) == "missing_iat"
+
+
+def signed_payload(payload: str) -> str:
+    """A genuine ES256 signature by PRIVATE over exactly this payload text."""
+    signing_input = f"{b64url(json.dumps({'alg': 'ES256', 'kid': KID}).encode())}.{b64url(payload.encode())}"
+    signature = ECAlgorithm(ECAlgorithm.SHA256).sign(signing_input.encode(), PRIVATE)
+    return f"{signing_input}.{b64url(signature)}"
+
+
+def test_signed_payload_is_verified_as_it_was_signed() -> None:
+    assert verify(signed_payload(json.dumps(GOOD_CLAIMS)), BODY, JWK, now=NOW).iat == int(NOW)
+
+
+DIGEST = hashlib.sha256(BODY).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        # Infinity is not JSON (Python's json reads it; a signed payload may still not carry it)
+        f'{{"iat": Infinity, "request_body_sha256": "{DIGEST}"}}',
+        # two body hashes, the second one right: which one was meant is not for the receiver to guess
+        f'{{"iat": {int(NOW)}, "request_body_sha256": "{"0" * 64}", "request_body_sha256": "{DIGEST}"}}',
+        "[1, 2]",
+        "not json",
+    ],
+)
+def test_a_signed_payload_that_is_not_one_plain_json_object_is_malformed(payload: str) -> None:
+    assert reason_of(signed_payload(payload)) == "malformed_jwt"
 
 
 def test_huge_integer_iat_does_not_overflow() -> None:
