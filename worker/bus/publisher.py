@@ -7,11 +7,9 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import aio_pika
 import aiormq
 import structlog
 from aio_pika.abc import (
-    AbstractExchange,
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
@@ -23,6 +21,7 @@ from worker.errors import PublishFailed, Unroutable
 log = structlog.get_logger(__name__)
 
 NO_ROUTE = 312  # AMQP reply code of a mandatory message no queue is bound for
+PERSISTENT = 2  # delivery_mode: written to disk by the queues that take it
 
 
 async def connect(urls: str | Sequence[str], name: str) -> FailoverConnection:
@@ -53,11 +52,10 @@ class Publisher:
         self.topo = topo
         self.timeout = timeout
         self._channel: AbstractRobustChannel | None = None
-        self._exchange: AbstractExchange | None = None
         self._lock = asyncio.Lock()
         self.resent = 0  # publishes sent again after their connection was lost under them
 
-    async def _ready(self) -> tuple[AbstractRobustChannel, AbstractExchange]:
+    async def _ready(self) -> AbstractRobustChannel:
         conn = self.connection
         if isinstance(conn, FailoverConnection):
             if not conn.settled:  # down, or reopened with its channels not restored yet
@@ -66,18 +64,17 @@ class Publisher:
                 await conn.reopened_after(conn.generation)  # bounded by the caller's timeout
         elif not conn.connected.is_set():
             raise PublishFailed("broker unavailable: not connected")
-        channel, exchange = self._channel, self._exchange
-        if channel is None or exchange is None:
+        channel = self._channel
+        if channel is None:
             async with self._lock:
-                if self._channel is None or self._exchange is None:
+                if self._channel is None:
                     opened = self.connection.channel(publisher_confirms=True, on_return_raises=True)
                     await opened.initialize()
-                    self._exchange = await opened.get_exchange(self.topo.exchange, ensure=False)
                     self._channel = opened
-                channel, exchange = self._channel, self._exchange
+                channel = self._channel
         if channel.is_closed:
             await channel.ready()  # reopened by aio-pika after a reconnect or a channel error
-        return channel, exchange
+        return channel
 
     def _lost_since(self, generation: int | None) -> bool:
         """The connection the publish went out on is gone, and there is another one to come (or
@@ -116,14 +113,16 @@ class Publisher:
     ) -> None:
         """Publishes to the events exchange (or, with ``to_queue``, straight to the queue named
         ``routing_key``) and returns once confirmed. Raises :class:`PublishFailed` otherwise."""
-        message = aio_pika.Message(
-            body,
+        # Straight to aiormq's channel under aio-pika's robust one, with the properties aio-pika's
+        # Message would build: its Message and Exchange layers were a fifth of a publish's CPU.
+        properties = aiormq.spec.Basic.Properties(
             content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            delivery_mode=PERSISTENT,
             headers=dict(headers or {}),
             message_id=message_id,
-            expiration=expiration_ms / 1000 if expiration_ms is not None else None,
+            expiration=str(expiration_ms) if expiration_ms is not None else None,
         )
+        exchange = "" if to_queue else self.topo.exchange
         refusals = 0
         try:
             async with asyncio.timeout(self.timeout):
@@ -131,13 +130,19 @@ class Publisher:
                     generation = self._generation()
                     channel: AbstractRobustChannel | None = None
                     try:
-                        channel, events = await self._ready()
-                        exchange = channel.default_exchange if to_queue else events
-                        await exchange.publish(message, routing_key, mandatory=True)
+                        channel = await self._ready()
+                        underlay = await channel.get_underlay_channel()
+                        await underlay.basic_publish(
+                            body,
+                            exchange=exchange,
+                            routing_key=routing_key,
+                            properties=properties,
+                            mandatory=True,
+                        )
                         return
-                    except aio_pika.exceptions.PublishError:
+                    except aiormq.exceptions.PublishError:
                         raise  # returned: unroutable, whatever the channel
-                    except aio_pika.exceptions.DeliveryError:
+                    except aiormq.exceptions.DeliveryError:
                         # Nacked: the broker did not take the message, so it is sent again, on a
                         # fresh channel. RabbitMQ 3.10 nacks every publish of a channel whose first
                         # one to a quorum queue met a leader that had just died; a new channel finds
@@ -161,7 +166,7 @@ class Publisher:
             if refusals:
                 raise PublishFailed(f"broker refused {routing_key} ({refusals} times)") from None
             raise PublishFailed(f"no confirm for {routing_key} within {self.timeout}s") from None
-        except aio_pika.exceptions.PublishError as e:
+        except aiormq.exceptions.PublishError as e:
             delivery = getattr(getattr(e, "message", None), "delivery", None)
             if getattr(delivery, "reply_code", None) == NO_ROUTE:
                 raise Unroutable(f"{routing_key} is unroutable") from None
@@ -174,6 +179,6 @@ class Publisher:
         async with self._lock:
             if stale is None or self._channel is not stale:
                 return
-            self._channel = self._exchange = None
+            self._channel = None
         with contextlib.suppress(aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
             await stale.close()
