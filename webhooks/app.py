@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -56,32 +56,17 @@ class ReceiverCounts(collections.Counter[str]):
 
 
 def _mirror(key: str, delta: int) -> None:
-    child = _CHILDREN.get(key, _UNKNOWN)
-    if child is _UNKNOWN:
-        child = _CHILDREN[key] = _child(key)  # a handful of keys: each resolved once per process
-    if child is not None:
-        child.inc(delta)
-
-
-_UNKNOWN: Final = object()
-_CHILDREN: dict[str, Any] = {}
-
-
-def _child(key: str) -> Any:
-    """The labelled Prometheus counter a count is mirrored into (``labels()`` takes a lock and
-    builds the label tuple: a few per cent of the receiver's CPU when called per webhook)."""
     source, _, what = key.partition("_")
     if what == "received":
-        return metrics.WEBHOOKS_RECEIVED.labels(source)
-    if what == "accepted":
-        return metrics.WEBHOOKS_ACCEPTED.labels(source)
-    if what.startswith("rejected."):
-        return metrics.WEBHOOKS_REJECTED.labels(source, what.removeprefix("rejected.")[:64])
-    if what == "key_unavailable":
-        return metrics.WEBHOOKS_REJECTED.labels(source, "key_unavailable")
-    if key == "publish_failed":
-        return metrics.PUBLISH_FAILURES.labels("unconfirmed")
-    return None
+        metrics.child(metrics.WEBHOOKS_RECEIVED, source).inc(delta)
+    elif what == "accepted":
+        metrics.child(metrics.WEBHOOKS_ACCEPTED, source).inc(delta)
+    elif what.startswith("rejected."):
+        metrics.child(metrics.WEBHOOKS_REJECTED, source, what.removeprefix("rejected.")[:64]).inc(delta)
+    elif what == "key_unavailable":
+        metrics.child(metrics.WEBHOOKS_REJECTED, source, "key_unavailable").inc(delta)
+    elif key == "publish_failed":
+        metrics.child(metrics.PUBLISH_FAILURES, "unconfirmed").inc(delta)
 
 
 @dataclasses.dataclass

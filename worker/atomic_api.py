@@ -72,7 +72,7 @@ class AtomicClient:
                 f"Atomic unreachable: {type(e).__name__}", service="atomic", error_code="NETWORK_ERROR"
             ) from None
         finally:
-            metrics.UPSTREAM_SECONDS.labels("atomic", endpoint).observe(time.perf_counter() - started)
+            metrics.child(metrics.UPSTREAM_SECONDS, "atomic", endpoint).observe(time.perf_counter() - started)
 
     @staticmethod
     def _error(method: str, endpoint: str, status: int, data: Any, retry_after: str | None) -> UpstreamError:

@@ -187,7 +187,7 @@ class PlaidClient:
             )
             raise
         finally:
-            metrics.UPSTREAM_SECONDS.labels("plaid", endpoint).observe(time.perf_counter() - started)
+            metrics.child(metrics.UPSTREAM_SECONDS, "plaid", endpoint).observe(time.perf_counter() - started)
 
     async def exchange_public_token(self, public_token: str) -> Exchange:
         resp = await self._call(

@@ -127,11 +127,13 @@ class Consumer:
             try:
                 await self.handler(rk, message.body, message.message_id)
             finally:
-                metrics.PROCESSING_SECONDS.labels(metrics.kind_of(rk)).observe(time.perf_counter() - started)
+                metrics.child(metrics.PROCESSING_SECONDS, metrics.kind_of(rk)).observe(
+                    time.perf_counter() - started
+                )
         except ResultParked:  # done: what it did waits on the parked queue for the database
             await message.ack()
             self.counts["acked"] += 1
-            metrics.EVENTS_PROCESSED.labels(metrics.kind_of(rk), "parked").inc()
+            metrics.child(metrics.EVENTS_PROCESSED, metrics.kind_of(rk), "parked").inc()
         except Poison as e:
             await self._settle(message, rk, e, retry=False)
         except Exception as e:
@@ -142,7 +144,7 @@ class Consumer:
         else:
             await message.ack()
             self.counts["acked"] += 1
-            metrics.EVENTS_PROCESSED.labels(metrics.kind_of(rk), "acked").inc()
+            metrics.child(metrics.EVENTS_PROCESSED, metrics.kind_of(rk), "acked").inc()
 
     async def _settle(
         self, message: AbstractIncomingMessage, rk: str, error: Exception, *, retry: bool

@@ -211,7 +211,7 @@ class Store:
         )
         if row is None:
             return None
-        metrics.TRANSITIONS.labels(row["from_state"], row["state"]).inc()
+        metrics.child(metrics.TRANSITIONS, row["from_state"], row["state"]).inc()
         moved = Item.from_record(row)
         if conn is None:  # committed already; a caller with its own transaction calls committed() after it
             self.committed(trigger, moved)
@@ -221,7 +221,7 @@ class Store:
         """What follows a committed transition: the time-to-end metric, and a wake for the outcome
         relay (the event is visible now, not before the commit)."""
         if trigger in FIRST_ENDS:
-            metrics.TIME_TO_END.labels(moved.state.value).observe(
+            metrics.child(metrics.TIME_TO_END, moved.state.value).observe(
                 (moved.updated_at - moved.created_at).total_seconds()
             )
         self.on_event()
