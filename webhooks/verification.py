@@ -103,17 +103,21 @@ def _decode_header(token: object) -> tuple[dict[str, Any], list[str]]:
     header_raw = _b64url_decode(segments[0])
     if header_raw is None:
         _fail("malformed_jwt")
+    return _json_object(header_raw, None), segments
+
+
+def _json_object(raw: bytes, kid: str | None) -> dict[str, Any]:
+    """A JWS segment's JSON object, read strictly (UTF-8, no duplicate member, no NaN/Infinity);
+    anything else is ``malformed_jwt``. The header and the payload are read alike."""
     try:
-        header = json.loads(
-            header_raw.decode("utf-8"),
-            object_pairs_hook=_no_duplicate_keys,
-            parse_constant=_no_constants,
+        value = json.loads(
+            raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants
         )
     except (ValueError, RecursionError):
-        _fail("malformed_jwt")
-    if not isinstance(header, dict):
-        _fail("malformed_jwt")
-    return header, segments
+        _fail("malformed_jwt", kid)
+    if not isinstance(value, dict):
+        _fail("malformed_jwt", kid)
+    return value
 
 
 @dataclass(frozen=True)
@@ -231,16 +235,7 @@ def verify(
     # on the segments _parse already split and decoded; the header's alg was checked there.
     if not _ES256.verify(jws.signing_input, public, jws.signature):
         _fail("bad_signature", kid)
-    try:
-        claims = json.loads(
-            jws.payload.decode("utf-8"),
-            object_pairs_hook=_no_duplicate_keys,
-            parse_constant=_no_constants,
-        )
-    except (ValueError, RecursionError):
-        _fail("malformed_jwt", kid)
-    if not isinstance(claims, dict):
-        _fail("malformed_jwt", kid)
+    claims = _json_object(jws.payload, kid)
     # Signature is good from here on; now bind it to time and to these exact bytes.
     iat = claims.get("iat")
     if not _is_number(iat):
