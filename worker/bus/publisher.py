@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import aio_pika
 import aiormq
 import structlog
 from aio_pika.abc import (
@@ -21,7 +22,6 @@ from worker.errors import PublishFailed, Unroutable
 log = structlog.get_logger(__name__)
 
 NO_ROUTE = 312  # AMQP reply code of a mandatory message no queue is bound for
-PERSISTENT = 2  # delivery_mode: written to disk by the queues that take it
 
 
 async def connect(urls: str | Sequence[str], name: str) -> FailoverConnection:
@@ -117,7 +117,7 @@ class Publisher:
         # Message would build: its Message and Exchange layers were a fifth of a publish's CPU.
         properties = aiormq.spec.Basic.Properties(
             content_type="application/json",
-            delivery_mode=PERSISTENT,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT.value,
             headers=dict(headers or {}),
             message_id=message_id,
             expiration=str(expiration_ms) if expiration_ms is not None else None,
