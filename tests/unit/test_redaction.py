@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
 
 import plaid
 import pytest
@@ -11,7 +13,17 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from worker import logs
-from worker.redact import HEADER_IN_TEXT, MASK, TOKEN, URL_PASSWORD, redact_text
+from worker.redact import (
+    _FOLD,
+    HEADER_IN_TEXT,
+    MASK,
+    SECRET_KEYS,
+    SECRET_MARKS,
+    TOKEN,
+    URL_PASSWORD,
+    redact,
+    redact_text,
+)
 
 
 @pytest.mark.parametrize("fmt", ["json", "console"])
@@ -100,6 +112,9 @@ PIECES = [
     " ",
     "@",
     ":",
+    "Pla\u0131d-\u017fecret",
+    "author\u0130zation",
+    "X-ATOM\u0130C-S\u0130GNATURE",
 ]
 
 
@@ -110,5 +125,41 @@ PIECES = [
 @example("the link-production-x1 token")
 @example("{'PLAID-SECRET': 's3cr3t'}")
 @example("proxy-authorization=basic abc")
+@example("Pla\u0131d-\u017fecret: s3cr3t")
+@example("author\u0130zation=bearer abc")
 def test_the_pre_check_never_lets_a_text_through_that_the_patterns_would_change(text: str) -> None:
     assert redact_text(text) == _three_passes(text)
+
+
+def test_the_pre_check_folds_every_letter_that_case_insensitive_matching_takes_for_a_marks_own() -> None:
+    """HEADER_IN_TEXT ignores case as Python's re does, which takes a few non-ASCII letters for
+    ASCII ones (U+0130 and U+0131 for i); the pre-check must fold each of them, or it would let one through."""
+    everything = "".join(chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF)
+    for letter in sorted({c for mark in SECRET_MARKS for c in mark if c.isalpha()}):
+        for same in re.findall(f"(?i){letter}", everything):
+            assert same.translate(_FOLD).lower() == letter, (letter, hex(ord(same)))
+
+
+VALUES = st.one_of(
+    st.lists(st.sampled_from(PIECES) | st.text(max_size=6), max_size=8).map("".join),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+)
+KEYS = st.sampled_from(["event", "item_id", "error", "Access_Token", "password", "url", "x"]) | st.text(
+    max_size=5
+)
+
+
+@given(st.dictionaries(KEYS, VALUES, max_size=8))
+@settings(max_examples=400, deadline=None)
+@example({"event": "webhook.accepted", "url": "amqp://guest:guest@host/"})
+@example({"event": "a", "note": "Pla\u0131d-\u017fecret"})
+@example({"access_token": None, "event": "x"})
+def test_a_flat_mapping_is_masked_as_field_by_field_masking_would(fields: dict[str, object]) -> None:
+    expected = {
+        k: MASK if k.lower() in SECRET_KEYS and v is not None else redact_text(v) if isinstance(v, str) else v
+        for k, v in fields.items()
+    }
+    assert redact(fields) == expected
