@@ -11,13 +11,13 @@ import collections
 import contextlib
 import dataclasses
 import hmac
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 
@@ -113,12 +113,17 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
+def accepted(event_id: str) -> web.Response:
+    """The 200 for a webhook queued and confirmed."""
+    return web.Response(body=orjson.dumps({"event_id": event_id}), content_type="application/json")
+
+
 async def publish_or_503(
     rx: Receiver, routing_key: str, payload: dict[str, Any], message_id: str
 ) -> web.Response | None:
     started = time.perf_counter()
     try:
-        await rx.publisher.publish(routing_key, json.dumps(payload).encode(), message_id=message_id)
+        await rx.publisher.publish(routing_key, orjson.dumps(payload), message_id=message_id)
     except PublishFailed as e:
         rx.metrics["publish_failed"] += 1
         log.warning("publish.failed", routing_key=routing_key, reason=str(e))
@@ -188,7 +193,7 @@ async def plaid_webhook(request: web.Request) -> web.Response:
         kid=verified.kid,
         plaid_item_id=hook.get("item_id"),
     )
-    return web.json_response({"event_id": event_id})
+    return accepted(event_id)
 
 
 async def atomic_webhook(request: web.Request) -> web.Response:
@@ -211,7 +216,7 @@ async def atomic_webhook(request: web.Request) -> web.Response:
         return failed
     rx.metrics["atomic_accepted"] += 1
     log.info("webhook.accepted", source="atomic", routing_key=routing_key, event_id=event_id)
-    return web.json_response({"event_id": event_id})
+    return accepted(event_id)
 
 
 def authorized(request: web.Request, api_keys: tuple[str, ...]) -> bool:

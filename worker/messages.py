@@ -3,8 +3,9 @@ and the ``x-paw-*`` header names the consumer writes and the dead-letter tools r
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import orjson
 
 import schemas
 from worker.errors import Poison
@@ -24,36 +25,47 @@ H_DEFERRALS = "x-paw-deferrals"
 
 
 MAX_JSON_DEPTH = 32
+# orjson reads an integer it cannot hold in 64 bits as a float: beyond this, a number is refused.
+TOO_BIG = float(2**63)
 
 
 def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
-    """How deeply ``value`` nests, counting up to ``limit + 1`` (iterative: no recursion to exhaust)."""
+    """How deeply ``value`` nests, counting up to ``limit + 1`` (iterative: no recursion to exhaust).
+    Raises :class:`Poison` for a float of 2**63 or more: orjson reads an integer beyond 64 bits as
+    one, and such a number would not travel on as the body wrote it."""
+    if type(value) is not dict and type(value) is not list:
+        return 0
     deepest, stack = 0, [(value, 1)]
     while stack:
         node, depth = stack.pop()
-        if isinstance(node, dict | list):
-            deepest = max(deepest, depth)
+        if depth > deepest:
+            deepest = depth
             if deepest > limit:
                 return deepest
-            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+        children = node.values() if type(node) is dict else node
+        for child in children:
+            kind = type(child)
+            if kind is dict or kind is list:
+                stack.append((child, depth + 1))
+            elif kind is float and not -TOO_BIG < child < TOO_BIG:
+                raise Poison("body holds a number beyond 64 bits")
     return deepest
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {name}")
-
-
 def parse_json(body: bytes) -> Any:
-    """Parses untrusted JSON; anything unparseable, with NaN or Infinity, or nested deeper than
-    ``MAX_JSON_DEPTH`` is poison."""
+    """Parses untrusted JSON (RFC 8259, UTF-8: orjson, a third of json's CPU); anything else, NaN,
+    Infinity, numbers beyond 64 bits, or nesting deeper than ``MAX_JSON_DEPTH`` is poison."""
     try:
-        data = json.loads(body, parse_constant=_no_constants)
-    except RecursionError:
-        raise Poison(f"body nests deeper than {MAX_JSON_DEPTH} levels") from None
-    except (UnicodeDecodeError, ValueError) as e:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        if str(e).startswith("depth limit"):  # orjson stops at 1,024 levels
+            raise Poison(f"body nests deeper than {MAX_JSON_DEPTH} levels") from None
         raise Poison(f"body is not JSON: {e}") from None
-    if json_depth(data) > MAX_JSON_DEPTH:
-        raise Poison(f"body nests deeper than {MAX_JSON_DEPTH} levels")
+    if type(data) is dict or type(data) is list:
+        if json_depth(data) > MAX_JSON_DEPTH:
+            raise Poison(f"body nests deeper than {MAX_JSON_DEPTH} levels")
+    elif type(data) is float and not -TOO_BIG < data < TOO_BIG:
+        raise Poison("body holds a number beyond 64 bits")
     return data
 
 
