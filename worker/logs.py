@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
+import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
@@ -53,6 +54,16 @@ def _process_fields(service: str, version: str) -> Processor:
         return event_dict
 
     return add
+
+
+def json_line(obj: Any, **dumps_kw: Any) -> str:
+    """A log line's JSON, by orjson (a quarter of json.dumps's CPU per line); what orjson does not
+    write (an integer beyond 64 bits, a type whose fallback gives another such) by json.dumps, so a
+    line is never lost to its encoder."""
+    try:
+        return orjson.dumps(obj, default=dumps_kw.get("default"), option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # orjson.JSONEncodeError is one
+        return json.dumps(obj, **dumps_kw)
 
 
 def _snake(name: str) -> str:
@@ -170,7 +181,7 @@ def configure(
         _process_fields(service, version()),
     ]
     renderer: list[Processor] = (
-        [add_severity, structlog.processors.JSONRenderer()]
+        [add_severity, structlog.processors.JSONRenderer(serializer=json_line)]
         if json_out
         else [structlog.dev.ConsoleRenderer(colors=_colors(environ or {}, out))]
     )

@@ -197,3 +197,20 @@ def test_the_start_up_configuration_says_where_everything_is_and_no_secret(strea
     ):
         assert secret not in text
     assert "[redacted]" not in text  # nothing secret-shaped was in it to begin with
+
+
+def test_a_value_orjson_does_not_write_still_makes_a_json_line(stream: io.StringIO) -> None:
+    """Log lines are written by orjson; what it refuses (an integer beyond 64 bits) falls back to
+    json.dumps, and what neither knows is its repr: no line is lost to its encoder."""
+
+    class Opaque:
+        def __repr__(self) -> str:
+            return "<opaque>"
+
+    logs.configure("json", "info", service="worker", stream=stream)
+    log = structlog.get_logger("worker.test")
+    log.info("big", n=2**70, keys={1: "one"})
+    log.info("opaque", thing=Opaque(), ratio=float("nan"))
+    big, opaque = lines(stream)
+    assert (big["n"], big["keys"]) == (2**70, {"1": "one"})
+    assert (opaque["thing"], opaque["ratio"]) == ("<opaque>", None)
