@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 import plaid
 import structlog
 from plaid.model.accounts_get_request import AccountsGetRequest
@@ -94,7 +95,7 @@ def plaid_error(status: int, raw: bytes, headers: Mapping[str, str]) -> Upstream
     ``HTTP_<status>`` when the body is not Plaid's error object), type, request id, Retry-After."""
     body: dict[str, Any] = {}
     try:
-        parsed = json.loads(raw or b"{}")
+        parsed = orjson.loads(raw or b"{}")
         body = parsed if isinstance(parsed, dict) else {}
     except ValueError:
         pass
@@ -170,7 +171,7 @@ class PlaidClient:
             except (aiohttp.ClientError, TimeoutError, OSError) as e:
                 raise unreachable(e) from None
             try:
-                answer = json.loads(raw)
+                answer = orjson.loads(raw)
             except ValueError:
                 answer = None
             if not isinstance(answer, dict) or "request_id" not in answer:

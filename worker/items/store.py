@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
+import orjson
 
 from worker import metrics
 from worker.items.model import NO_CHANGES, Changes, HeldEvent, HistoryEntry, Item, id_range
@@ -19,8 +20,13 @@ from worker.items.states import Trigger, next_state
 from worker.sql import query
 
 
+def _jsonb_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    # written by orjson (each transition's detail, each event's payload), read by json
+    await conn.set_type_codec("jsonb", encoder=_jsonb_text, decoder=json.loads, schema="pg_catalog")
 
 
 async def _keep_session(_: asyncpg.Connection) -> None:
