@@ -25,15 +25,22 @@ H_DEFERRALS = "x-paw-deferrals"
 
 
 MAX_JSON_DEPTH = 32
-# orjson reads an integer it cannot hold in 64 bits as a float: beyond this, a number is refused.
+# Beyond this a number is refused (orjson reads an integer beyond 64 bits as a float).
 TOO_BIG = float(2**63)
+
+
+def _refuse_beyond_64_bits(value: Any) -> None:
+    """orjson reads an integer it cannot hold in 64 bits as a float; such a number would not travel
+    on as the body wrote it, so it is refused."""
+    if type(value) is float and not -TOO_BIG < value < TOO_BIG:
+        raise Poison("body holds a number beyond 64 bits")
 
 
 def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
     """How deeply ``value`` nests, counting up to ``limit + 1`` (iterative: no recursion to exhaust).
-    Raises :class:`Poison` for a float of 2**63 or more: orjson reads an integer beyond 64 bits as
-    one, and such a number would not travel on as the body wrote it."""
+    Raises :class:`Poison` for a number beyond 64 bits met on the way (:func:`_refuse_beyond_64_bits`)."""
     if type(value) is not dict and type(value) is not list:
+        _refuse_beyond_64_bits(value)
         return 0
     deepest, stack = 0, [(value, 1)]
     while stack:
@@ -42,13 +49,11 @@ def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
             deepest = depth
             if deepest > limit:
                 return deepest
-        children = node.values() if type(node) is dict else node
-        for child in children:
-            kind = type(child)
-            if kind is dict or kind is list:
+        for child in node.values() if type(node) is dict else node:
+            if type(child) is dict or type(child) is list:
                 stack.append((child, depth + 1))
-            elif kind is float and not -TOO_BIG < child < TOO_BIG:
-                raise Poison("body holds a number beyond 64 bits")
+            elif type(child) is float:
+                _refuse_beyond_64_bits(child)
     return deepest
 
 
@@ -61,11 +66,8 @@ def parse_json(body: bytes) -> Any:
         if str(e).startswith("depth limit"):  # orjson stops at 1,024 levels
             raise Poison(f"body nests deeper than {MAX_JSON_DEPTH} levels") from None
         raise Poison(f"body is not JSON: {e}") from None
-    if type(data) is dict or type(data) is list:
-        if json_depth(data) > MAX_JSON_DEPTH:
-            raise Poison(f"body nests deeper than {MAX_JSON_DEPTH} levels")
-    elif type(data) is float and not -TOO_BIG < data < TOO_BIG:
-        raise Poison("body holds a number beyond 64 bits")
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise Poison(f"body nests deeper than {MAX_JSON_DEPTH} levels")
     return data
 
 
