@@ -252,6 +252,8 @@ class FakeStore:
         changes: Changes = NO_CHANGES,
         conn: object = None,
         lease: tuple[uuid.UUID, float | None] | None = None,
+        unless_held: bool = False,
+        same_version: bool = False,
     ) -> Item | None:
         self.calls.append("transition")
         to_state = next_state(item.state, trigger, resume=item.resume_state)  # IllegalTransition
@@ -263,6 +265,10 @@ class FakeStore:
             return None
         row = self.items.get(item.id)
         if row is None or row.state not in allowed:
+            return None
+        if unless_held and any(self.held_for[e.event_key] == item.id for e in self.held):
+            return None  # as the SQL: the Item's held_at, set with a held event, cleared with it
+        if same_version and row.version != item.version:
             return None
         c = changes
         keep = not c.destroy_tokens

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import structlog
@@ -24,7 +24,7 @@ from worker.items.rules import (
     on_plaid_webhook,
     redelivery_worth_checking,
 )
-from worker.items.store import Store
+from worker.items.store import InboxRecord, Store
 from worker.messages import schema_for, validated
 
 log = structlog.get_logger(__name__)
@@ -32,6 +32,31 @@ log = structlog.get_logger(__name__)
 
 class Duplicate(Exception):
     """Raised inside a transaction to roll it back when the inbox already holds the event."""
+
+
+# How often an event is decided on the Item as read and refused because a transition moved the Item
+# meanwhile, before it is decided and applied under the Item's row lock instead.
+UNLOCKED_TRIES = 3
+
+
+class Find(NamedTuple):
+    """How a webhook finds its Item: as committed (``read``), or locked in a transaction (``lock``)."""
+
+    read: Callable[[], Awaitable[Item | None]]
+    lock: Callable[[asyncpg.Connection], Awaitable[Item | None]]
+
+
+def _detail(decision: Decision, envelope: dict[str, Any]) -> dict[str, Any]:
+    """The history detail of a transition a webhook caused."""
+    return {
+        k: v
+        for k, v in (
+            ("error_code", decision.error_code),
+            ("reason", envelope["webhook"].get("reason")),
+            ("sent_at", envelope.get("sent_at")),
+        )
+        if v is not None
+    }
 
 
 class Handlers:
@@ -115,6 +140,9 @@ class Handlers:
             item_id = None
         structlog.contextvars.bind_contextvars(item_id=str(item_id), event_id=envelope["event_id"])
 
+        async def read() -> Item | None:
+            return await self.store.get(item_id) if item_id else None
+
         async def lock(conn: asyncpg.Connection) -> Item | None:
             return await self.store.lock(conn, item_id) if item_id else None
 
@@ -122,7 +150,7 @@ class Handlers:
             f"atomic:{envelope['body_sha256']}",
             routing_key,
             envelope,
-            lock,
+            Find(read, lock),
             lambda item: on_atomic_status(item, hook["status"], hook["funding_source_id"]),
         )
 
@@ -131,18 +159,19 @@ class Handlers:
         plaid_item_id = hook.get("item_id")
         structlog.contextvars.bind_contextvars(plaid_item_id=plaid_item_id, event_id=envelope["event_id"])
 
+        known = isinstance(plaid_item_id, str)
+
+        async def read() -> Item | None:
+            return await self.store.get_by_plaid_id(plaid_item_id) if known else None
+
         async def lock(conn: asyncpg.Connection) -> Item | None:
-            return (
-                await self.store.lock_by_plaid_id(conn, plaid_item_id)
-                if isinstance(plaid_item_id, str)
-                else None
-            )
+            return await self.store.lock_by_plaid_id(conn, plaid_item_id) if known else None
 
         item, decision, duplicate = await self._apply(
             f"plaid:{envelope['body_sha256']}",
             routing_key,
             envelope,
-            lock,
+            Find(read, lock),
             lambda item: on_plaid_webhook(item, hook, envelope["sent_at"]),
         )
         # A login webhook only makes the worker ask Plaid; the inbox's 24 h body hash suppresses
@@ -157,13 +186,64 @@ class Handlers:
         event_key: str,
         routing_key: str,
         envelope: dict[str, Any],
+        find: Find,
+        decide_for: Callable[[Item | None], Decision],
+    ) -> tuple[Item | None, Decision, bool]:
+        """Decides on the Item as read, then applies the decision and records the event in the inbox
+        in one statement, refused if a transition moved the Item in between: then it reads and
+        decides again. A decision that also sets the Item's conditions or asks Atomic to refresh, or
+        an Item that keeps moving, is applied in a transaction holding the Item's row lock
+        (:meth:`_apply_locked`). A duplicate (the inbox holds the key) changes nothing. Returns the
+        Item (if known), the decision, and whether the event was a duplicate."""
+        payload = {"event_id": envelope["event_id"], "webhook": envelope["webhook"]}
+        for _ in range(UNLOCKED_TRIES):
+            item = await find.read()
+            decision = decide_for(item)
+            if decision.sets_conditions or decision.atomic_refresh:
+                break
+            if item is not None:
+                structlog.contextvars.bind_contextvars(item_id=str(item.id))
+            if item is not None and decision.trigger is not None:
+                moved = await self.store.transition(
+                    item,
+                    decision.trigger,
+                    cause=routing_key,
+                    event_id=envelope["event_id"],
+                    detail=_detail(decision, envelope),
+                    changes=decision.changes(),
+                    same_version=True,
+                    inbox=InboxRecord(event_key, routing_key, payload),
+                )
+                if moved is not None:
+                    log.info("event.processed", outcome="applied")
+                    return item, decision, False
+            elif await self.store.record_event(
+                event_key,
+                item_id=item.id if item else None,
+                routing_key=routing_key,
+                outcome=decision.outcome,
+                payload=payload,
+                version=item.version if item else None,
+            ):
+                log.info("event.processed", outcome=decision.outcome)
+                return item, decision, False
+            if await self.store.seen_event(event_key):
+                log.info("event.duplicate", event_key=event_key)
+                return item, decision, True
+            # a transition moved the Item after it was read: decide again
+        return await self._apply_locked(event_key, routing_key, envelope, payload, find.lock, decide_for)
+
+    async def _apply_locked(
+        self,
+        event_key: str,
+        routing_key: str,
+        envelope: dict[str, Any],
+        payload: dict[str, Any],
         lock: Callable[[asyncpg.Connection], Awaitable[Item | None]],
         decide_for: Callable[[Item | None], Decision],
     ) -> tuple[Item | None, Decision, bool]:
         """In one transaction: lock the Item's row, decide, apply, and record the event in the inbox.
-        A duplicate (the inbox holds the key) rolls everything back. Returns the Item (if known), the
-        decision, and whether the event was a duplicate."""
-        payload = {"event_id": envelope["event_id"], "webhook": envelope["webhook"]}
+        A duplicate rolls everything back."""
         item: Item | None = None
         moved: Item | None = None
         decision = Decision("unknown_item")
@@ -180,15 +260,7 @@ class Handlers:
                         decision.trigger,
                         cause=routing_key,
                         event_id=envelope["event_id"],
-                        detail={
-                            k: v
-                            for k, v in (
-                                ("error_code", decision.error_code),
-                                ("reason", envelope["webhook"].get("reason")),
-                                ("sent_at", envelope.get("sent_at")),
-                            )
-                            if v is not None
-                        },
+                        detail=_detail(decision, envelope),
                         changes=decision.changes(),
                         conn=conn,
                     )

@@ -224,6 +224,8 @@ async def test_atomic_answering_before_the_submission_commits_is_applied_with_th
         "SELECT outcome FROM inbox WHERE item_id = $1 AND routing_key LIKE 'webhook.atomic.%'", item.id
     )
     assert [r["outcome"] for r in rows] == ["applied"]
+    # the mark that made the submission's one-statement commit give way is cleared with it
+    assert await services.pool.fetchval("SELECT held_at FROM items WHERE id = $1", item.id) is None
 
 
 async def test_database_holds_no_plaintext_token(

@@ -425,6 +425,8 @@ async def test_atomic_answers_held_before_the_submission_committed_are_applied_w
     assert w.store.settled == {"other": "ignored", "ours": "applied"}
     assert w.store.committed_triggers == [Trigger.ATOMIC_SUBMITTED, Trigger.ATOMIC_VERIFIED]
     assert w.store.lease_of(item.id) is None
+    # the one-statement commit was refused (the Item held answers); the transaction applied them
+    assert w.store.calls == ["claim", "transition", "transition", "transition"]
 
 
 async def test_without_held_answers_the_submission_waits_for_atomic() -> None:
@@ -433,3 +435,4 @@ async def test_without_held_answers_the_submission_waits_for_atomic() -> None:
     done = await w.drive(item)
     assert done is not None and done.state is State.ATOMIC_PENDING
     assert w.store.settled == {}
+    assert w.store.calls == ["claim", "transition"]  # one statement, no transaction

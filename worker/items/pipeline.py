@@ -350,9 +350,25 @@ class Pipeline:
     ) -> Item | None:
         """Commits the submission to Atomic and, in the same transaction, applies what Atomic's
         webhook said meanwhile (held in the inbox by :func:`on_atomic_status`). The webhook's
-        transaction locks the Item's row as this one's update does, so either it committed first and
-        its event is held here, or this commits first and the webhook finds ``atomic_pending``."""
+        statement locks the Item's row as this one's update does, so either it committed first and
+        its event is held here, or this commits first and the webhook finds ``atomic_pending``.
+
+        Usually nothing is held: then one statement commits it, refused if a held answer marked the
+        Item (``held_at``), and only then does the transaction below run."""
         assert done.trigger is Trigger.ATOMIC_SUBMITTED
+        detail = {**done.detail, "parked": True} if parked else done.detail
+        moved = await self.store.transition(
+            item,
+            done.trigger,
+            cause=cause.name,
+            event_id=cause.event_id,
+            detail=detail,
+            changes=done.changes,
+            lease=lease,
+            unless_held=True,
+        )
+        if moved is not None:
+            return moved
         committed: list[tuple[Trigger, Item]] = []
         async with self.store.transaction() as conn:
             moved = await self.store.transition(
@@ -360,7 +376,7 @@ class Pipeline:
                 done.trigger,
                 cause=cause.name,
                 event_id=cause.event_id,
-                detail={**done.detail, "parked": True} if parked else done.detail,
+                detail=detail,
                 changes=done.changes,
                 lease=lease,
                 conn=conn,

@@ -9,7 +9,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import orjson
@@ -50,6 +50,14 @@ async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asy
 # Triggers that end an Item's way through the pipeline the first time (a repaired login returning
 # it to atomic_verified is not one): what paw_item_time_to_end_seconds measures.
 FIRST_ENDS = frozenset({Trigger.ATOMIC_VERIFIED, Trigger.ATOMIC_REJECTED, Trigger.FAILED})
+
+
+class InboxRecord(NamedTuple):
+    """An event recorded with the transition it caused (``$24``-``$26`` of ``transition``)."""
+
+    event_key: str
+    routing_key: str
+    payload: Mapping[str, Any]
 
 
 def _nobody() -> None:
@@ -190,11 +198,17 @@ class Store:
         changes: Changes = NO_CHANGES,
         conn: asyncpg.Connection | None = None,
         lease: tuple[uuid.UUID, float | None] | None = None,
+        unless_held: bool = False,
+        same_version: bool = False,
+        inbox: InboxRecord | None = None,
     ) -> Item | None:
         """Applies ``trigger`` to ``item`` if the database still holds it in ``item.state``.
 
         ``lease=(owner, seconds)`` renews ``owner``'s lease for that long, ``(owner, None)`` releases
-        it (both only if ``owner`` holds it).
+        it (both only if ``owner`` holds it). ``unless_held``: refused while the Item holds an answer
+        from Atomic (see ``record_event``). ``same_version``: refused if any transition moved the
+        row since ``item`` was read. ``inbox``: the event that caused it, recorded in the same
+        statement (outcome ``applied``); refused, with nothing recorded, if it is a duplicate.
 
         Returns the updated Item, or ``None`` when the transition was refused (the row had moved on).
         Raises :class:`IllegalTransition` if ``item.state`` itself does not allow the trigger.
@@ -214,6 +228,9 @@ class Store:
             dict(detail or {}),
             *changes.sql_args(),
             *(lease or (None, None)),
+            unless_held,
+            item.version if same_version else None,
+            *(inbox or (None, None, None)),
         )
         if row is None:
             return None
@@ -241,12 +258,19 @@ class Store:
         outcome: str,
         payload: Mapping[str, Any],
         conn: asyncpg.Connection | None = None,
+        version: int | None = None,
     ) -> bool:
-        """``True`` if the event is new; ``False`` if it was recorded before."""
+        """``True`` if the event is new; ``False`` if it was recorded before, or if ``version`` is
+        given and the Item has moved past it (:meth:`seen_event` tells which). An event ``held``
+        marks its Item so that the submission's commit applies it."""
         row = await (conn or self.pool).fetchrow(
-            query("record_event"), event_key, item_id, routing_key, outcome, dict(payload)
+            query("record_event"), event_key, item_id, routing_key, outcome, dict(payload), version
         )
         return row is not None
+
+    async def seen_event(self, event_key: str) -> bool:
+        """Whether the event was recorded in the last 24 hours: a duplicate."""
+        return bool(await self.pool.fetchval(query("seen_event"), event_key))
 
     async def add_note(
         self, item_id: uuid.UUID, kind: str, *, actor: str, text: str, message_id: str | None = None

@@ -54,9 +54,23 @@ SELECT * FROM item_history WHERE item_id = $1 ORDER BY id;
 -- $12 processor_token_key_id, $13 processor_token_sealed, $14 atomic_funding_source_id,
 -- $15 error_code, $16 error_type, $17 error_message, $18 plaid_request_id, $19 destroy_tokens (bool),
 -- $20 lease owner (uuid|null: leave the lease alone), $21 lease seconds (float: renew it for that long;
--- null: release it) -- only when $20 holds the lease
+-- null: release it) -- only when $20 holds the lease,
+-- $22 unless held (bool: refused while the Item holds an answer from Atomic, held_at),
+-- $23 version (bigint|null: only from this version of the row, the one the caller decided on),
+-- $24 event_key (text|null: no inbox record), $25 routing_key, $26 payload (jsonb): the event that
+-- caused it, recorded in the inbox as applied; a duplicate (see record_event) refuses it all
 WITH prev AS (
-    SELECT id, state FROM items WHERE id = $1 AND state = ANY($3::text[]) FOR UPDATE
+    SELECT id, state FROM items
+    WHERE id = $1 AND state = ANY($3::text[])
+      AND NOT ($22::bool AND held_at IS NOT NULL) AND ($23::bigint IS NULL OR version = $23)
+    FOR UPDATE
+), ev AS (
+    INSERT INTO inbox AS x (event_key, item_id, routing_key, outcome, payload)
+    SELECT $24, prev.id, $25, 'applied', $26 FROM prev WHERE $24::text IS NOT NULL
+    ON CONFLICT (event_key) DO UPDATE
+        SET outcome = EXCLUDED.outcome, payload = EXCLUDED.payload, received_at = now()
+        WHERE x.received_at < now() - interval '24 hours'
+    RETURNING event_key
 ), upd AS (
     UPDATE items AS i SET
         state = $2,
@@ -82,7 +96,7 @@ WITH prev AS (
             ELSE now() + make_interval(secs => $21::float8)
         END
     FROM prev
-    WHERE i.id = prev.id
+    WHERE i.id = prev.id AND ($24::text IS NULL OR EXISTS (SELECT 1 FROM ev))
     RETURNING i.*, prev.state AS from_state
 ), hist AS (
     INSERT INTO item_history (item_id, from_state, to_state, trigger, cause, event_id, detail)
@@ -99,17 +113,32 @@ WITH prev AS (
 SELECT * FROM upd;
 
 -- name: record_event
--- Marks an event key as seen; no row back means it was seen in the last 24 hours (a duplicate).
+-- Marks an event key as seen; no row back means it was seen in the last 24 hours (a duplicate), or
+-- the Item is no longer at version $6.
 -- Plaid webhooks carry no id, so the key is the body hash, and two genuine events can share a body
 -- (the same ITEM ERROR twice). Plaid retries a webhook for up to 24 hours: after that, an identical
--- body is a new event.
--- $1 event_key, $2 item_id, $3 routing_key, $4 outcome, $5 payload (jsonb)
-INSERT INTO inbox AS i (event_key, item_id, routing_key, outcome, payload)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (event_key) DO UPDATE
-    SET outcome = EXCLUDED.outcome, payload = EXCLUDED.payload, received_at = now()
-    WHERE i.received_at < now() - interval '24 hours'
-RETURNING event_key;
+-- body is a new event. A held event (outcome 'held') marks its Item (held_at), under the row's lock.
+-- $1 event_key, $2 item_id, $3 routing_key, $4 outcome, $5 payload (jsonb),
+-- $6 version (bigint|null: no guard; the caller holds the row or there is no Item): only while the
+-- Item is still at the version the outcome was decided on
+WITH prev AS (
+    SELECT id FROM items WHERE id = $2 AND version = $6 FOR UPDATE
+), ev AS (
+    INSERT INTO inbox AS i (event_key, item_id, routing_key, outcome, payload)
+    SELECT $1, $2, $3, $4, $5 WHERE $6::bigint IS NULL OR EXISTS (SELECT 1 FROM prev)
+    ON CONFLICT (event_key) DO UPDATE
+        SET outcome = EXCLUDED.outcome, payload = EXCLUDED.payload, received_at = now()
+        WHERE i.received_at < now() - interval '24 hours'
+    RETURNING event_key
+), held AS (
+    UPDATE items SET held_at = now() WHERE id = $2 AND $4 = 'held' AND EXISTS (SELECT 1 FROM ev)
+)
+SELECT event_key FROM ev;
+
+-- name: seen_event
+-- True if the event key was recorded in the last 24 hours (what record_event calls a duplicate).
+-- $1 event_key
+SELECT EXISTS (SELECT 1 FROM inbox WHERE event_key = $1 AND received_at >= now() - interval '24 hours');
 
 -- name: count_by_state
 SELECT state, count(*) AS n FROM items GROUP BY state ORDER BY state;
@@ -274,8 +303,13 @@ SELECT kind, actor, text, message_id, at FROM item_notes WHERE item_id = $1 ORDE
 
 -- name: held_events
 -- Atomic's answers that arrived while the Item's submission was not yet committed (outcome 'held'),
--- oldest first, locked until the transaction that applies them ends.
+-- oldest first, locked until the transaction that applies them ends; the Item's mark (held_at) is
+-- cleared with it. Read after the transaction locked the Item's row: every webhook that held an event
+-- held that lock until it committed.
 -- $1 item_id
+WITH cleared AS (
+    UPDATE items SET held_at = NULL WHERE id = $1 AND held_at IS NOT NULL
+)
 SELECT event_key, routing_key, payload, received_at
 FROM inbox
 WHERE item_id = $1 AND outcome = 'held'
