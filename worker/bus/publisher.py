@@ -132,12 +132,24 @@ class Publisher:
                     try:
                         channel = await self._ready()
                         underlay = await channel.get_underlay_channel()
-                        await underlay.basic_publish(
-                            body,
-                            exchange=exchange,
-                            routing_key=routing_key,
-                            properties=properties,
-                            mandatory=True,
+                        # Shielded: a publish this timeout gives up on keeps waiting for the
+                        # broker's answer. Cancelled, its confirm future would be done while aiormq
+                        # still maps its message id to it, and a Basic.Return for it then raises
+                        # InvalidStateError in the channel's reader (aiormq 7.2.4,
+                        # Channel._on_return_frame): the reader dies, its frame queue fills, and
+                        # the connection's reader blocks on it. The whole connection then stood
+                        # still (no delivery, confirm or heartbeat read) until aiormq's
+                        # three-heartbeat check reconnected, 183 s later; seen in bench runs at
+                        # full load, where a burst of outcome events that nobody is bound for
+                        # (returned) outlived the timeout.
+                        await asyncio.shield(
+                            underlay.basic_publish(
+                                body,
+                                exchange=exchange,
+                                routing_key=routing_key,
+                                properties=properties,
+                                mandatory=True,
+                            )
                         )
                         return
                     except aiormq.exceptions.PublishError:
