@@ -31,6 +31,13 @@ async def connect(urls: str | Sequence[str], name: str) -> FailoverConnection:
     return await open_failover(nodes, client_properties={"connection_name": name})
 
 
+def _answered(sent: asyncio.Future[Any]) -> None:
+    """Takes the broker's answer to a publish, whether or not anyone still waits for it: the answer
+    to one given up on (a Return, a nack) is nobody's, and is not logged as an unretrieved error."""
+    if not sent.cancelled():
+        sent.exception()
+
+
 class Publisher:
     """Publishes persistent, mandatory messages and waits for the confirm, within a bound.
 
@@ -142,7 +149,7 @@ class Publisher:
                         # three-heartbeat check reconnected, 183 s later; seen in bench runs at
                         # full load, where a burst of outcome events that nobody is bound for
                         # (returned) outlived the timeout.
-                        await asyncio.shield(
+                        sent = asyncio.ensure_future(
                             underlay.basic_publish(
                                 body,
                                 exchange=exchange,
@@ -151,6 +158,8 @@ class Publisher:
                                 mandatory=True,
                             )
                         )
+                        sent.add_done_callback(_answered)
+                        await asyncio.shield(sent)
                         return
                     except aiormq.exceptions.PublishError:
                         raise  # returned: unroutable, whatever the channel
