@@ -273,7 +273,9 @@ async def test_given_up_once_no_retry_fits_in_the_24_hours() -> None:
         assert record.outcome == GIVEN_UP and record.next_attempt_at is None
         # attempts at 0, 30 s, 2.5 min, 10.5 min, 42.5 min, 2.8 h and 11.4 h; the next would be at 45.5 h
         assert_on_schedule(record, ep.hits, [d * scale for d in (30, 120, 480, 1920, 7680, 30720)])
-        assert record.attempts[-1].elapsed_s == pytest.approx(40950 * scale, abs=SLACK_S)
+        # each gap is bounded above; their lateness adds up on a loaded machine, so the last
+        # attempt is only bounded below here (CI saw it 0.33 s late after six on-time gaps)
+        assert record.attempts[-1].elapsed_s >= 40950 * scale - 0.001
         assert all(a.elapsed_s <= WINDOW_S * scale for a in record.attempts)
         assert took < WINDOW_S * scale  # it did not sit out the window with nothing left to try
         assert state.stats()["webhooks"]["given_up"] == 1
