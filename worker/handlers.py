@@ -24,6 +24,7 @@ from worker.items.rules import (
     on_plaid_webhook,
     redelivery_worth_checking,
 )
+from worker.items.states import Trigger
 from worker.items.store import InboxRecord, Store
 from worker.messages import schema_for, validated
 
@@ -204,13 +205,12 @@ class Handlers:
             if item is not None:
                 structlog.contextvars.bind_contextvars(item_id=str(item.id))
             if item is not None and decision.trigger is not None:
-                moved = await self.store.transition(
+                moved = await self._transition(
                     item,
                     decision.trigger,
-                    cause=routing_key,
-                    event_id=envelope["event_id"],
-                    detail=_detail(decision, envelope),
-                    changes=decision.changes(),
+                    routing_key,
+                    envelope,
+                    decision,
                     same_version=True,
                     inbox=InboxRecord(event_key, routing_key, payload),
                 )
@@ -255,14 +255,8 @@ class Handlers:
                 decision = decide_for(item)
                 outcome = decision.outcome
                 if item is not None and decision.trigger is not None:
-                    moved = await self.store.transition(
-                        item,
-                        decision.trigger,
-                        cause=routing_key,
-                        event_id=envelope["event_id"],
-                        detail=_detail(decision, envelope),
-                        changes=decision.changes(),
-                        conn=conn,
+                    moved = await self._transition(
+                        item, decision.trigger, routing_key, envelope, decision, conn=conn
                     )
                     outcome = "applied" if moved is not None else "refused"
                 if item is not None and decision.sets_conditions:
@@ -292,6 +286,26 @@ class Handlers:
             self.store.committed(decision.trigger, moved)
         log.info("event.processed", outcome=outcome)
         return item, decision, False
+
+    def _transition(
+        self,
+        item: Item,
+        trigger: Trigger,
+        routing_key: str,
+        envelope: dict[str, Any],
+        decision: Decision,
+        **how: Any,
+    ) -> Awaitable[Item | None]:
+        """Applies an event's decision to its Item (``how``: the statement's guards, or ``conn``)."""
+        return self.store.transition(
+            item,
+            trigger,
+            cause=routing_key,
+            event_id=envelope["event_id"],
+            detail=_detail(decision, envelope),
+            changes=decision.changes(),
+            **how,
+        )
 
     async def follow_up(
         self, item_id: uuid.UUID, cause: str, event_id: str, *, check_login: bool = False

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -357,7 +358,8 @@ class Pipeline:
         Item (``held_at``), and only then does the transaction below run."""
         assert done.trigger is Trigger.ATOMIC_SUBMITTED
         detail = {**done.detail, "parked": True} if parked else done.detail
-        moved = await self.store.transition(
+        submit = functools.partial(
+            self.store.transition,
             item,
             done.trigger,
             cause=cause.name,
@@ -365,22 +367,13 @@ class Pipeline:
             detail=detail,
             changes=done.changes,
             lease=lease,
-            unless_held=True,
         )
+        moved = await submit(unless_held=True)
         if moved is not None:
             return moved
         committed: list[tuple[Trigger, Item]] = []
         async with self.store.transaction() as conn:
-            moved = await self.store.transition(
-                item,
-                done.trigger,
-                cause=cause.name,
-                event_id=cause.event_id,
-                detail=detail,
-                changes=done.changes,
-                lease=lease,
-                conn=conn,
-            )
+            moved = await submit(conn=conn)
             if moved is None:
                 return None
             committed.append((done.trigger, moved))
