@@ -347,7 +347,8 @@ _VARS = (
         "amqp_url",
         _amqp_urls,
         "RabbitMQ: amqp://user:password@host:port/vhost (amqps:// for TLS); a cluster's nodes "
-        "comma-separated: connections fail over between them (README: RabbitMQ cluster)",
+        "comma-separated: connections fail over between them (README: RabbitMQ cluster); "
+        "?heartbeat=15 unless the URL sets its own",
         secret=True,
     ),
     Var(

@@ -20,9 +20,11 @@ import uuid
 from collections.abc import AsyncIterator
 
 from tests.helpers import eventually
-from worker.bus.publisher import Publisher
+from worker.bus.failover import HEARTBEAT_S
+from worker.bus.publisher import Publisher, connect
 from worker.errors import PublishFailed, Unroutable
 from worker.services import Services
+from worker.settings import Settings
 
 BURST = 20
 
@@ -88,3 +90,28 @@ async def test_publishes_given_up_on_leave_their_confirms_to_the_broker(services
     gc.collect()  # the Returns of the publishes given up on were taken, not left as unretrieved errors
     assert [c["message"] for c in unretrieved] == []
     asyncio.get_running_loop().set_exception_handler(None)
+
+
+async def _broker_heartbeat(connection_name: str) -> int:
+    """The heartbeat timeout the broker agreed with the connection named ``connection_name``."""
+    proc = await asyncio.create_subprocess_exec(
+        "rabbitmqctl", "-q", "list_connections", "client_properties", "timeout",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    [line] = [ln for ln in out.decode().splitlines() if connection_name in ln]
+    return int(line.rsplit("\t", 1)[1])
+
+
+async def test_a_connection_asks_for_a_short_heartbeat_unless_the_url_names_one(settings: Settings) -> None:
+    """A connection that reads nothing is declared dead after three heartbeats: 48 s, not aiormq's
+    183 s; a heartbeat in AMQP_URL is the operator's and is kept."""
+    [url] = settings.amqp_urls
+    for amqp_url, expected in ((url, HEARTBEAT_S), (f"{url}?heartbeat=30", 30)):
+        name = f"paw-test-heartbeat-{uuid.uuid4().hex}"
+        connection = await connect(amqp_url, name)
+        try:
+            assert await _broker_heartbeat(name) == expected
+        finally:
+            await connection.close()

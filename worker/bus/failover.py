@@ -37,6 +37,16 @@ NEXT_NODE_PAUSE_S = 0.05
 OPENED_PAUSE_S = 1.0
 # Bound on opening a connection to one node (a host that drops packets would take minutes).
 CONNECT_TIMEOUT_S = 10.0
+# The AMQP heartbeat asked for unless AMQP_URL sets one (``?heartbeat=N``). aiormq's default, 60 s,
+# declares a connection that reads nothing dead after (60 + 1) x 3 = 183 s: a worker stood still
+# that long in bench runs (a dead channel reader, see worker.bus.publisher). 15 s: 48 s, while a
+# heartbeat still goes out every 7 s, far above anything a busy event loop delays.
+HEARTBEAT_S = 15
+
+
+def with_heartbeat(url: URL) -> URL:
+    """``url``, asking for :data:`HEARTBEAT_S` unless it names its own heartbeat."""
+    return url if "heartbeat" in url.query else url.update_query(heartbeat=HEARTBEAT_S)
 
 
 def node_of(url: URL) -> str:
@@ -191,7 +201,7 @@ async def open_failover(
     Each node is tried with a connection of its own (aio-pika's first attempt fails fast and does not
     retry); the one that opens is kept and walks the whole list from then on.
     """
-    nodes = [URL(u) for u in urls]
+    nodes = [with_heartbeat(URL(u)) for u in urls]
     if not nodes:
         raise ValueError("no RabbitMQ node to connect to")
     error: BaseException | None = None
