@@ -47,6 +47,7 @@ class AtomicClient:
             headers={"Authorization": f"Bearer {api_key}"},
             timeout=aiohttp.ClientTimeout(total=timeout),
             connector=aiohttp.TCPConnector(limit=256),
+            cookie_jar=aiohttp.DummyCookieJar(),  # an API key, not a session: no cookies kept
         )
 
     async def close(self) -> None:

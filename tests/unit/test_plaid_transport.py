@@ -77,6 +77,29 @@ async def test_requests_are_the_ones_plaid_python_sends() -> None:
     assert ours[1]["PLAID-SECRET"] == "sec" and ours[1]["Plaid-Version"] == PLAID_VERSION
 
 
+async def test_a_cookie_plaid_sets_is_not_sent_back_as_plaid_python_sends_none() -> None:
+    cookies: list[str | None] = []
+
+    async def sticky(request: web.Request) -> web.Response:  # as a load balancer pins a client
+        cookies.append(request.headers.get("Cookie"))
+        response = web.json_response(ANSWER)
+        response.set_cookie("AWSALB", "node-7")
+        return response
+
+    host, runner = await serve(sticky)
+    host = host.replace("127.0.0.1", "localhost")  # a cookie jar keeps no cookie of a bare IP address
+    try:
+        client = PlaidClient(host=host, client_id="cid", secret="sec", connections=4, timeout=5)
+        try:
+            for _ in range(2):
+                await client.exchange_public_token("public-sandbox-abc")
+        finally:
+            await client.close()
+    finally:
+        await runner.cleanup()
+    assert cookies == [None, None]
+
+
 async def failure(handler: Handler | None, timeout: float = 5) -> UpstreamError:
     """What the client raises for one call against ``handler`` (None: nothing listening)."""
     runner = None
