@@ -3,7 +3,9 @@
 - a bare aiohttp handler that only reads the body (``python -m bench.floors serve-bare --port N``);
 - bare ES256 verification with PyJWT, and the project's full ``verify()`` beside it;
 - bare publishing with publisher confirms (aio-pika), messages of the same size, to a quorum queue
-  behind a topic exchange, as the receiver publishes.
+  behind a topic exchange, as the receiver publishes;
+- and for the worker, the client CPU of one Postgres round trip (``statements``): on a connection,
+  through the worker's pool, and the worker's own statements, each awaited in turn on uvloop.
 """
 
 from __future__ import annotations
@@ -106,6 +108,52 @@ async def confirmed_publish_rate(
     }
 
 
+async def statement_costs(admin_dsn: str, n: int = 5000) -> dict[str, float]:
+    """Microseconds of this process's CPU per statement, one at a time (the loop waits for each
+    answer, as the worker's steps do): what a round trip costs the worker before any work."""
+    import asyncpg
+
+    from worker.items.store import Store, _init_connection, create_pool
+    from worker.migrate import migrate_database
+    from worker.sql import query
+
+    name = f"paw_floors_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(admin_dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    dsn = admin_dsn.rsplit("/", 1)[0] + "/" + name
+    try:
+        await migrate_database(dsn)
+        pool = await create_pool(dsn, min_size=1, max_size=1)
+        conn = await asyncpg.connect(dsn)
+        await _init_connection(conn)
+        store = Store(pool)
+        item, _ = await store.create_item(
+            public_token_sha256=uuid.uuid4().hex, client_user_id="floors", requested_account_id=None,
+            request_id=None, cause="floors", event_id=None,
+        )  # fmt: skip
+        get_item = query("get_item")
+        cases = {
+            "SELECT 1, connection": lambda: conn.fetchval("SELECT 1"),
+            "SELECT 1, worker's pool": lambda: pool.fetchval("SELECT 1"),
+            "an Item's row, connection": lambda: conn.fetchrow(get_item, item.id),
+            "Store.get (pool + Item)": lambda: store.get(item.id),
+        }
+        costs: dict[str, float] = {}
+        for label, statement in cases.items():
+            for _ in range(200):
+                await statement()
+            started = time.process_time()
+            for _ in range(n):
+                await statement()
+            costs[label] = round((time.process_time() - started) / n * 1e6, 1)
+        await conn.close()
+        await pool.close()
+        return costs
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.floors")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,11 +165,17 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--seconds", type=float, default=5)
     p.add_argument("--size", type=int, default=1000)
+    p = sub.add_parser("statements", help="the worker's client CPU per Postgres statement (us)")
+    p.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres", help="admin DSN")
     args = parser.parse_args()
     if args.command == "serve-bare":
         serve_bare(args.port)
     elif args.command == "verify":
         print(verify_rates())
+    elif args.command == "statements":
+        import uvloop
+
+        print(uvloop.run(statement_costs(args.pg)))
     else:
         print(
             asyncio.run(
