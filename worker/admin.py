@@ -1,4 +1,5 @@
-"""The small admin HTTP server of the worker and the receiver: ``/healthz``, ``/readyz``, ``/metrics``.
+"""The small admin HTTP server of the worker and the receiver: ``/healthz``, ``/readyz``, ``/metrics``,
+and ``/debug/tasks`` (what each asyncio task of the process waits on: :mod:`worker.taskdump`).
 
 It binds to ``PAW_ADMIN_HOST`` (loopback by default; ``0.0.0.0`` in the image, so that Prometheus and
 the kubelet reach it): it is for the platform (probes, Prometheus), not for the internet.
@@ -13,7 +14,7 @@ from datetime import timedelta
 import structlog
 from aiohttp import web
 
-from worker import metrics
+from worker import metrics, taskdump
 from worker.http_server import start_http
 from worker.services import Services
 from worker.status import OPERATOR_ALERT_WINDOW, alert_line
@@ -65,6 +66,10 @@ async def metrics_endpoint(_: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
+async def debug_tasks(_: web.Request) -> web.Response:
+    return web.Response(text=taskdump.dump(asyncio.all_tasks()))
+
+
 def create_admin_app(
     checks: dict[str, Check],
     details: dict[str, Detail] | None = None,
@@ -78,6 +83,7 @@ def create_admin_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/debug/tasks", debug_tasks)
     return app
 
 
