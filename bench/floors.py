@@ -14,11 +14,13 @@ import argparse
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 import aio_pika
 import jwt
 from aiohttp import web
 
+from bench import common
 from sandbox import webhook_bodies
 from sandbox.signing import new_signing_key, plaid_verification_jwt
 from webhooks.verification import unverified_kid, verify
@@ -108,11 +110,15 @@ async def confirmed_publish_rate(
     }
 
 
-async def statement_costs(admin_dsn: str, n: int = 5000) -> dict[str, float]:
-    """Microseconds of this process's CPU per statement, one at a time (the loop waits for each
-    answer, as the worker's steps do): what a round trip costs the worker before any work."""
+async def statement_costs(admin_dsn: str, n: int = 3000) -> dict[str, dict[str, float]]:
+    """Microseconds of CPU per statement, one at a time (the loop waits for each answer, as the
+    worker's steps do), in this process (``client_us``: what a round trip costs the worker before
+    any work) and in the Postgres backend that ran it (``server_us``, from its /proc stat: parse,
+    plan, execute, and for a write the commit's WAL flush)."""
     import asyncpg
 
+    from worker.items.model import Changes, Item
+    from worker.items.states import Trigger
     from worker.items.store import Store, _init_connection, create_pool
     from worker.migrate import migrate_database
     from worker.sql import query
@@ -127,25 +133,50 @@ async def statement_costs(admin_dsn: str, n: int = 5000) -> dict[str, float]:
         conn = await asyncpg.connect(dsn)
         await _init_connection(conn)
         store = Store(pool)
-        item, _ = await store.create_item(
-            public_token_sha256=uuid.uuid4().hex, client_user_id="floors", requested_account_id=None,
-            request_id=None, cause="floors", event_id=None,
-        )  # fmt: skip
+        pool_pid: int = await pool.fetchval("SELECT pg_backend_pid()")
+        conn_pid: int = await conn.fetchval("SELECT pg_backend_pid()")
+        items: list[Item] = []
+
+        async def create(i: int) -> None:
+            item, _ = await store.create_item(
+                public_token_sha256=f"floors-{i}", client_user_id="floors", requested_account_id=None,
+                request_id=None, cause="floors", event_id=None,
+            )  # fmt: skip
+            items.append(item)
+
+        async def transition(i: int) -> None:
+            changes = Changes(plaid_item_id=f"floors-item-{i}", plaid_request_id=f"floors-req-{i}")
+            await store.transition(items[i], Trigger.EXCHANGED, cause="floors", changes=changes)
+
+        async def bare_insert(i: int) -> None:  # one row, two indexes: a write transaction's floor
+            await pool.execute(
+                "INSERT INTO item_history (item_id, from_state, to_state, trigger, cause)"
+                " VALUES ($1, 'link', 'exchanged', 'exchanged', 'floors')",
+                items[i].id,
+            )
+
         get_item = query("get_item")
-        cases = {
-            "SELECT 1, connection": lambda: conn.fetchval("SELECT 1"),
-            "SELECT 1, worker's pool": lambda: pool.fetchval("SELECT 1"),
-            "an Item's row, connection": lambda: conn.fetchrow(get_item, item.id),
-            "Store.get (pool + Item)": lambda: store.get(item.id),
-        }
-        costs: dict[str, float] = {}
-        for label, statement in cases.items():
-            for _ in range(200):
-                await statement()
-            started = time.process_time()
-            for _ in range(n):
-                await statement()
-            costs[label] = round((time.process_time() - started) / n * 1e6, 1)
+        cases: list[tuple[str, int, Callable[[int], Awaitable[object]]]] = [
+            ("SELECT 1, connection", conn_pid, lambda _: conn.fetchval("SELECT 1")),
+            ("SELECT 1, worker's pool", pool_pid, lambda _: pool.fetchval("SELECT 1")),
+            ("Store.create_item", pool_pid, create),
+            ("an Item's row, connection", conn_pid, lambda _: conn.fetchrow(get_item, items[0].id)),
+            ("Store.get (pool + Item)", pool_pid, lambda _: store.get(items[0].id)),
+            ("Store.transition", pool_pid, transition),
+            ("INSERT item_history (bare)", pool_pid, bare_insert),
+        ]
+        warm = 200
+        costs: dict[str, dict[str, float]] = {}
+        for label, pid, statement in cases:
+            for i in range(warm):
+                await statement(i)
+            started, server = time.process_time(), common.cpu_seconds(pid)
+            for i in range(warm, warm + n):
+                await statement(i)
+            costs[label] = {
+                "client_us": round((time.process_time() - started) / n * 1e6, 1),
+                "server_us": round((common.cpu_seconds(pid) - server) / n * 1e6, 1),
+            }
         await conn.close()
         await pool.close()
         return costs
@@ -175,7 +206,8 @@ def main() -> None:
     elif args.command == "statements":
         import uvloop
 
-        print(uvloop.run(statement_costs(args.pg)))
+        for label, cost in uvloop.run(statement_costs(args.pg)).items():
+            print(f"{label:28} client {cost['client_us']:6.1f} us  Postgres {cost['server_us']:6.1f} us")
     else:
         print(
             asyncio.run(
