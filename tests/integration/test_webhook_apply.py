@@ -156,3 +156,24 @@ async def test_a_held_answer_marks_the_item_until_the_submission_applies_it(serv
     async with services.store.transaction() as conn:
         assert [h.status for h in await services.store.held_events(conn, item.id)] == ["VERIFIED"]
     assert await held_at(services, item) is None
+
+
+async def test_a_key_last_seen_a_day_ago_without_an_item_is_recorded_for_its_item_now(
+    services: Services,
+) -> None:
+    """A body seen more than 24 hours ago is a new event (record_event's rule); recorded again, it
+    belongs to the Item it names now, or a held answer would be kept where held_events never looks."""
+    item = await item_in(services, State.PROCESSOR_TOKEN_ISSUED)
+    envelope, key, rk = atomic_envelope(item, "VERIFIED"), f"test:{uuid.uuid4()}", "webhook.atomic.verified"
+    store = services.store
+    assert await store.record_event(
+        key, item_id=None, routing_key=rk, outcome="unknown_item", payload=envelope
+    )
+    await services.pool.execute(
+        "UPDATE inbox SET received_at = now() - interval '25 hours' WHERE event_key = $1", key
+    )
+    assert await store.record_event(key, item_id=item.id, routing_key=rk, outcome="held", payload=envelope)
+    assert await inbox_outcomes(services, item) == ["held"]
+    assert await held_at(services, item) is not None
+    async with store.transaction() as conn:
+        assert [h.event_key for h in await store.held_events(conn, item.id)] == [key]

@@ -68,7 +68,8 @@ WITH prev AS (
     INSERT INTO inbox AS x (event_key, item_id, routing_key, outcome, payload)
     SELECT $24, prev.id, $25, 'applied', $26 FROM prev WHERE $24::text IS NOT NULL
     ON CONFLICT (event_key) DO UPDATE
-        SET outcome = EXCLUDED.outcome, payload = EXCLUDED.payload, received_at = now()
+        SET item_id = EXCLUDED.item_id, outcome = EXCLUDED.outcome, payload = EXCLUDED.payload,
+            received_at = now()
         WHERE x.received_at < now() - interval '24 hours'
     RETURNING event_key
 ), upd AS (
@@ -127,7 +128,8 @@ WITH prev AS (
     INSERT INTO inbox AS i (event_key, item_id, routing_key, outcome, payload)
     SELECT $1, $2, $3, $4, $5 WHERE $6::bigint IS NULL OR EXISTS (SELECT 1 FROM prev)
     ON CONFLICT (event_key) DO UPDATE
-        SET outcome = EXCLUDED.outcome, payload = EXCLUDED.payload, received_at = now()
+        SET item_id = EXCLUDED.item_id, outcome = EXCLUDED.outcome, payload = EXCLUDED.payload,
+            received_at = now()
         WHERE i.received_at < now() - interval '24 hours'
     RETURNING event_key
 ), held AS (
