@@ -29,13 +29,18 @@ from worker.settings import Settings
 BURST = 20
 
 
-async def _rabbitmqctl_eval(expr: str) -> str:
+async def _rabbitmqctl(*args: str) -> str:
+    """``rabbitmqctl <args>`` against the local broker; its output. Fails the test on a non-zero exit."""
     proc = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", "eval", expr, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        "rabbitmqctl", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     return out.decode().strip()
+
+
+async def _rabbitmqctl_eval(expr: str) -> str:
+    return await _rabbitmqctl("eval", expr)
 
 
 @contextlib.asynccontextmanager
@@ -94,13 +99,8 @@ async def test_publishes_given_up_on_leave_their_confirms_to_the_broker(services
 
 async def _broker_heartbeat(connection_name: str) -> int:
     """The heartbeat timeout the broker agreed with the connection named ``connection_name``."""
-    proc = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", "-q", "list_connections", "client_properties", "timeout",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
-    [line] = [ln for ln in out.decode().splitlines() if connection_name in ln]
+    out = await _rabbitmqctl("-q", "list_connections", "client_properties", "timeout")
+    [line] = [ln for ln in out.splitlines() if connection_name in ln]
     return int(line.rsplit("\t", 1)[1])
 
 
