@@ -4,8 +4,9 @@
 - bare ES256 verification with PyJWT, and the project's full ``verify()`` beside it;
 - bare publishing with publisher confirms (aio-pika), messages of the same size, to a quorum queue
   behind a topic exchange, as the receiver publishes;
-- and for the worker, the client CPU of one Postgres round trip (``statements``): on a connection,
-  through the worker's pool, and the worker's own statements, each awaited in turn on uvloop.
+- and for the worker, the CPU of one Postgres round trip (``statements``), in the client and in the
+  backend: on a connection, through the worker's pool, the worker's own statements and a bare
+  INSERT, each awaited in turn on uvloop.
 """
 
 from __future__ import annotations
@@ -196,7 +197,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--seconds", type=float, default=5)
     p.add_argument("--size", type=int, default=1000)
-    p = sub.add_parser("statements", help="the worker's client CPU per Postgres statement (us)")
+    p = sub.add_parser("statements", help="CPU per Postgres statement, client and backend (us)")
     p.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres", help="admin DSN")
     args = parser.parse_args()
     if args.command == "serve-bare":
