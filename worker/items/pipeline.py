@@ -18,7 +18,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import structlog
 
 from worker import metrics
@@ -43,6 +42,7 @@ from worker.items.rules import (
 from worker.items.sealing import Sealer, aad
 from worker.items.states import State, Trigger, next_state
 from worker.items.store import Store
+from worker.items.unavailable import DATABASE_UNAVAILABLE
 from worker.plaid_api import PlaidClient
 
 log = structlog.get_logger(__name__)
@@ -71,19 +71,6 @@ PARK_AFTER_S = 5.0
 PARKED_PATIENCE_S = 600.0
 
 Park = Callable[[ParkedResult], Awaitable[None]]
-DATABASE_UNAVAILABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.OperatorInterventionError,
-    asyncpg.TooManyConnectionsError,
-    # A pooled connection that Postgres's shutdown broke mid-protocol fails the next query with
-    # "cannot switch to state 12; another operation (2) is in progress": the database was away,
-    # not a bug in the statement. Missing here, it made a commit give up at once after an exchange,
-    # and the redelivered message spent the public token again (INVALID_PUBLIC_TOKEN).
-    asyncpg.exceptions.InternalClientError,
-)
 StepFn = Callable[[Item, str | None], Awaitable[Done]]
 
 
