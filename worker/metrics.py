@@ -86,6 +86,12 @@ RESULT_UNRECORDED_SECONDS = Histogram(
     " a process killed inside this window loses that result",
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+DB_BATCH_SIZE = Histogram(
+    "paw_db_batch_size",
+    "Statements sent in one round trip and committed together (group commit), by statement",
+    ["statement"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 BUILD_INFO = Gauge("paw_build_info", "1, labelled with the running paw", ["version", "plaid_env", "service"])
 HTTP_REQUESTS = Counter(
     "paw_http_requests_total",
