@@ -111,3 +111,35 @@ async def test_a_caller_that_stops_waiting_leaves_the_others_their_answers(servi
     results = await asyncio.gather(*calls, return_exceptions=True)
     assert isinstance(results[2], asyncio.CancelledError)
     assert all(isinstance(r, Item) and r.state is State.EXCHANGED for i, r in enumerate(results) if i != 2)
+
+
+def trips_of(statement: str) -> float:
+    return sum(
+        s.value
+        for m in metrics.DB_BATCH_SIZE.collect()
+        for s in m.samples
+        if s.name.endswith("_count") and s.labels.get("statement") == statement
+    )
+
+
+async def test_concurrent_submissions_share_round_trips_and_one_token_makes_one_item(
+    services: Services,
+) -> None:
+    tokens = [f"public-sandbox-{uuid.uuid4()}" for _ in range(20)]
+    before = trips_of("create_item")
+    made = await asyncio.gather(
+        *(stored_item(services, "u-batch", public_token=t) for t in [*tokens, tokens[5]])
+    )
+    assert trips_of("create_item") - before < 21
+    assert len({item.id for item in made}) == 20
+    assert made[5].id == made[-1].id  # the same public token twice: one Item, found by the second
+    assert [h.to_state for h in await services.store.history(made[5].id)] == ["link"]
+
+
+async def test_concurrent_reads_share_round_trips_and_each_gets_its_own_item(services: Services) -> None:
+    made = await items(services, 15)
+    unknown = uuid.uuid4()
+    before = trips_of("get_item")
+    got = await asyncio.gather(*(services.store.get(i) for i in [*(m.id for m in made), unknown]))
+    assert trips_of("get_item") - before < 16
+    assert [g.id if g else None for g in got] == [*(m.id for m in made), None]

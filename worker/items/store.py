@@ -68,12 +68,20 @@ def _nobody() -> None:
 class Store:
     def __init__(self, pool: asyncpg.Pool, *, on_event: Callable[[], None] = _nobody) -> None:
         self.pool = pool
-        # Concurrent transitions share round trips and commits (group commit): a quarter of the
-        # pool's connections carry them, the rest serve every other statement.
+        # An Item's most frequent statements share round trips (and writes their commits) with the
+        # same statement of other Items when several wait at once (group commit), each through at
+        # most a quarter of the pool's connections; the rest serve every other statement.
+        lanes = max(1, pool.get_max_size() // 4)
         self._transitions = Batched(
-            pool, query("transition"), name="transition", key=lambda args: args[0], column="id",
-            lanes=max(1, pool.get_max_size() // 4),
+            pool, query("transition"), name="transition", key=lambda a: a[0], column="id", lanes=lanes
+        )
+        self._creates = Batched(
+            pool, query("create_item"), name="create_item", key=lambda a: a[1], column="public_token_sha256",
+            lanes=lanes,
         )  # fmt: skip
+        self._gets = Batched(
+            pool, query("get_item"), name="get_item", key=lambda a: a[0], column="id", lanes=lanes
+        )
         # called after each statement that wrote an outcome event (the worker wakes its relay)
         self.on_event = on_event
 
@@ -105,7 +113,7 @@ class Store:
             api_key_fingerprint,
         )
         for _ in range(2):  # a concurrent insert of the same token is invisible to our snapshot once
-            row = await self.pool.fetchrow(query("create_item"), *args)
+            row = await self._creates.fetchrow(*args)
             if row is not None:
                 if row["created"]:
                     self.on_event()
@@ -113,7 +121,7 @@ class Store:
         raise RuntimeError("create_item returned no row twice")
 
     async def get(self, item_id: uuid.UUID) -> Item | None:
-        row = await self.pool.fetchrow(query("get_item"), item_id)
+        row = await self._gets.fetchrow(item_id)
         return None if row is None else Item.from_record(row)
 
     async def page(
