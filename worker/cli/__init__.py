@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import sys
 from collections.abc import Coroutine, Sequence
@@ -55,10 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(coro: Coroutine[Any, Any, int], *, uvloop: bool) -> int:
-    """Runs a command's coroutine; the long-running processes on uvloop (issue 16: less CPU per
-    message than asyncio's own loop, same semantics)."""
-    if uvloop:
+def run(coro: Coroutine[Any, Any, int], *, long_running: bool, uvloop: bool) -> int:
+    """Runs a command's coroutine; the long-running processes (worker, receiver) on uvloop unless
+    told otherwise (issue 16: less CPU per message than asyncio's own loop, same semantics)."""
+    if long_running:
+        # The ~70,000 objects the imports made (plaid-python's models above all) live as long as
+        # the process: frozen, the collector's full passes no longer walk them (one worker, 2,000
+        # Items: 0.51 -> 0.19 s in full collections).
+        gc.freeze()
+    if long_running and uvloop:
         try:
             import uvloop as uv
         except ImportError:  # not installed where it does not build (Windows): asyncio's own
@@ -85,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(s.log_format, s.log_level, service=service, environ=os.environ)
     coro = args.func(s, args)
     try:
-        code: int = run(coro, uvloop=s.event_loop == "uvloop" and args.command in ("worker", "receiver"))
+        long_running = args.command in ("worker", "receiver")
+        code: int = run(coro, long_running=long_running, uvloop=s.event_loop == "uvloop")
         return code
     except PawError as e:
         print(f"paw: {reach.explain(e, s)}", file=sys.stderr)
