@@ -9,6 +9,7 @@ import dataclasses
 import io
 import json
 import os
+import random
 import re
 import socket
 import sys
@@ -94,11 +95,36 @@ class Sandbox:
     config: SandboxConfig
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A port nothing listens on, for a server a test starts later. Chosen below the kernel's
+    ephemeral range: a port the kernel hands out (bind to 0) can be given to any outgoing
+    connection (Postgres, RabbitMQ, HTTP) before the server binds it, which failed a test's setup
+    once with "address already in use"."""
+    low, _ = _ephemeral_range()
+    start = 20000 if low > 21000 else 1024
+    for _ in range(100):
+        port = random.randrange(start, low)
+        if port in _HANDED_OUT:  # not yet bound by the test it was given to
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
         return port
+    raise RuntimeError(f"no free port found in {start}-{low - 1}")
 
 
 @contextlib.asynccontextmanager
