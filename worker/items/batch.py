@@ -21,12 +21,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
 from worker import metrics
 from worker.items.unavailable import DATABASE_UNAVAILABLE
+
+
+class _Call(NamedTuple):
+    key: Hashable
+    args: Sequence[Any]
+    future: asyncio.Future[asyncpg.Record | None]
 
 
 class Batched:
@@ -55,14 +61,14 @@ class Batched:
         self.column = column
         self.lanes = lanes
         self.max_batch = max_batch
-        self._waiting: list[tuple[Hashable, Sequence[Any], asyncio.Future[asyncpg.Record | None]]] = []
+        self._waiting: list[_Call] = []
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def fetchrow(self, *args: Any) -> asyncpg.Record | None:
         """The statement's row for ``args`` (``None``: it returned none), once committed."""
         future: asyncio.Future[asyncpg.Record | None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((self.key(args), args, future))
+        self._waiting.append(_Call(self.key(args), args, future))
         if self._running < self.lanes:
             self._running += 1
             task = asyncio.create_task(self._lane(), name=f"batched-{self.name}")
@@ -72,47 +78,46 @@ class Batched:
         # waits no more knows whether its statement committed than one cancelled mid-query would.
         return await future
 
-    def _take(self) -> list[tuple[Hashable, Sequence[Any], asyncio.Future[asyncpg.Record | None]]]:
+    def _take(self) -> list[_Call]:
         """The next batch: the oldest waiting call of each key, at most ``max_batch``, skipping
         calls whose caller stopped waiting."""
-        batch: dict[Hashable, tuple[Hashable, Sequence[Any], asyncio.Future[asyncpg.Record | None]]] = {}
+        batch: dict[Hashable, _Call] = {}
         rest = []
         for call in self._waiting:
-            if call[2].done():
+            if call.future.done():
                 continue
-            if call[0] in batch or len(batch) >= self.max_batch:
+            if call.key in batch or len(batch) >= self.max_batch:
                 rest.append(call)
             else:
-                batch[call[0]] = call
+                batch[call.key] = call
         self._waiting = rest
         return [batch[k] for k in sorted(batch, key=str)]
 
     async def _lane(self) -> None:
-        batch = []
+        batch: list[_Call] = []
         try:
             while batch := self._take():
                 await self._run(batch)
         except BaseException:  # cancelled (the loop is closing): nobody is left to run the rest
-            for _, _, future in batch + self._waiting:
-                future.cancel()
+            for call in batch + self._waiting:
+                call.future.cancel()
             self._waiting = []
             raise
         finally:
             self._running -= 1
 
-    async def _run(
-        self, batch: list[tuple[Hashable, Sequence[Any], asyncio.Future[asyncpg.Record | None]]]
-    ) -> None:
+    async def _run(self, batch: list[_Call]) -> None:
         metrics.child(metrics.DB_BATCH_SIZE, self.name).observe(len(batch))
         try:
             if len(batch) == 1:
-                rows = [row] if (row := await self.pool.fetchrow(self.sql, *batch[0][1])) is not None else []
+                row = await self.pool.fetchrow(self.sql, *batch[0].args)
+                rows = [] if row is None else [row]
             else:
-                rows = await self.pool.fetchmany(self.sql, [args for _, args, _ in batch])
+                rows = await self.pool.fetchmany(self.sql, [call.args for call in batch])
         except Exception as e:
             if len(batch) == 1 or isinstance(e, DATABASE_UNAVAILABLE):
-                for _, _, future in batch:  # the database is away: each caller would have met it too
-                    _settle(future, exception=e)
+                for call in batch:  # the database is away: each caller would have met it too
+                    _settle(call.future, exception=e)
                 return
             # A statement's own failure rolled the batch back: each on its own, so every caller
             # learns its own answer or its own error.
@@ -120,8 +125,8 @@ class Batched:
                 await self._run([call])
             return
         by_key = {row[self.column]: row for row in rows}
-        for key, _, future in batch:
-            _settle(future, result=by_key.get(key))
+        for call in batch:
+            _settle(call.future, result=by_key.get(call.key))
 
 
 def _settle(
