@@ -46,8 +46,8 @@ async def test_concurrent_transitions_share_round_trips_and_each_gets_its_own_ro
     moved = await asyncio.gather(*(exchange(services.store, item) for item in made))
     trips_after, statements_after = batches()
     assert statements_after - statements == 40
-    # a quarter of the pool's connections carry transitions: 40 at once cannot each have their own
-    assert trips_after - trips <= services.store.pool.get_max_size() // 4 + 2
+    # one lane carries transitions: the first leaves alone, the 39 behind it together
+    assert trips_after - trips <= 3
     for item, got in zip(made, moved, strict=True):
         assert got is not None
         assert (got.id, got.state, got.plaid_item_id, got.version) == (

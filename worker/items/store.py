@@ -69,9 +69,11 @@ class Store:
     def __init__(self, pool: asyncpg.Pool, *, on_event: Callable[[], None] = _nobody) -> None:
         self.pool = pool
         # An Item's most frequent statements share round trips (and writes their commits) with the
-        # same statement of other Items when several wait at once (group commit), each through at
-        # most a quarter of the pool's connections; the rest serve every other statement.
-        lanes = max(1, pool.get_max_size() // 4)
+        # same statement of other Items when several wait at once (group commit), each through one
+        # pooled connection at a time; the rest of the pool serves every other statement. One lane
+        # rather than a quarter of the pool: two workers, 3,000 Items, four alternating pairs,
+        # Postgres 2.0 against 2.2 ms/Item and 1.0 against 1.9 transactions per Item, e2e p99 alike.
+        lanes = 1
         self._transitions = Batched(
             pool, query("transition"), name="transition", key=lambda a: a[0], column="id", lanes=lanes
         )
