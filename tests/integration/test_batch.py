@@ -8,27 +8,20 @@ import asyncio
 import uuid
 
 import asyncpg
+from prometheus_client import REGISTRY
 
 from tests.helpers import stored_item
-from worker import metrics
 from worker.items.model import Changes, Item
 from worker.items.states import State, Trigger
 from worker.items.store import Store
 from worker.services import Services
 
 
-def batches() -> tuple[float, float]:
-    """(round trips, statements) the transition batcher has sent so far in this process."""
-    count = sum_ = 0.0
-    for metric in metrics.DB_BATCH_SIZE.collect():
-        for sample in metric.samples:
-            if sample.labels.get("statement") != "transition":
-                continue
-            if sample.name.endswith("_count"):
-                count += sample.value
-            elif sample.name.endswith("_sum"):
-                sum_ += sample.value
-    return count, sum_
+def batched(statement: str) -> tuple[float, float]:
+    """(round trips, statements) the batcher of ``statement`` has sent so far in this process."""
+    labels = {"statement": statement}
+    trips = REGISTRY.get_sample_value("paw_db_batch_size_count", labels) or 0.0
+    return trips, REGISTRY.get_sample_value("paw_db_batch_size_sum", labels) or 0.0
 
 
 async def items(services: Services, n: int) -> list[Item]:
@@ -42,9 +35,9 @@ def exchange(store: Store, item: Item, plaid_item_id: str | None = None) -> asyn
 
 async def test_concurrent_transitions_share_round_trips_and_each_gets_its_own_row(services: Services) -> None:
     made = await items(services, 40)
-    trips, statements = batches()
+    trips, statements = batched("transition")
     moved = await asyncio.gather(*(exchange(services.store, item) for item in made))
-    trips_after, statements_after = batches()
+    trips_after, statements_after = batched("transition")
     assert statements_after - statements == 40
     # one lane carries transitions: the first leaves alone, the 39 behind it together
     assert trips_after - trips <= 3
@@ -113,24 +106,15 @@ async def test_a_caller_that_stops_waiting_leaves_the_others_their_answers(servi
     assert all(isinstance(r, Item) and r.state is State.EXCHANGED for i, r in enumerate(results) if i != 2)
 
 
-def trips_of(statement: str) -> float:
-    return sum(
-        s.value
-        for m in metrics.DB_BATCH_SIZE.collect()
-        for s in m.samples
-        if s.name.endswith("_count") and s.labels.get("statement") == statement
-    )
-
-
 async def test_concurrent_submissions_share_round_trips_and_one_token_makes_one_item(
     services: Services,
 ) -> None:
     tokens = [f"public-sandbox-{uuid.uuid4()}" for _ in range(20)]
-    before = trips_of("create_item")
+    before, _ = batched("create_item")
     made = await asyncio.gather(
         *(stored_item(services, "u-batch", public_token=t) for t in [*tokens, tokens[5]])
     )
-    assert trips_of("create_item") - before < 21
+    assert batched("create_item")[0] - before < 21
     assert len({item.id for item in made}) == 20
     assert made[5].id == made[-1].id  # the same public token twice: one Item, found by the second
     assert [h.to_state for h in await services.store.history(made[5].id)] == ["link"]
@@ -139,7 +123,7 @@ async def test_concurrent_submissions_share_round_trips_and_one_token_makes_one_
 async def test_concurrent_reads_share_round_trips_and_each_gets_its_own_item(services: Services) -> None:
     made = await items(services, 15)
     unknown = uuid.uuid4()
-    before = trips_of("get_item")
+    before, _ = batched("get_item")
     got = await asyncio.gather(*(services.store.get(i) for i in [*(m.id for m in made), unknown]))
-    assert trips_of("get_item") - before < 16
+    assert batched("get_item")[0] - before < 16
     assert [g.id if g else None for g in got] == [*(m.id for m in made), None]
