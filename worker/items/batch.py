@@ -39,7 +39,9 @@ class Batched:
     """``fetchrow`` for one guarded statement, whose row (if any) names its key in ``column``.
 
     ``key`` picks the key out of a call's arguments; ``lanes`` is how many batches may be in flight
-    at once (each holds one pooled connection while it runs)."""
+    at once (each holds one pooled connection while it runs). One by default, not a quarter of the
+    pool: two workers, 3,000 Items, four alternating pairs, Postgres 2.0 against 2.2 ms/Item and 1.0
+    against 1.9 transactions per Item, e2e p99 alike (bench/README)."""
 
     def __init__(
         self,
@@ -49,7 +51,7 @@ class Batched:
         name: str,
         key: Callable[[Sequence[Any]], Hashable],
         column: str,
-        lanes: int,
+        lanes: int = 1,
         max_batch: int = 64,
     ) -> None:
         if lanes < 1 or max_batch < 1:

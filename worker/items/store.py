@@ -69,21 +69,14 @@ class Store:
     def __init__(self, pool: asyncpg.Pool, *, on_event: Callable[[], None] = _nobody) -> None:
         self.pool = pool
         # An Item's most frequent statements share round trips (and writes their commits) with the
-        # same statement of other Items when several wait at once (group commit), each through one
-        # pooled connection at a time; the rest of the pool serves every other statement. One lane
-        # rather than a quarter of the pool: two workers, 3,000 Items, four alternating pairs,
-        # Postgres 2.0 against 2.2 ms/Item and 1.0 against 1.9 transactions per Item, e2e p99 alike.
-        lanes = 1
+        # same statement of other Items when several wait at once (group commit).
         self._transitions = Batched(
-            pool, query("transition"), name="transition", key=lambda a: a[0], column="id", lanes=lanes
+            pool, query("transition"), name="transition", key=lambda a: a[0], column="id"
         )
         self._creates = Batched(
-            pool, query("create_item"), name="create_item", key=lambda a: a[1], column="public_token_sha256",
-            lanes=lanes,
-        )  # fmt: skip
-        self._gets = Batched(
-            pool, query("get_item"), name="get_item", key=lambda a: a[0], column="id", lanes=lanes
+            pool, query("create_item"), name="create_item", key=lambda a: a[1], column="public_token_sha256"
         )
+        self._gets = Batched(pool, query("get_item"), name="get_item", key=lambda a: a[0], column="id")
         # called after each statement that wrote an outcome event (the worker wakes its relay)
         self.on_event = on_event
 
