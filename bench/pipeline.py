@@ -155,7 +155,7 @@ async def start_workers(
     wenv = {
         **env,
         **({"PAW_PREFETCH": str(args.prefetch)} if args.prefetch else {}),
-        "PAW_PLAID_CONNECTIONS": str(args.plaid_connections),
+        **({"PAW_PLAID_CONNECTIONS": str(args.plaid_connections)} if args.plaid_connections else {}),
         **({"PAW_DB_POOL_SIZE": str(args.db_pool)} if args.db_pool else {}),
     }
     workers = []
@@ -672,7 +672,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "offered_items_per_s": args.rate or "all at once",
             "workers": args.workers,
             "prefetch": args.prefetch or "default",
-            "plaid_connections": args.plaid_connections,
+            "plaid_connections": args.plaid_connections or "default",
             "db_pool": args.db_pool or "default",
             "atomic_delay_s": args.atomic_delay,
             "retry_base_ms": args.retry_base_ms,
@@ -701,7 +701,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=0.0, help="offered Items/s (0: all at once)")
     parser.add_argument("--prefetch", type=int, default=0, help="PAW_PREFETCH (0: the default)")
     parser.add_argument("--db-pool", type=int, default=0, help="PAW_DB_POOL_SIZE (0: the default)")
-    parser.add_argument("--plaid-connections", type=int, default=64, help="PAW_PLAID_CONNECTIONS")
+    parser.add_argument(
+        "--plaid-connections", type=int, default=0, help="PAW_PLAID_CONNECTIONS (0: the default)"
+    )
     parser.add_argument("--atomic-delay", type=float, default=0.0, help="sandbox --atomic-delay (s)")
     parser.add_argument("--retry-base-ms", type=int, default=1000, help="PAW_RETRY_BASE_MS")
     parser.add_argument("--log-level", default="info", help="PAW_LOG_LEVEL of every process")

@@ -61,8 +61,8 @@ class Settings:
     api_keys: tuple[str, ...] = (DEV_API_KEYS,)
     exchange: str = "paw.events"
     queue_prefix: str = "paw"
-    prefetch: int = 64
-    plaid_connections: int = 64
+    prefetch: int = 256
+    plaid_connections: int = 256
     publish_timeout: float = 5.0
     http_timeout: float = 10.0
     max_body_bytes: int = 1024 * 1024
@@ -411,7 +411,7 @@ _VARS = (
         "PAW_PLAID_CONNECTIONS",
         "plaid_connections",
         _int(1, 1024),
-        "connections to Plaid at most (calls beyond it wait for one)",
+        "connections to Plaid at most (calls beyond it wait for one); at least PAW_PREFETCH",
     ),
     Var(
         "PAW_PUBLISH_TIMEOUT",

@@ -182,7 +182,7 @@ def test_the_start_up_configuration_says_where_everything_is_and_no_secret(strea
     assert config["plaid_env"] == "sandbox" and config["plaid_host"] == "https://sandbox.plaid.com"
     assert config["database"] == "postgresql://db.internal:6432/paw"
     assert config["broker"] == "amqps://mq.internal:5671/paw-vhost"
-    assert (config["exchange"], config["queue_prefix"], config["prefetch"]) == ("paw.prod.events", "paw", 64)
+    assert (config["exchange"], config["queue_prefix"], config["prefetch"]) == ("paw.prod.events", "paw", 256)
     assert config["active_token_key"] == "dev1"
     assert config["secrets_set"] == ["PLAID_SECRET", "PAW_API_KEYS"]
     assert set(config["secrets_default"]) == set(logs.SECRETS) - {"PLAID_SECRET", "PAW_API_KEYS"}

@@ -30,6 +30,8 @@ from worker.settings import (
     show,
 )
 
+DEFAULT_PREFETCH = FIELD_DEFAULTS["prefetch"]
+
 KEY = "k1:" + "A" * 43 + "="
 
 
@@ -132,7 +134,7 @@ def test_secret_files_that_cannot_be_used_are_errors(tmp_path: Path) -> None:
 
 def test_only_secrets_have_a_file_form() -> None:
     assert "PLAID_SECRET_FILE" in names() and "PAW_PREFETCH_FILE" not in names()
-    assert load({"PAW_PREFETCH_FILE": "/nonexistent"}).prefetch == 64  # not a setting: ignored
+    assert load({"PAW_PREFETCH_FILE": "/nonexistent"}).prefetch == DEFAULT_PREFETCH  # not a setting: ignored
 
 
 def test_the_table_covers_every_field_once() -> None:
@@ -161,10 +163,10 @@ def test_secrets_are_masked_wherever_shown() -> None:
     assert show(ENV["PLAID_SECRET"], s.plaid_secret) == MASKED
     assert show(ENV["PAW_TOKEN_KEYS"], s.token_keys) == f"k1:{MASKED}"
     assert show(ENV["DATABASE_URL"], s.database_url) == "postgresql://paw:***@db/paw"
-    assert show(ENV["PAW_PREFETCH"], s.prefetch) == "64"
+    assert show(ENV["PAW_PREFETCH"], s.prefetch) == str(DEFAULT_PREFETCH)
     assert mask_url("amqp://guest:guest@[::1]:5672/") == "amqp://guest:***@[::1]:5672/"
     shown = effective(s)
-    assert list(shown) == list(ENV) and shown["PAW_PREFETCH"] == "64"
+    assert list(shown) == list(ENV) and shown["PAW_PREFETCH"] == str(DEFAULT_PREFETCH)
     assert "s3cret" not in str(shown) and "hunter2" not in str(shown)
     assert shown["PLAID_SECRET"] == shown["ATOMIC_API_KEY"] == MASKED  # a default secret is masked too
 
@@ -183,7 +185,7 @@ def test_help_lists_every_setting_with_meaning_default_and_value() -> None:
     flat = " ".join(done.stdout.split())  # the help wraps long lines
     for var in ENV.values():
         assert var.env in done.stdout and " ".join(var.meaning.split()) in flat, var.env
-    assert "default 64; now 128" in flat
+    assert "default 256; now 128" in flat
     assert "s3cret-in-help" not in done.stdout and f"now {MASKED}" in flat
 
 
@@ -213,7 +215,9 @@ def test_paw_config_shows_what_the_processes_would_read(tmp_path: Path) -> None:
     }
     assert rows["PAW_LOG_LEVEL"]["value"] == "debug"
     assert rows["DATABASE_URL"]["value"] == "postgresql://paw:***@db:5432/paw"
-    assert rows["PAW_PREFETCH"]["source"] == "default" and rows["PAW_PREFETCH"]["value"] == "64"
+    assert rows["PAW_PREFETCH"]["source"] == "default" and rows["PAW_PREFETCH"]["value"] == str(
+        DEFAULT_PREFETCH
+    )
     assert out["not_settings"] == ["PAW_LOG_LEVL"] and out["problems"] == []
     assert out["version"] == version()
 
