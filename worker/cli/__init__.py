@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-YOUNG_GC_THRESHOLD = 7_000  # allocations between young collections (CPython's default: 700)
+YOUNG_GC_THRESHOLD = 7_000  # objects made beyond those freed between young collections (CPython: 700)
 
 
 def run(coro: Coroutine[Any, Any, int], *, long_running: bool, uvloop: bool) -> int:
