@@ -115,3 +115,89 @@ async def test_a_connection_asks_for_a_short_heartbeat_unless_the_url_names_one(
             assert await _broker_heartbeat(name) == expected
         finally:
             await connection.close()
+
+
+async def _taken(services: Services, queue_name: str, count: int) -> dict[str, bytes]:
+    """The bodies of ``count`` messages on the queue, by message id (acked)."""
+    channel = await services.connection.channel()
+    try:
+        queue = await channel.get_queue(queue_name, ensure=False)
+        got: dict[str, bytes] = {}
+        async with asyncio.timeout(30):
+            while len(got) < count:
+                message = await queue.get(fail=False)
+                if message is None:
+                    await asyncio.sleep(0.01)
+                    continue
+                assert message.message_id is not None
+                got[message.message_id] = message.body
+                await message.ack()
+        return got
+    finally:
+        await channel.close()
+
+
+async def test_interleaved_publishes_each_get_their_own_answer(services: Services) -> None:
+    """Many publishes at once, more coming while they go out (more than aiormq's writer queue holds,
+    so some wait for room in it), routable and returned ones interleaved: each ends with the
+    broker's answer to its own message (a Return is matched by message id, an Ack by delivery tag),
+    every body arrives whole, one larger than a frame included, and nothing is left waiting."""
+    publisher = Publisher(services.connection, services.topo, timeout=10.0)
+    nobody = f"nobody.bound.{uuid.uuid4().hex}"
+    big = b'{"pad":"' + b"x" * 300_000 + b'"}'  # frame_max is 128 KiB: three body frames
+
+    async def one(n: int) -> tuple[str, str]:
+        returned = n % 3 == 0
+        body = big if n == 1 else b'{"n":%d}' % n
+        try:
+            await publisher.publish(
+                nobody if returned else "webhook.test.interleaved", body, message_id=f"m{n}"
+            )
+        except Unroutable:
+            return f"m{n}", "returned"
+        return f"m{n}", "confirmed"
+
+    tasks = []
+    for wave in range(60):  # new publishes keep coming while earlier ones wait for room
+        tasks += [asyncio.create_task(one(n)) for n in range(wave * 5, wave * 5 + 5)]
+        await asyncio.sleep(0)
+    outcomes = dict(await asyncio.gather(*tasks))
+    assert outcomes == {f"m{n}": "returned" if n % 3 == 0 else "confirmed" for n in range(300)}
+    confirmed = [n for n in range(300) if n % 3]
+    bodies = await _taken(services, services.topo.webhooks_queue, len(confirmed))
+    assert bodies == {f"m{n}": big if n == 1 else b'{"n":%d}' % n for n in confirmed}
+    channel = await (await publisher._ready()).get_underlay_channel()
+    assert not channel.confirmations and not channel.message_id_delivery_tag  # nothing left behind
+
+
+async def test_publishes_cancelled_while_waiting_to_be_queued_take_no_delivery_tag(
+    services: Services,
+) -> None:
+    """Publishes cancelled before their frames were queued (waiting for room in the writer's queue,
+    one of them holding the next delivery tag) give their tag back: the publishes after them are answered, each its own."""
+    publisher = Publisher(services.connection, services.topo, timeout=10.0)
+    channel = await (await publisher._ready()).get_underlay_channel()
+    tasks = [
+        asyncio.create_task(publisher.publish("webhook.test.cancelled", b"{}", message_id=f"c{n}"))
+        for n in range(200)
+    ]
+    before = channel.delivery_tag
+    await asyncio.sleep(0)  # each has run to its first wait: as many queued as the writer's queue
+    # holds (10 in aiormq 7.2), the next one holding its tag while it waits for room, the rest
+    # waiting for their turn
+    waiting_with_tag = channel.delivery_tag - before - 1
+    assert 0 < waiting_with_tag < 100
+    for task in tasks[waiting_with_tag::2]:  # the one holding a tag among them
+        task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    cancelled = {n for n, r in enumerate(results) if isinstance(r, asyncio.CancelledError)}
+    assert cancelled and all(results[n] is None for n in range(200) if n not in cancelled)
+    after = await asyncio.gather(
+        *(publisher.publish("webhook.test.cancelled", b"{}", message_id=f"after{n}") for n in range(20))
+    )
+    assert after == [None] * 20
+    queued = await _taken(services, services.topo.webhooks_queue, 200 - len(cancelled) + 20)
+    assert set(queued) == {f"c{n}" for n in range(200) if n not in cancelled} | {
+        f"after{n}" for n in range(20)
+    }
+    assert not channel.confirmations and not channel.message_id_delivery_tag
