@@ -8,7 +8,7 @@ What aiormq 7.2's ``basic_publish`` does per message, and what this does instead
   until the connection's writer has drained the frames to the socket, so publishes go out one at
   a time, each a task switch to the writer and back: here the delivery tag is taken and the frames
   queued in one step with no ``await`` between (:meth:`Sender.send`), and a lock is only taken
-  when the writer's queue is full;
+  while the writer's queue is full (then every publish waits its turn, first come first served);
 - runs under its own ``asyncio.timeout`` and a cancellation guard: here the caller's bound serves;
 - is a coroutine the caller must keep from being cancelled (a cancelled confirm future breaks
   aiormq's reader on a Basic.Return: see :class:`worker.bus.publisher.Publisher`), which took a
@@ -79,6 +79,7 @@ class Sender:
 
     def __init__(self) -> None:
         self._lock = asyncio.Lock()  # held only while waiting for room in the writer's queue
+        self._waiting = 0  # publishes in the slow path; while any, every publish joins them in turn
 
     async def send(
         self,
@@ -103,23 +104,29 @@ class Sender:
         payload = frames(channel.number, exchange, routing_key, properties, body, channel.max_content_size)
         queue: asyncio.Queue[ChannelFrame] = channel.write_queue
         frame = ChannelFrame(payload=payload, should_close=False)
-        if not self._lock.locked() and not queue.full():
+        if not self._waiting and not queue.full():
             # No await between taking the tag and queueing the frame: no other publish comes between.
             confirmation = _take_tag(channel, properties.message_id)
             queue.put_nowait(frame)
             return confirmation
-        async with self._lock:  # the queue is full: wait for room, holding the next tag meanwhile
-            if channel.is_closed:
-                raise aiormq.exceptions.ChannelInvalidStateError(f"channel {channel.number} is closed")
-            confirmation = _take_tag(channel, properties.message_id)
-            try:
-                await queue.put(frame)
-            except BaseException:  # not queued: the broker never sees it, the next publish takes its tag
-                channel.confirmations.pop(channel.delivery_tag, None)
-                channel.delivery_tag -= 1
-                confirmation.cancel()
-                raise
-            return confirmation
+        # The queue is full: wait for room, in turn (the lock is first come, first served, and no
+        # publish passes those waiting), each holding the next tag while it waits.
+        self._waiting += 1
+        try:
+            async with self._lock:
+                if channel.is_closed:
+                    raise aiormq.exceptions.ChannelInvalidStateError(f"channel {channel.number} is closed")
+                confirmation = _take_tag(channel, properties.message_id)
+                try:
+                    await queue.put(frame)
+                except BaseException:  # not queued: the broker never sees it, the next publish takes its tag
+                    channel.confirmations.pop(channel.delivery_tag, None)
+                    channel.delivery_tag -= 1
+                    confirmation.cancel()
+                    raise
+                return confirmation
+        finally:
+            self._waiting -= 1
 
 
 def _take_tag(channel: aiormq.Channel, message_id: str) -> asyncio.Future[Any]:
