@@ -79,11 +79,10 @@ def _is_number(value: object) -> TypeGuard[int | float]:
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in result:
-            raise ValueError(f"duplicate member {name!r}")
-        result[name] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        names = [name for name, _ in pairs]
+        raise ValueError(f"duplicate member {next(n for n in names if names.count(n) > 1)!r}")
     return result
 
 
@@ -91,8 +90,8 @@ def _no_constants(name: str) -> NoReturn:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
-def _decode_header(token: object) -> tuple[dict[str, Any], list[str]]:
-    """Shape checks on the compact JWS; returns its decoded (unverified) header and its segments."""
+def _segments(token: object) -> list[str]:
+    """Shape checks on the compact JWS; its three segments."""
     if token is None or token == "":
         _fail("missing_header")
     if not isinstance(token, str) or len(token) > MAX_TOKEN_LEN or not token.isascii():
@@ -100,10 +99,7 @@ def _decode_header(token: object) -> tuple[dict[str, Any], list[str]]:
     segments = token.split(".")
     if len(segments) != 3:
         _fail("malformed_jwt")
-    header_raw = _b64url_decode(segments[0])
-    if header_raw is None:
-        _fail("malformed_jwt")
-    return _json_object(header_raw, None), segments
+    return segments
 
 
 def _json_object(raw: bytes, kid: str | None) -> dict[str, Any]:
@@ -134,7 +130,23 @@ class _Jws:
 def _parse(token: str | None) -> _Jws:
     """The JWS's parts, decoded once per token: the receiver reads the kid before fetching the key,
     and :func:`verify` needs the rest a moment later (only results are cached, never a refusal)."""
-    header, segments = _decode_header(token)
+    segments = _segments(token)
+    kid = _header_kid(segments[0])
+    payload, signature = _b64url_decode(segments[1]), _b64url_decode(segments[2])
+    if payload is None or signature is None or len(signature) != _ES256_SIG_LEN:
+        _fail("malformed_jwt", kid)
+    signing_input = f"{segments[0]}.{segments[1]}".encode("ascii")
+    return _Jws(kid=kid, signing_input=signing_input, payload=payload, signature=signature)
+
+
+@functools.lru_cache(maxsize=256)
+def _header_kid(segment: str) -> str:
+    """The kid of an acceptable JWS header segment. Cached: every webhook Plaid signs with one key
+    carries the same header (only results are cached, never a refusal)."""
+    header_raw = _b64url_decode(segment)
+    if header_raw is None:
+        _fail("malformed_jwt")
+    header = _json_object(header_raw, None)
     alg = header.get("alg")
     if not isinstance(alg, str) or alg != ALGORITHM:
         _fail("bad_alg")
@@ -150,11 +162,7 @@ def _parse(token: str | None) -> _Jws:
     # what is signed, so it is refused even unmarked.
     if "crit" in header or "b64" in header:
         _fail("malformed_jwt", kid)
-    payload, signature = _b64url_decode(segments[1]), _b64url_decode(segments[2])
-    if payload is None or signature is None or len(signature) != _ES256_SIG_LEN:
-        _fail("malformed_jwt", kid)
-    signing_input = f"{segments[0]}.{segments[1]}".encode("ascii")
-    return _Jws(kid=kid, signing_input=signing_input, payload=payload, signature=signature)
+    return kid
 
 
 def unverified_kid(token: str | None) -> str:
