@@ -19,6 +19,11 @@ import gc
 import uuid
 from collections.abc import AsyncIterator
 
+import aiormq
+import pamqp.frame
+import pamqp.heartbeat
+from aiormq.abc import ChannelFrame
+
 from tests.helpers import eventually
 from worker.bus.failover import HEARTBEAT_S
 from worker.bus.publisher import Publisher, connect
@@ -170,24 +175,31 @@ async def test_interleaved_publishes_each_get_their_own_answer(services: Service
     assert not channel.confirmations and not channel.message_id_delivery_tag  # nothing left behind
 
 
+HEARTBEAT = pamqp.frame.marshal(pamqp.heartbeat.Heartbeat(), 0)
+
+
 async def test_publishes_cancelled_while_waiting_to_be_queued_take_no_delivery_tag(
     services: Services,
 ) -> None:
     """Publishes cancelled before their frames were queued (waiting for room in the writer's queue,
-    one of them holding the next delivery tag) give their tag back: the publishes after them are answered, each its own."""
+    the first of them holding the next delivery tag) give their tag back: the publishes after them
+    are answered, each its own."""
     publisher = Publisher(services.connection, services.topo, timeout=10.0)
+    await publisher.publish("webhook.test.cancelled", b"{}", message_id="warm-up")  # written: no open batch
     channel = await (await publisher._ready()).get_underlay_channel()
+    assert isinstance(channel, aiormq.Channel)
     tasks = [
         asyncio.create_task(publisher.publish("webhook.test.cancelled", b"{}", message_id=f"c{n}"))
         for n in range(200)
     ]
+    # The writer's queue filled with heartbeats (harmless to the broker) before the publishes run:
+    # the first waits for room holding the next tag, the others wait their turn.
+    while not channel.write_queue.full():
+        channel.write_queue.put_nowait(ChannelFrame(payload=HEARTBEAT, should_close=False))
     before = channel.delivery_tag
-    await asyncio.sleep(0)  # each has run to its first wait: as many queued as the writer's queue
-    # holds (10 in aiormq 7.2), the next one holding its tag while it waits for room, the rest
-    # waiting for their turn
-    waiting_with_tag = channel.delivery_tag - before - 1
-    assert 0 < waiting_with_tag < 100
-    for task in tasks[waiting_with_tag::2]:  # the one holding a tag among them
+    await asyncio.sleep(0)
+    assert channel.delivery_tag == before + 1
+    for task in tasks[::2]:  # the one holding a tag among them
         task.cancel()
     results = await asyncio.gather(*tasks, return_exceptions=True)
     cancelled = {n for n, r in enumerate(results) if isinstance(r, asyncio.CancelledError)}
@@ -196,8 +208,52 @@ async def test_publishes_cancelled_while_waiting_to_be_queued_take_no_delivery_t
         *(publisher.publish("webhook.test.cancelled", b"{}", message_id=f"after{n}") for n in range(20))
     )
     assert after == [None] * 20
-    queued = await _taken(services, services.topo.webhooks_queue, 200 - len(cancelled) + 20)
-    assert set(queued) == {f"c{n}" for n in range(200) if n not in cancelled} | {
+    queued = await _taken(services, services.topo.webhooks_queue, 1 + 200 - len(cancelled) + 20)
+    assert set(queued) == {"warm-up"} | {f"c{n}" for n in range(200) if n not in cancelled} | {
         f"after{n}" for n in range(20)
     }
     assert not channel.confirmations and not channel.message_id_delivery_tag
+
+
+async def test_while_the_broker_reads_nothing_publishes_wait_for_room_not_in_memory(
+    services: Services,
+) -> None:
+    """A memory alarm: the broker stops reading publishing connections. The writer then waits for
+    the socket to take what it wrote before it takes more (a drain per batch, as aiormq's own
+    publishes do), its queue fills, and the publishes after give up without their frames ever
+    being queued (no delivery tag taken), instead of piling up in the connection's write buffer."""
+    publisher = Publisher(services.connection, services.topo, timeout=5.0)
+    nobody = f"nobody.bound.{uuid.uuid4().hex}"
+    assert await _publish(publisher, nobody, "warm-up") == "returned"
+    channel = await (await publisher._ready()).get_underlay_channel()
+    assert isinstance(channel, aiormq.Channel)
+    body = b'{"pad":"' + b"x" * 300_000 + b'"}'
+    count = 100  # 30 MB: more than the socket's buffers on either side hold
+    async with memory_alarm():
+
+        async def blocked() -> bool:
+            return await _publish(publisher, nobody, f"probe-{uuid.uuid4()}") == "given up"
+
+        publisher.timeout = 0.5
+        await eventually(blocked, timeout=30)
+        before = channel.delivery_tag
+        publisher.timeout = 2.0
+
+        async def big(n: int) -> str:
+            try:
+                await publisher.publish(nobody, body, message_id=f"big-{n}")
+            except PublishFailed:
+                return "given up"
+            return "answered"
+
+        outcomes = await asyncio.gather(*(big(n) for n in range(count)))
+        assert outcomes == ["given up"] * count
+        sent = channel.delivery_tag - before
+        assert sent < count // 2  # the rest never queued: nothing of theirs in memory
+    publisher.timeout = 5.0
+
+    async def all_answered() -> bool:
+        return not channel.confirmations
+
+    await eventually(all_answered, timeout=60)
+    assert await _publish(publisher, nobody, "after") == "returned"

@@ -6,15 +6,18 @@ What aiormq 7.2's ``basic_publish`` does per message, and what this does instead
   routing key (:func:`publish_frame`, cached);
 - takes the channel's lock (an async context manager) and, unless told ``wait=False``, holds it
   until the connection's writer has drained the frames to the socket, so publishes go out one at
-  a time, each a task switch to the writer and back: here the delivery tag is taken and the frames
-  queued in one step with no ``await`` between (:meth:`Sender.send`), and a lock is only taken
-  while the writer's queue is full (then every publish waits its turn, first come first served);
+  a time, each its own write and a task switch to the writer and back: here the delivery tag is
+  taken and the frames queued in one step with no ``await`` between (:meth:`Sender.send`), joined
+  to the batch queued last while the writer has not taken it (one write for many publishes, fewer
+  reads for the broker), and a lock is only taken while the writer's queue is full (then every
+  publish waits its turn, first come first served);
 - runs under its own ``asyncio.timeout`` and a cancellation guard: here the caller's bound serves;
 - is a coroutine the caller must keep from being cancelled (a cancelled confirm future breaks
   aiormq's reader on a Basic.Return: see :class:`worker.bus.publisher.Publisher`), which took a
   task per publish: here the caller gets the confirm future itself and waits on it shielded.
 
-Measured in bench/README.md (issue 16): a quarter of a confirmed publish's client CPU.
+Measured in bench/README.md (issue 16): half a confirmed publish's client CPU, a quarter of the
+broker's.
 
 What it relies on in aiormq (pinned ``>=7.2.4,<7.3`` in pyproject.toml; the broker tests in
 ``tests/integration/test_publisher.py`` fail if any of it moves): a channel's ``delivery_tag``
@@ -22,7 +25,8 @@ What it relies on in aiormq (pinned ``>=7.2.4,<7.3`` in pyproject.toml; the brok
 (delivery tag → future, settled by the channel's reader on Ack, Nack or Return),
 ``message_id_delivery_tag`` (how the reader finds the publish a Basic.Return is for),
 ``create_future`` (rejected when the channel closes), ``max_content_size``, the connection's
-``write_queue`` and ``aiormq.abc.ChannelFrame``. Every publish on a channel must come through one
+``write_queue`` and its writer's use of ``aiormq.abc.ChannelFrame`` (``payload`` read once when
+written, then the drain future set once the socket took it). Every publish on a channel must come through one
 :class:`Sender`, or delivery tags and frames could be taken in different orders.
 """
 
@@ -74,12 +78,52 @@ def _forget(by_message_id: dict[str, int], message_id: str, tag: int, _: asyncio
         del by_message_id[message_id]
 
 
+# A batch takes publishes up to this many bytes: what a blocked writer's queue (ten frames) can
+# hold stays small.
+MAX_BATCH_BYTES = 128 * 1024
+
+
+class _Batch(ChannelFrame):
+    """Consecutive publishes' frames, queued for the writer as one and written with one call; open
+    to more until the writer takes it (reads :attr:`payload`). Its drain future has the writer wait
+    for the socket to take the bytes before it takes the next frame, as aiormq's own publishes do:
+    while the broker does not read (a memory alarm blocks publishers), the writer's queue fills
+    and publishes wait for room instead of piling up in memory."""
+
+    def __init__(self, queue: asyncio.Queue[ChannelFrame], first: bytes) -> None:
+        object.__setattr__(self, "should_close", False)
+        object.__setattr__(self, "drain_future", asyncio.get_running_loop().create_future())
+        object.__setattr__(self, "queue", queue)
+        object.__setattr__(self, "parts", [first])
+        object.__setattr__(self, "size", len(first))
+        object.__setattr__(self, "taken", False)
+
+    queue: asyncio.Queue[ChannelFrame]
+    parts: list[bytes]
+    size: int
+    taken: bool
+
+    @property
+    def payload(self) -> bytes:
+        object.__setattr__(self, "taken", True)
+        return b"".join(self.parts)
+
+    def add(self, queue: asyncio.Queue[ChannelFrame], frames: bytes) -> bool:
+        """Adds the frames if the batch is still open to them (not taken, for this queue, room)."""
+        if self.taken or self.queue is not queue or self.size + len(frames) > MAX_BATCH_BYTES:
+            return False
+        self.parts.append(frames)
+        object.__setattr__(self, "size", self.size + len(frames))
+        return True
+
+
 class Sender:
     """Queues publishes for a channel's connection; each returns its confirm future."""
 
     def __init__(self) -> None:
         self._lock = asyncio.Lock()  # held only while waiting for room in the writer's queue
         self._waiting = 0  # publishes in the slow path; while any, every publish joins them in turn
+        self._open: _Batch | None = None  # the last batch queued, while the writer has not taken it
 
     async def send(
         self,
@@ -103,27 +147,36 @@ class Sender:
             properties.message_id = uuid.uuid4().hex  # a Return is matched to its publish by it
         payload = frames(channel.number, exchange, routing_key, properties, body, channel.max_content_size)
         queue: asyncio.Queue[ChannelFrame] = channel.write_queue
-        frame = ChannelFrame(payload=payload, should_close=False)
-        if not self._waiting and not queue.full():
-            # No await between taking the tag and queueing the frame: no other publish comes between.
-            confirmation = _take_tag(channel, properties.message_id)
-            queue.put_nowait(frame)
-            return confirmation
-        # The queue is full: wait for room, in turn (the lock is first come, first served, and no
-        # publish passes those waiting), each holding the next tag while it waits.
+        # No await between taking a tag and queueing the frames: no other publish comes between.
+        if not self._waiting:
+            batch = self._open
+            if batch is not None and batch.add(queue, payload):  # behind every publish queued so far
+                return _take_tag(channel, properties.message_id)
+            if not queue.full():
+                confirmation = _take_tag(channel, properties.message_id)
+                self._open = _Batch(queue, payload)
+                queue.put_nowait(self._open)
+                return confirmation
+        # The writer's queue is full and holds no batch open to more: wait for room, in turn (the
+        # lock is first come, first served, and no publish passes those waiting), each holding the
+        # next tag while it waits.
         self._waiting += 1
         try:
             async with self._lock:
                 if channel.is_closed:
                     raise aiormq.exceptions.ChannelInvalidStateError(f"channel {channel.number} is closed")
+                if self._open is not None and self._open.add(queue, payload):  # queued by the one before
+                    return _take_tag(channel, properties.message_id)
                 confirmation = _take_tag(channel, properties.message_id)
+                batch = _Batch(queue, payload)
                 try:
-                    await queue.put(frame)
+                    await queue.put(batch)
                 except BaseException:  # not queued: the broker never sees it, the next publish takes its tag
                     channel.confirmations.pop(channel.delivery_tag, None)
                     channel.delivery_tag -= 1
                     confirmation.cancel()
                     raise
+                self._open = batch
                 return confirmation
         finally:
             self._waiting -= 1
