@@ -26,8 +26,8 @@ What it relies on in aiormq (pinned ``>=7.2.4,<7.3`` in pyproject.toml; the brok
 ``message_id_delivery_tag`` (how the reader finds the publish a Basic.Return is for),
 ``create_future`` (rejected when the channel closes), ``max_content_size``, the connection's
 ``write_queue`` and its writer's use of ``aiormq.abc.ChannelFrame`` (``payload`` read once when
-written, then the drain future set once the socket took it). Every publish on a channel must come through one
-:class:`Sender`, or delivery tags and frames could be taken in different orders.
+written, then the drain future set once the socket took it). Every publish on a channel must come
+through one :class:`Sender`, or delivery tags and frames could be taken in different orders.
 """
 
 from __future__ import annotations
