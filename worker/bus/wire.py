@@ -108,12 +108,12 @@ class _Batch(ChannelFrame):
         object.__setattr__(self, "taken", True)
         return b"".join(self.parts)
 
-    def add(self, queue: asyncio.Queue[ChannelFrame], frames: bytes) -> bool:
+    def add(self, queue: asyncio.Queue[ChannelFrame], more: bytes) -> bool:
         """Adds the frames if the batch is still open to them (not taken, for this queue, room)."""
-        if self.taken or self.queue is not queue or self.size + len(frames) > MAX_BATCH_BYTES:
+        if self.taken or self.queue is not queue or self.size + len(more) > MAX_BATCH_BYTES:
             return False
-        self.parts.append(frames)
-        object.__setattr__(self, "size", self.size + len(frames))
+        self.parts.append(more)
+        object.__setattr__(self, "size", self.size + len(more))
         return True
 
 
@@ -139,8 +139,7 @@ class Sender:
         not be cancelled: wait on it with :func:`asyncio.shield`."""
         if not isinstance(channel, aiormq.Channel):
             raise TypeError(f"an aiormq channel, not {type(channel).__name__}")
-        if channel.is_closed:
-            raise aiormq.exceptions.ChannelInvalidStateError(f"channel {channel.number} is closed")
+        _check_open(channel)
         if not channel.publisher_confirms:
             raise RuntimeError("Sender needs a channel with publisher confirms")
         if not properties.message_id:
@@ -149,8 +148,7 @@ class Sender:
         queue: asyncio.Queue[ChannelFrame] = channel.write_queue
         # No await between taking a tag and queueing the frames: no other publish comes between.
         if not self._waiting:
-            batch = self._open
-            if batch is not None and batch.add(queue, payload):  # behind every publish queued so far
+            if self._joined(queue, payload):  # behind every publish queued so far
                 return _take_tag(channel, properties.message_id)
             if not queue.full():
                 confirmation = _take_tag(channel, properties.message_id)
@@ -163,9 +161,8 @@ class Sender:
         self._waiting += 1
         try:
             async with self._lock:
-                if channel.is_closed:
-                    raise aiormq.exceptions.ChannelInvalidStateError(f"channel {channel.number} is closed")
-                if self._open is not None and self._open.add(queue, payload):  # queued by the one before
+                _check_open(channel)
+                if self._joined(queue, payload):  # queued by the one before
                     return _take_tag(channel, properties.message_id)
                 confirmation = _take_tag(channel, properties.message_id)
                 batch = _Batch(queue, payload)
@@ -180,6 +177,15 @@ class Sender:
                 return confirmation
         finally:
             self._waiting -= 1
+
+    def _joined(self, queue: asyncio.Queue[ChannelFrame], more: bytes) -> bool:
+        """The frames joined to the batch queued last, if it is still open to them."""
+        return self._open is not None and self._open.add(queue, more)
+
+
+def _check_open(channel: aiormq.Channel) -> None:
+    if channel.is_closed:
+        raise aiormq.exceptions.ChannelInvalidStateError(f"channel {channel.number} is closed")
 
 
 def _take_tag(channel: aiormq.Channel, message_id: str) -> asyncio.Future[Any]:
