@@ -41,6 +41,8 @@ from bench import common, profile
 from sandbox import webhook_bodies
 
 TERMINAL = ["atomic_verified", "atomic_rejected", "failed", "revoked", "login_required"]
+# An upstream app's queue for the outcome events, bound as README.md tells one to (``item.state.#``).
+SUBSCRIBER = "bench-outcomes"
 TARGET = {"items_per_s_at_0ms": 300, "items_per_s_at_100ms": 200, "events_per_s": 1000}
 
 
@@ -147,6 +149,38 @@ class Poller:
 
 def postgres_pids() -> list[int]:
     return common.pids_named("postgres")
+
+
+async def subscribe(amqp_url: str, exchange: str, queue: str) -> None:
+    """Declares the upstream app's quorum queue on the events exchange (declared as paw declares it):
+    without one every outcome event comes back to the relay as unroutable, which costs the worker
+    and the broker what no real deployment pays."""
+    conn = await aio_pika.connect(amqp_url)
+    try:
+        channel = await conn.channel()
+        events = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        declared = await channel.declare_queue(queue, durable=True, arguments={"x-queue-type": "quorum"})
+        await declared.bind(events, "item.state.#")
+    finally:
+        await conn.close()
+
+
+async def subscriber_count(amqp_url: str, queue: str) -> int:
+    """How many outcome events the upstream app's queue holds."""
+    conn = await aio_pika.connect(amqp_url)
+    try:
+        held = await (await conn.channel()).declare_queue(queue, passive=True)
+        return held.declaration_result.message_count or 0
+    finally:
+        await conn.close()
+
+
+async def unsubscribe(amqp_url: str, queue: str) -> None:
+    conn = await aio_pika.connect(amqp_url)
+    try:
+        await (await conn.channel()).queue_delete(queue)  # a no-op when it is not there
+    finally:
+        await conn.close()
 
 
 async def start_workers(
@@ -271,9 +305,12 @@ async def run_latency(
         PAW_EVENT_LOOP=args.event_loop,
         PAW_RETRY_BASE_MS=str(args.retry_base_ms),
     )
-    result: dict[str, Any] = {"latency_ms": latency_ms, "items": args.items}
+    result: dict[str, Any] = {"latency_ms": latency_ms, "items": args.items, "subscriber": args.subscriber}
     children: list[common.Child] = []
+    subscriber = f"{prefix}.{SUBSCRIBER}"
     try:
+        if args.subscriber:
+            await subscribe(args.amqp, exchange, subscriber)
         sandbox = await common.spawn_paw(
             f"sandbox-{tag}",
             [
@@ -386,6 +423,8 @@ async def run_latency(
             result["unrecorded_ms"] = await unrecorded_window(workers)
             retries = retry_reasons(workers)
             consumer_counts = await stop_workers(workers)
+            if args.subscriber:
+                result["outcome_events_on_subscriber_queue"] = await subscriber_count(args.amqp, subscriber)
             accepted = receiver.count_events("webhook.accepted")["webhook.accepted"]
             xact1 = await xact_commit(args.pg, db, settle=True)
             mq1 = await common.rabbit_counters()
@@ -425,6 +464,8 @@ async def run_latency(
     finally:
         for c in reversed(children):
             await c.stop()
+        if args.subscriber:
+            await unsubscribe(args.amqp, subscriber)
         await common.delete_topology(args.amqp, exchange, prefix)
         await common.drop_database(args.pg, db)
     return result
@@ -560,6 +601,11 @@ def print_latency(r: dict[str, Any]) -> None:
         f"worker RSS {r['worker_peak_rss_mb']} MB; cpu {r['cpu_pct_of_one_core']}",
         flush=True,
     )
+    if r["subscriber"]:
+        print(
+            f"    outcome events: {r['amqp_counts'].get('outcome_events', 0)} published, "
+            f"{r['outcome_events_on_subscriber_queue']} on the subscriber's queue"
+        )
     print(
         "    steps (p50/p99 ms): " + "; ".join(f"{k} {v['p50']}/{v['p99']}" for k, v in r["step_ms"].items())
     )
@@ -705,6 +751,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--plaid-connections", type=int, default=0, help="PAW_PLAID_CONNECTIONS (0: the default)"
     )
     parser.add_argument("--atomic-delay", type=float, default=0.0, help="sandbox --atomic-delay (s)")
+    parser.add_argument(
+        "--no-subscriber",
+        dest="subscriber",
+        action="store_false",
+        help="no upstream app's queue for the outcome events (each comes back unroutable)",
+    )
     parser.add_argument("--retry-base-ms", type=int, default=1000, help="PAW_RETRY_BASE_MS")
     parser.add_argument("--log-level", default="info", help="PAW_LOG_LEVEL of every process")
     parser.add_argument("--timeout", type=float, default=300)
