@@ -669,10 +669,25 @@ def print_report(report: dict[str, Any]) -> None:
     )
     print()
     print("CPU ms per Item by process group (the sandbox stands in for Plaid and Atomic: not the product)")
+    print(
+        "paw/sandbox: the sandbox does the same work per Item in every run, so its CPU per Item measures"
+        " how fast the machine ran; the ratio compares runs taken at different speeds"
+    )
     groups = ("workers", "receiver", "postgres_all", "rabbitmq", "sandbox")
     print(
         common.table(
-            ["latency", "worker", "receiver", "Postgres", "RabbitMQ", "paw", "pg+mq", "sandbox", "machine%"],
+            [
+                "latency",
+                "worker",
+                "receiver",
+                "Postgres",
+                "RabbitMQ",
+                "paw",
+                "pg+mq",
+                "sandbox",
+                "paw/sandbox",
+                "machine%",
+            ],
             [
                 [
                     f"{int(r['latency_ms'])} ms",
@@ -680,6 +695,7 @@ def print_report(report: dict[str, Any]) -> None:
                     round(ms["workers"] + ms["receiver"], 2),
                     round(ms["postgres_all"] + ms["rabbitmq"], 2),
                     ms["sandbox"],
+                    round((ms["workers"] + ms["receiver"]) / ms["sandbox"], 2) if ms["sandbox"] else "-",
                     r["cpu_pct_of_one_core"]["machine_busy_pct_all_cores"],
                 ]
                 for r in report["runs"]
