@@ -602,9 +602,10 @@ def print_latency(r: dict[str, Any]) -> None:
         flush=True,
     )
     if r["subscriber"]:
+        published, queued = r["amqp_counts"].get("outcome_events", 0), r["outcome_events_on_subscriber_queue"]
         print(
-            f"    outcome events: {r['amqp_counts'].get('outcome_events', 0)} published, "
-            f"{r['outcome_events_on_subscriber_queue']} on the subscriber's queue"
+            f"    outcome events: {published} published, {queued} on the subscriber's queue"
+            + ("" if queued == published else "  <-- NOT EQUAL: a lost or repeated outcome event")
         )
     print(
         "    steps (p50/p99 ms): " + "; ".join(f"{k} {v['p50']}/{v['p99']}" for k, v in r["step_ms"].items())
