@@ -34,16 +34,21 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import struct
 import uuid
 from typing import Any
 
 import aiormq
 import aiormq.abc
+import pamqp.encode
 import pamqp.frame
 from aiormq.abc import ChannelFrame
 from pamqp import commands
 from pamqp.body import ContentBody
+from pamqp.constants import FRAME_END_CHAR, FRAME_HEADER
 from pamqp.header import ContentHeader
+
+BASIC_CLASS = commands.Basic.frame_id
 
 
 @functools.lru_cache(maxsize=1024)
@@ -53,6 +58,51 @@ def publish_frame(channel_number: int, exchange: str, routing_key: str) -> bytes
         raise ValueError("routing key longer than 255 bytes")
     method = commands.Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=True)
     return pamqp.frame.marshal(method, channel_number)
+
+
+_FLAGS = commands.Basic.Properties.flags
+_HEADER_START = struct.Struct(">BHIHxxQH")  # frame type, channel, size; class, weight, body size; flags
+_EMPTY_TABLE = pamqp.encode.field_table({})
+
+
+def content_header(channel_number: int, body_size: int, properties: commands.Basic.Properties) -> bytes:
+    """The content header frame, byte for byte as pamqp marshals it, in a fraction of the time for
+    the properties a Publisher sets (pamqp walks all fourteen, looking each one's type up by name);
+    with any other property set, pamqp's own. Unset is ``None`` or ``""``, as for pamqp."""
+    p = properties
+    if (
+        p.content_encoding
+        or p.priority is not None
+        or p.correlation_id
+        or p.reply_to
+        or p.timestamp is not None
+        or p.message_type
+        or p.user_id
+        or p.app_id
+        or p.cluster_id
+    ):
+        return pamqp.frame.marshal(ContentHeader(0, body_size, p), channel_number)
+    # The rest in AMQP's order: content_type, headers, delivery_mode, expiration, message_id.
+    flags = 0
+    parts = []
+    if p.content_type:
+        flags |= _FLAGS["content_type"]
+        parts.append(pamqp.encode.short_string(p.content_type))
+    if p.headers is not None:
+        flags |= _FLAGS["headers"]
+        parts.append(pamqp.encode.field_table(p.headers) if p.headers else _EMPTY_TABLE)
+    if p.delivery_mode is not None:
+        flags |= _FLAGS["delivery_mode"]
+        parts.append(pamqp.encode.octet(p.delivery_mode))
+    if p.expiration:
+        flags |= _FLAGS["expiration"]
+        parts.append(pamqp.encode.short_string(p.expiration))
+    if p.message_id:
+        flags |= _FLAGS["message_id"]
+        parts.append(pamqp.encode.short_string(p.message_id))
+    encoded = b"".join(parts)
+    start = _HEADER_START.pack(FRAME_HEADER, channel_number, 14 + len(encoded), BASIC_CLASS, body_size, flags)
+    return b"".join((start, encoded, FRAME_END_CHAR))
 
 
 def frames(
@@ -66,7 +116,7 @@ def frames(
     """One message's frames as the socket takes them: method, content header, body frames."""
     parts = [
         publish_frame(channel_number, exchange, routing_key),
-        pamqp.frame.marshal(ContentHeader(0, len(body), properties), channel_number),
+        content_header(channel_number, len(body), properties),
     ]
     for start in range(0, len(body), max_content_size):
         parts.append(pamqp.frame.marshal(ContentBody(body[start : start + max_content_size]), channel_number))
