@@ -15,6 +15,7 @@ import logging
 import re
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, TextIO
@@ -40,6 +41,26 @@ def redact_processor(_: WrappedLogger, __: str, event_dict: EventDict) -> EventD
     """Masks tokens and secrets in every field, rendered tracebacks included."""
     out: dict[str, Any] = redact(event_dict)
     return out
+
+
+class UtcStamper:
+    """``timestamp`` as structlog's ``TimeStamper(fmt="iso", utc=True)`` writes it
+    (``2026-12-07T05:41:50.484595Z``, no fraction at a whole second), with the date and time of day
+    formatted once a second rather than a ``datetime`` made and formatted for every line."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+        second, micros = divmod(time.time_ns() // 1000, 1_000_000)
+        if second != self._second:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
+        event_dict["timestamp"] = f"{self._prefix}.{micros:06d}Z" if micros else f"{self._prefix}Z"
+        return event_dict
 
 
 def add_severity(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
@@ -177,7 +198,7 @@ def configure(
     ]
     trusted: list[Processor] = [
         structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        UtcStamper(),
         _process_fields(service, version()),
     ]
     renderer: list[Processor] = (

@@ -3,11 +3,13 @@ same processors, as configured by ``paw`` itself (``logs.configure``). No servic
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -214,3 +216,22 @@ def test_a_value_orjson_does_not_write_still_makes_a_json_line(stream: io.String
     big, opaque = lines(stream)
     assert (big["n"], big["keys"]) == (2**70, {"1": "one"})
     assert (opaque["thing"], opaque["ratio"]) == ("<opaque>", None)
+
+
+@pytest.mark.parametrize(
+    "ns",
+    [
+        1_796_621_510_484_595_123,  # a fraction
+        1_796_621_510_000_000_000,  # a whole second: no fraction, as datetime.isoformat() writes it
+        1_796_621_510_000_001_999,  # one microsecond (nanoseconds below it dropped)
+        1_796_621_511_999_999_999,  # the next second, its last microsecond
+        951_782_400_000_500_000,  # 2000-02-29
+    ],
+)
+def test_the_timestamp_is_structlogs_iso_utc(monkeypatch: pytest.MonkeyPatch, ns: int) -> None:
+    stamper = logs.UtcStamper()
+    stamper(None, "info", {})  # a second formatted before, so the one below must replace it
+    monkeypatch.setattr(time, "time_ns", lambda: ns)
+    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+    expected = epoch + datetime.timedelta(microseconds=ns // 1000)
+    assert stamper(None, "info", {}) == {"timestamp": expected.isoformat().replace("+00:00", "Z")}
