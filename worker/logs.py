@@ -48,18 +48,19 @@ class UtcStamper:
     (``2026-12-07T05:41:50.484595Z``, no fraction at a whole second), with the date and time of day
     formatted once a second rather than a ``datetime`` made and formatted for every line."""
 
-    __slots__ = ("_prefix", "_second")
+    __slots__ = ("_second",)
 
     def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
+        # (second, its text) in one attribute, replaced whole: lines logged from other threads
+        # never see one second's text paired with another second
+        self._second = (-1, "")
 
     def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
         second, micros = divmod(time.time_ns() // 1000, 1_000_000)
-        if second != self._second:
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            self._second = second
-        event_dict["timestamp"] = f"{self._prefix}.{micros:06d}Z" if micros else f"{self._prefix}Z"
+        cached = self._second
+        if cached[0] != second:
+            cached = self._second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        event_dict["timestamp"] = f"{cached[1]}.{micros:06d}Z" if micros else f"{cached[1]}Z"
         return event_dict
 
 

@@ -48,8 +48,6 @@ from pamqp.body import ContentBody
 from pamqp.constants import FRAME_END_CHAR, FRAME_HEADER
 from pamqp.header import ContentHeader
 
-BASIC_CLASS = commands.Basic.frame_id
-
 
 @functools.lru_cache(maxsize=1024)
 def publish_frame(channel_number: int, exchange: str, routing_key: str) -> bytes:
@@ -60,6 +58,7 @@ def publish_frame(channel_number: int, exchange: str, routing_key: str) -> bytes
     return pamqp.frame.marshal(method, channel_number)
 
 
+_BASIC_CLASS = commands.Basic.frame_id
 _FLAGS = commands.Basic.Properties.flags
 _HEADER_START = struct.Struct(">BHIHxxQH")  # frame type, channel, size; class, weight, body size; flags
 _EMPTY_TABLE = pamqp.encode.field_table({})
@@ -101,7 +100,8 @@ def content_header(channel_number: int, body_size: int, properties: commands.Bas
         flags |= _FLAGS["message_id"]
         parts.append(pamqp.encode.short_string(p.message_id))
     encoded = b"".join(parts)
-    start = _HEADER_START.pack(FRAME_HEADER, channel_number, 14 + len(encoded), BASIC_CLASS, body_size, flags)
+    size = 14 + len(encoded)  # class, weight, body size, flags, then the properties
+    start = _HEADER_START.pack(FRAME_HEADER, channel_number, size, _BASIC_CLASS, body_size, flags)
     return b"".join((start, encoded, FRAME_END_CHAR))
 
 
